@@ -1,0 +1,5 @@
+"""Generators composed from the parts, and the registry `build_model`."""
+from arjax.models.registry import MODELS, build_model
+from arjax.models import raster_ar  # noqa: F401  (registers 'raster_ar')
+
+__all__ = ["MODELS", "build_model"]

@@ -1,0 +1,78 @@
+"""Multi-head attention with grouped-query heads, optional QK-norm, RoPE and a KV cache.
+
+All attention math goes through `arjax.kernels.attention` (Pallas or XLA); this module only
+projects, rotates and caches. The mask is a `MaskSpec` chosen by the generation order.
+
+KV cache: a dict {'k': [B, S, Hkv, K], 'v': [B, S, Hkv, K]} passed in and returned, so the
+decode loop stays a pure function (the sampler donates it). New keys are written at
+`cache_index` (a scalar shared by the batch).
+
+Legend: B batch, L length, S cache length, D width, H heads, Hkv key/value heads, K head dim.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from arjax import kernels
+from arjax.kernels.masks import MaskSpec
+from arjax.nn.layers import DenseGeneral, RMSNorm
+from arjax.nn.rope import apply_rope
+
+Cache = Dict[str, jax.Array]
+
+
+def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=jnp.float32
+               ) -> Cache:
+  shape = (batch, length, num_kv_heads, head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+class Attention(nnx.Module):
+  """x [B, L, D] -> [B, L, D]."""
+
+  def __init__(self, dim: int, num_heads: int, num_kv_heads: int, *, rngs: nnx.Rngs,
+               head_dim: Optional[int] = None, qk_norm: bool = False, dtype=None,
+               param_dtype=jnp.float32, impl: str = "auto"):
+    if dim % num_heads and head_dim is None:
+      raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
+    if num_heads % num_kv_heads:
+      raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+    k = head_dim or dim // num_heads
+    self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, k
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.wq = DenseGeneral((dim, num_heads, k), contract=1, axes=("embed", "heads", "kv"), **kw)
+    self.wk = DenseGeneral((dim, num_kv_heads, k), contract=1, axes=("embed", "kv_heads", "kv"),
+                           **kw)
+    self.wv = DenseGeneral((dim, num_kv_heads, k), contract=1, axes=("embed", "kv_heads", "kv"),
+                           **kw)
+    self.wo = DenseGeneral((num_heads, k, dim), contract=2, axes=("heads", "kv", "embed"), **kw)
+    if qk_norm:
+      self.q_norm = RMSNorm(k, rngs=rngs, axes=("kv",), param_dtype=param_dtype)
+      self.k_norm = RMSNorm(k, rngs=rngs, axes=("kv",), param_dtype=param_dtype)
+    else:
+      self.q_norm = self.k_norm = None
+    self.impl = impl
+
+  def __call__(self, x, *, mask: MaskSpec, rope: Optional[Tuple[jax.Array, jax.Array]] = None,
+               cache: Optional[Cache] = None, cache_index=None
+               ) -> Tuple[jax.Array, Optional[Cache]]:
+    q, k, v = self.wq(x), self.wk(x), self.wv(x)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    if cache is not None:
+      idx = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
+      zero = jnp.zeros((), jnp.int32)
+      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                       (zero, idx, zero, zero))
+      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                       (zero, idx, zero, zero))
+      cache = {"k": k, "v": v}
+      k, v = k.astype(q.dtype), v.astype(q.dtype)
+    out = kernels.attention(q, k, v, mask, impl=self.impl)
+    return self.wo(out), cache

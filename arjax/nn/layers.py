@@ -1,0 +1,145 @@
+"""Basic layers with logical-axis annotations: Dense, Embed, RMSNorm, SwiGLU, adaLN.
+
+Every parameter carries `logical_axes` metadata (names such as 'embed', 'mlp', 'heads',
+'vocab'); `arjax.parallel` maps those names to mesh axes with the config's rules, so model
+code never names a mesh axis. Legend: B batch, L length, D width, F MLP width.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = Tuple[Optional[str], ...]
+
+
+def make_param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes,
+               dtype=jnp.float32) -> nnx.Param:
+  """A parameter with logical axis names (one per dimension)."""
+  if len(axes) != len(shape):
+    raise ValueError(f"logical axes {axes} do not match parameter shape {tuple(shape)}")
+  value = init(rngs.params(), tuple(shape), dtype)
+  return nnx.Param(value, logical_axes=tuple(axes))
+
+
+class Dense(nnx.Module):
+  """y = x W (no bias, as Llama), W [in, out] with logical axes `axes`."""
+
+  def __init__(self, in_features: int, out_features: int, *, axes: Axes, rngs: nnx.Rngs,
+               init=None, param_dtype=jnp.float32, dtype=None):
+    init = init or nnx.initializers.normal(stddev=in_features ** -0.5)
+    self.kernel = make_param(rngs, init, (in_features, out_features), axes, param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, x):
+    w = self.kernel[...]
+    if self.dtype is not None:
+      x, w = x.astype(self.dtype), w.astype(self.dtype)
+    return jnp.dot(x, w)
+
+
+class DenseGeneral(nnx.Module):
+  """Projection D -> (H, K) or (H, K) -> D for attention, kernel [D, H, K] or [H, K, D]."""
+
+  def __init__(self, shape: Sequence[int], *, contract: int, axes: Axes, rngs: nnx.Rngs,
+               param_dtype=jnp.float32, dtype=None, init=None):
+    fan_in = 1
+    for s in shape[:contract]:
+      fan_in *= s
+    init = init or nnx.initializers.normal(stddev=fan_in ** -0.5)
+    self.kernel = make_param(rngs, init, tuple(shape), axes, param_dtype)
+    self.contract = contract
+    self.dtype = dtype
+
+  def __call__(self, x):
+    w = self.kernel[...]
+    if self.dtype is not None:
+      x, w = x.astype(self.dtype), w.astype(self.dtype)
+    n = self.contract
+    return jax.lax.dot_general(x, w, (((tuple(range(x.ndim - n, x.ndim))), tuple(range(n))),
+                                      ((), ())))
+
+
+class Embed(nnx.Module):
+  """Token table [V, D] (axes 'vocab', 'embed'); `attend` gives tied logits."""
+
+  def __init__(self, num_embeddings: int, features: int, *, rngs: nnx.Rngs,
+               axes: Axes = ("vocab", "embed"), param_dtype=jnp.float32, dtype=None,
+               stddev: float = 0.02):
+    self.embedding = make_param(rngs, nnx.initializers.normal(stddev=stddev),
+                                (num_embeddings, features), axes, param_dtype)
+    self.num_embeddings = num_embeddings
+    self.dtype = dtype
+
+  def __call__(self, ids):
+    out = jnp.take(self.embedding[...], ids, axis=0)
+    return out if self.dtype is None else out.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm (Zhang & Sennrich 2019) over the last axis, computed in float32."""
+
+  def __init__(self, features: int, *, rngs: nnx.Rngs, eps: float = 1e-5,
+               axes: Axes = ("embed",), param_dtype=jnp.float32):
+    self.scale = make_param(rngs, nnx.initializers.ones, (features,), axes, param_dtype)
+    self.eps = eps
+
+  def __call__(self, x):
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.scale[...].astype(jnp.float32)).astype(dtype)
+
+
+def swiglu_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: Optional[float] = None
+                      ) -> int:
+  """Llama's SwiGLU width: 2/3 of 4D, times an optional multiplier, rounded up to `multiple_of`."""
+  hidden = int(2 * (4 * dim) / 3)
+  if ffn_dim_multiplier is not None:
+    hidden = int(ffn_dim_multiplier * hidden)
+  return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class SwiGLU(nnx.Module):
+  """w2(silu(w1 x) * w3 x) (Shazeer 2020), no biases. x [B, L, D] -> [B, L, D]."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=None,
+               param_dtype=jnp.float32, dropout: float = 0.0):
+    self.w1 = Dense(dim, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype,
+                    param_dtype=param_dtype)
+    self.w3 = Dense(dim, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype,
+                    param_dtype=param_dtype)
+    self.w2 = Dense(hidden, dim, axes=("mlp", "embed"), rngs=rngs, dtype=dtype,
+                    param_dtype=param_dtype)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+  def __call__(self, x, *, deterministic: bool = True):
+    h = jax.nn.silu(self.w1(x)) * self.w3(x)
+    if self.dropout is not None:
+      h = self.dropout(h, deterministic=deterministic)
+    return self.w2(h)
+
+
+class AdaLNModulation(nnx.Module):
+  """Shift/scale/gate from a conditioning vector (DiT's adaLN-Zero; zero-initialised).
+
+  c [B, D] or [B, L, D] -> n_chunks arrays of [B, 1 or L, D].
+  """
+
+  def __init__(self, cond_dim: int, dim: int, n_chunks: int, *, rngs: nnx.Rngs, dtype=None,
+               param_dtype=jnp.float32):
+    self.proj = Dense(cond_dim, n_chunks * dim, axes=("embed", "mlp"), rngs=rngs, dtype=dtype,
+                      init=nnx.initializers.zeros, param_dtype=param_dtype)
+    self.n_chunks = n_chunks
+
+  def __call__(self, c):
+    out = self.proj(jax.nn.silu(c))
+    if out.ndim == 2:
+      out = out[:, None, :]
+    return jnp.split(out, self.n_chunks, axis=-1)
+
+
+def modulate(x, shift, scale):
+  return x * (1 + scale) + shift

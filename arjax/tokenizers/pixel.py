@@ -1,0 +1,73 @@
+"""Pixel tokenizer: every sub-pixel of a (downsampled) uint8 image is a k-level token.
+
+Needs no training, so the raster vertical slice runs without a learned tokenizer. A pixel
+value v in [0, 255] maps to token floor(v * k / 256); a token t decodes to the bucket centre
+(t + 0.5) * 256 / k. Images larger than `resolution` are area-averaged by an integer factor.
+Bits/dim reported for pixel models are per k-level sub-pixel at `resolution`.
+
+Legend: B batch, H/W image size, C channels, R resolution, N = R*R*C tokens.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from arjax.tokenizers.base import TOKENIZERS
+
+
+class PixelTokenizer:
+
+  def __init__(self, levels: int, resolution: int, channels: int):
+    if not 2 <= levels <= 256:
+      raise ValueError(f"tokenizer.levels={levels}; expected 2..256")
+    self.levels = levels
+    self.resolution = resolution
+    self.channels = channels
+    self.vocab_size = levels
+    self.grid: Tuple[int, int] = (resolution, resolution)
+    self.tokens_per_image = resolution * resolution * channels
+
+  def _check(self, images):
+    if images.ndim != 4 or images.shape[-1] != self.channels:
+      raise ValueError(f"pixel tokenizer expects images [B, H, W, {self.channels}], got shape "
+                       f"{tuple(images.shape)}")
+    if images.dtype != jnp.uint8:
+      raise ValueError(f"pixel tokenizer expects uint8 images, got {images.dtype}")
+    h, w = images.shape[1:3]
+    if h != w or h % self.resolution:
+      raise ValueError(f"images of {h}x{w} cannot be area-downsampled to tokenizer.resolution="
+                       f"{self.resolution} (need square images whose size is a multiple)")
+
+  def encode(self, images):
+    """uint8 [B, H, W, C] -> int32 [B, N] (raster over rows, columns, channels)."""
+    self._check(images)
+    b, h = images.shape[0], images.shape[1]
+    f = h // self.resolution
+    x = images.astype(jnp.float32)
+    if f > 1:
+      x = x.reshape(b, self.resolution, f, self.resolution, f, self.channels).mean(axis=(2, 4))
+      x = jnp.round(x)
+    tokens = jnp.floor(x * self.levels / 256.0).astype(jnp.int32)
+    return jnp.clip(tokens, 0, self.levels - 1).reshape(b, -1)
+
+  def decode(self, tokens):
+    """int32 [B, N] -> uint8 [B, R, R, C]."""
+    b = tokens.shape[0]
+    v = (tokens.astype(jnp.float32) + 0.5) * (256.0 / self.levels)
+    v = jnp.clip(jnp.round(v), 0, 255).astype(jnp.uint8)
+    return v.reshape(b, self.resolution, self.resolution, self.channels)
+
+  def grid_positions(self):
+    """(row, col) of each token; the channels of one pixel share its position."""
+    r = np.arange(self.resolution)
+    rows = np.repeat(np.repeat(r, self.resolution), self.channels)
+    cols = np.repeat(np.tile(r, self.resolution), self.channels)
+    return np.stack([rows, cols], -1).astype(np.int32)
+
+
+@TOKENIZERS.register("pixel")
+def _build_pixel(config):
+  t = config.tokenizer
+  return PixelTokenizer(levels=t.levels, resolution=t.resolution, channels=t.channels)

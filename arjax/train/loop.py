@@ -1,0 +1,275 @@
+"""`train_and_evaluate(config, workdir)`: the one training loop, for every model.
+
+Sharded by jit over the config's mesh (logical-axis rules), Orbax checkpoints with the data
+iterator, automatic resume, SIGTERM -> save and exit 0, periodic metrics (TensorBoard + JSONL),
+progress lines (steps/s, ETA), periodic evaluation (test bits/dim and a sample grid).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from arjax import data as data_lib
+from arjax import parallel
+from arjax.models import build_model
+from arjax.train.checkpoint import Checkpointer
+from arjax.train.functional import FunctionalModel
+from arjax.train.optim import learning_rate_schedule, make_optimizer
+from arjax.train.state import TrainState, initial_state
+from arjax.train.step import TrainMetrics, make_eval_step, make_train_step
+from arjax.train.writer import MetricWriter
+
+_log = logging.getLogger("arjax.train")
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+def check_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"workdir {workdir!r} is not writable: {e.strerror}") from None
+
+
+class Experiment:
+  """Everything built from a config on a mesh: model, optimizer, shardings, jitted steps.
+
+  Used by the trainer, the sampler and the evaluator, so they agree on the model and layout.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    self.config = config
+    self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
+    self.rules = [tuple(r) for r in config.sharding_rules]
+    self.fm = FunctionalModel.abstract(lambda: build_model(config, seed=config.seed))
+    self.info = data_lib.dataset_info(config.data)
+    self._check_data_fits_model()
+    t = config.train
+    self.schedule = learning_rate_schedule(t)
+    self.tx = make_optimizer(t)
+    self.param_shardings = parallel.state_shardings(self.fm.abstract_params, self.fm.axes,
+                                                    self.mesh, self.rules)
+
+  def _check_data_fits_model(self):
+    shape = tuple(self.info["image_shape"])
+    model = self.fm.bind(self.fm.abstract_params)
+    try:
+      jax.eval_shape(model.tokenizer.encode, jax.ShapeDtypeStruct((1,) + shape, jnp.uint8))
+    except ValueError as e:
+      raise ValueError(f"data {self.config.data.source!r} gives images {shape} that the "
+                       f"tokenizer cannot take: {e}") from None
+    if self.info["num_classes"] and self.info["num_classes"] > self.config.model.num_classes:
+      raise ValueError(f"data has {self.info['num_classes']} classes but "
+                       f"model.num_classes={self.config.model.num_classes}")
+
+  # -- state -----------------------------------------------------------------------------------
+  def abstract_state(self):
+    t = self.config.train
+    abstract = jax.eval_shape(
+        lambda p: initial_state(p, self.tx, self.config.seed, t.ema_decay > 0),
+        self.fm.abstract_params)
+    shardings = parallel.state_shardings(abstract, self.fm.axes, self.mesh, self.rules)
+    return abstract, shardings
+
+  def init_state(self) -> TrainState:
+    """Initialises parameters directly into their shardings (no host copy of the model)."""
+    abstract, shardings = self.abstract_state()
+    config, t = self.config, self.config.train
+
+    def init():
+      params = FunctionalModel(build_model(config, seed=config.seed)).initial_params()
+      return initial_state(params, self.tx, config.seed, t.ema_decay > 0)
+
+    return jax.jit(init, out_shardings=shardings)()
+
+  def batch_shardings(self, batch: Dict[str, np.ndarray]):
+    return {k: parallel.batch_sharding(self.mesh, self.rules, v.ndim) for k, v in batch.items()}
+
+  def to_global(self, batch: Dict[str, np.ndarray]):
+    shardings = self.batch_shardings(batch)
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+
+  def jit_train_step(self, state_shardings):
+    step = make_train_step(self.fm, self.tx, self.schedule, self.config.train.ema_decay)
+    return jax.jit(step, in_shardings=(state_shardings, None),
+                   out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+  def eval_params(self, state: TrainState):
+    return state.ema_params if self.config.train.ema_decay > 0 else state.params
+
+  # -- evaluation ------------------------------------------------------------------------------
+  def bits_per_dim(self, params, split: str = "test", num_examples: int = -1) -> Dict[str, float]:
+    """Mean NLL over every token of the split (padded last batch masked, nothing dropped)."""
+    e = self.config.eval
+    step = jax.jit(make_eval_step(self.fm))
+    it = data_lib.make_iterator(self.config.data, split=split, global_batch_size=e.batch_size,
+                                seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
+    total, count, seen = 0.0, 0.0, 0
+    for batch in it:
+      if 0 <= num_examples <= seen:
+        break
+      if 0 <= num_examples < seen + len(batch["label"]):
+        batch = dict(batch)
+        batch["mask"] = batch["mask"] * (np.arange(len(batch["label"])) < num_examples - seen)
+      seen += len(batch["label"])
+      s, c = step(params, self.to_global(batch))
+      total += float(s)
+      count += float(c)
+    nll = total / max(count, 1.0)
+    return {"nll": nll, "bits_per_dim": nll / math.log(2.0), "num_tokens": count}
+
+  def sample_grid(self, params, rng, per_class: Optional[int] = None, **overrides):
+    from arjax.sampling import SamplingConfig, SequentialSampler, class_grid_labels
+    e = self.config.eval
+    sampling = SamplingConfig(cfg_scale=overrides.get("cfg_scale", e.cfg_scale),
+                              temperature=overrides.get("temperature", e.temperature),
+                              top_k=overrides.get("top_k", e.top_k),
+                              top_p=overrides.get("top_p", e.top_p))
+    per_class = per_class or e.samples_per_class
+    labels = class_grid_labels(self.config.model.num_classes, per_class)
+    sampler = SequentialSampler(self.fm, sampling)
+    images = sampler.sample_images(params, labels, rng)
+    return np.asarray(jax.device_get(images)), np.asarray(labels)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (save, then exit 0)."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    _log.warning("SIGTERM received: checkpointing and exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def _meta(config) -> Dict[str, Any]:
+  return {"config": json.loads(config.to_json_best_effort())}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
+
+  Returns the final metrics (test bits/dim, steps, paths of the sample grid).
+  """
+  parallel.maybe_initialize_distributed()
+  check_workdir(workdir)
+  t = config.train
+  exp = Experiment(config)
+  abstract, shardings = exp.abstract_state()
+  ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
+  it = data_lib.make_iterator(config.data, split="train", global_batch_size=t.batch_size,
+                              seed=config.seed, shuffle=True, num_epochs=None)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    state, data_state, _ = ckpt.restore(latest, target)
+    it.set_state(data_state)
+    _log.info("resumed from %s/%d", ckpt.directory, latest)
+  else:
+    state = exp.init_state()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = MetricWriter(workdir)
+  train_step = exp.jit_train_step(shardings)
+  start = int(jax.device_get(state.step))
+  _log.info("model %s: %s parameters; training steps %d -> %d", config.model.name,
+            f"{exp.fm.param_count():,}", start, t.num_steps)
+
+  acc: Optional[TrainMetrics] = None
+  last_time, last_step = time.time(), start
+  step = start
+  results: Dict[str, Any] = {}
+  with _Preemption() as preempt:
+    try:
+      while step < t.num_steps:
+        batch = exp.to_global(next(it))
+        state, m = train_step(state, batch)
+        step += 1
+        acc = m if acc is None else acc.merge(m)
+        if step % t.log_every == 0 or step == t.num_steps:
+          values = {k: float(v) for k, v in acc.compute().items()}
+          nonfinite = int(jax.device_get(state.nonfinite))
+          now = time.time()
+          rate = (step - last_step) / max(now - last_time, 1e-9)
+          values["steps_per_second"] = rate
+          values["examples_per_second"] = rate * t.batch_size
+          writer.scalars(step, values)
+          eta = (t.num_steps - step) / max(rate, 1e-9)
+          _log.info("step %d/%d  loss %.4f  bits/dim %.4f  %.2f steps/s  ETA %s", step,
+                    t.num_steps, values["loss"], values["bits_per_dim"], rate,
+                    time.strftime("%H:%M:%S", time.gmtime(eta)))
+          acc, last_time, last_step = None, now, step
+          if nonfinite >= t.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{nonfinite} consecutive non-finite steps ending at step {step}; parameters "
+                "were kept at their last finite values and no NaN was checkpointed")
+        if step % t.checkpoint_every == 0 and step < t.num_steps:
+          ckpt.save(step, state, it.get_state(), _meta(config))
+        if step % t.eval_every == 0 and step < t.num_steps:
+          evaluate_and_write(exp, state, writer, workdir, step)
+        if preempt.requested:
+          ckpt.save(step, state, it.get_state(), _meta(config), force=True)
+          ckpt.close()
+          writer.close()
+          _log.warning("preempted at step %d: checkpoint saved", step)
+          return {"preempted": True, "step": step}
+      ckpt.save(step, state, it.get_state(), _meta(config), force=True)
+      results = evaluate_and_write(exp, state, writer, workdir, step)
+    finally:
+      ckpt.close()
+      writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def evaluate_and_write(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
+                       step: int) -> Dict[str, Any]:
+  from arjax.evaluate.images import make_grid, save_grid
+  params = exp.eval_params(state)
+  e = exp.config.eval
+  t0 = time.time()
+  bpd = exp.bits_per_dim(params, "test", e.num_examples)
+  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 10_000_000 + step)
+  images, _ = exp.sample_grid(params, rng)
+  grid_path = os.path.join(workdir, "images", f"samples_{step:07d}.png")
+  if jax.process_index() == 0:
+    save_grid(images, grid_path, ncol=e.samples_per_class, scale=2)
+    writer.image(step, "samples", make_grid(images, e.samples_per_class))
+  values = {"test_bits_per_dim": bpd["bits_per_dim"], "test_nll": bpd["nll"]}
+  writer.scalars(step, values)
+  writer.flush()
+  _log.info("eval at step %d: test bits/dim %.4f (%.0f tokens), grid %s (%.1fs)", step,
+            bpd["bits_per_dim"], bpd["num_tokens"], grid_path, time.time() - t0)
+  return {"step": step, **values, "test_tokens": bpd["num_tokens"], "sample_grid": grid_path}
