@@ -1,0 +1,39 @@
+"""Loading a trained run from its workdir (for sampling, evaluation and notebooks)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Tuple
+
+import jax
+import ml_collections
+
+from arjax.train.checkpoint import Checkpointer
+from arjax.train.loop import Experiment
+from arjax.train.state import TrainState
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an arjax.train run?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str, step: Optional[int] = None) -> Tuple[Experiment, TrainState, int]:
+  """Returns (experiment, restored train state, step) of the latest (or given) checkpoint."""
+  config = load_workdir_config(workdir)
+  exp = Experiment(config)
+  ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {ckpt.directory}")
+    abstract, shardings = exp.abstract_state()
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    state, _, _ = ckpt.restore(step, target)
+  finally:
+    ckpt.close()
+  return exp, state, step

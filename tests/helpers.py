@@ -1,0 +1,42 @@
+"""One helper builds every test model and config, with overrides."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import jax
+
+from arjax.config import apply_override, base_config
+from arjax.models import build_model
+from arjax.train.functional import FunctionalModel
+
+
+def tiny_config(**overrides: Any):
+  """A small raster AR config on MNIST at 7x7 x 4 levels; overrides as field=value pairs
+  with dots replaced by '__' (e.g. model__backbone__dim=64)."""
+  c = base_config()
+  c.tokenizer.levels = 4
+  c.tokenizer.resolution = 7
+  b = c.model.backbone
+  b.num_layers, b.num_heads, b.dim, b.multiple_of = 2, 4, 32, 16
+  c.train.batch_size = 8
+  c.train.num_steps = 4
+  c.train.log_every = 1
+  c.train.checkpoint_every = 2
+  c.train.eval_every = 1000
+  c.train.async_checkpointing = False
+  c.eval.num_examples = 16
+  c.eval.batch_size = 16
+  c.eval.samples_per_class = 1
+  c.mesh.data = 1
+  for key, value in overrides.items():
+    node = c
+    parts = key.split("__")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = value
+  return c
+
+
+def tiny_model(config=None, seed: int = 0):
+  config = config or tiny_config()
+  return FunctionalModel(build_model(config, seed=seed)), config
