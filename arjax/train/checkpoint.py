@@ -75,14 +75,15 @@ class Checkpointer:
 
 def check_shapes(saved: Dict[str, Any], expected: Dict[str, Any], where: str) -> None:
   """Raises CheckpointMismatchError naming every tensor whose shape or dtype differs."""
+  fmt = lambda v: f"{list(v[0])} {v[1]}"
   problems = []
   for key in sorted(set(saved) | set(expected)):
     if key not in saved:
-      problems.append(f"  {key}: missing in checkpoint (model expects {expected[key]})")
+      problems.append(f"  {key}: missing in checkpoint (model expects {fmt(expected[key])})")
     elif key not in expected:
-      problems.append(f"  {key}: in checkpoint {saved[key]} but not in the model")
+      problems.append(f"  {key}: in checkpoint {fmt(saved[key])} but not in the model")
     elif list(saved[key]) != list(expected[key]):
-      problems.append(f"  {key}: checkpoint {saved[key]} vs model {expected[key]}")
+      problems.append(f"  {key}: checkpoint {fmt(saved[key])} vs model {fmt(expected[key])}")
   if problems:
     raise CheckpointMismatchError(
         f"checkpoint {where} does not match the model ({len(problems)} tensors differ):\n"
