@@ -123,11 +123,24 @@ class MaskSpec:
     """Dense bool mask [B, 1 or H, Lq, Lk] (XLA path and references)."""
     q_idx = jnp.arange(q_len, dtype=jnp.int32)[:, None]
     k_idx = jnp.arange(kv_len, dtype=jnp.int32)[None, :]
-    rows = jax.vmap(lambda b: self.allowed(b, q_idx, k_idx))(jnp.arange(batch))
+    if self.per_example:
+      rows = jax.vmap(lambda b: self.allowed(b, q_idx, k_idx))(jnp.arange(batch))
+    else:  # one [Lq, Lk] pattern for the whole batch: no batch-sized mask is built.
+      rows = self.allowed(0, q_idx, k_idx)[None]
     rows = rows[:, None]
     if self.dense is not None:
       rows = rows & self.dense.astype(bool)
     return rows
+
+  @property
+  def per_example(self) -> bool:
+    """Whether the visibility pattern differs between batch rows."""
+    def batched(x):
+      return x is not None and not isinstance(x, int) and getattr(x, "ndim", 0) > 0 \
+          and x.shape[0] > 1
+    return any(batched(x) for x in (self.q_offset, self.kv_length, self.q_segment_ids,
+                                    self.q_block_ids, self.kv_block_ids, self.kv_segment_ids,
+                                    self.prefix_length))
 
 
 def _take(x, b):
