@@ -1,6 +1,6 @@
 """KV-cached decoding vs recomputing the whole prefix at every step (same model, same tokens).
 
-  python benchmarks/decode.py [--tokens 256] [--layers 4] [--dim 256] [--batch 8] [--smoke]
+  python benchmarks/decode.py [--tokens 256] [--layers 2] [--dim 128] [--batch 4] [--smoke]
 
 Prints tokens/s of both and their ratio (goal: >= 20x on a 2-core CPU at 256 tokens).
 """
@@ -34,10 +34,10 @@ def build(args):
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--tokens", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--dim", type=int, default=256)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--layers", type=int, default=2)
+  p.add_argument("--dim", type=int, default=128)
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
   args = p.parse_args(argv)
   if args.smoke:

@@ -54,3 +54,24 @@ def test_inspect_reports_parameters_without_allocating():
                        "--json").stdout)
   assert abs(out["params"] - 1.4e9) < 0.05e9
   assert out["forward_per_token"] > 2 * out["params"] * 0.9
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
+  import signal
+  import time
+  workdir = str(tmp_path / "preempt")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "arjax.train", "--config", "configs/quickstart.py:smoke",
+       "--workdir", workdir, "--config.train.num_steps=100000", "--config.train.log_every=1",
+       "--config.train.checkpoint_every=100000"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  for line in proc.stdout:  # wait until training is under way
+    if "step 3/100000" in line or time.time() > deadline:
+      break
+  proc.send_signal(signal.SIGTERM)
+  rest = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, rest
+  steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert len(steps) == 1 and 3 <= steps[0] < 100000

@@ -2,6 +2,7 @@
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:args]",
@@ -12,11 +13,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # Orbax and grain log every save at INFO through absl; keep arjax's own progress lines.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("arjax").setLevel(logging.INFO)
   from arjax.train.loop import train_and_evaluate
   results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print({k: v for k, v in results.items()})
 
 
 if __name__ == "__main__":
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   app.run(main)
