@@ -27,7 +27,7 @@ from arjax.train.checkpoint import Checkpointer
 from arjax.train.functional import FunctionalModel
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
-from arjax.train.step import TrainMetrics, make_eval_step, make_train_step
+from arjax.train.step import make_eval_step, make_train_step
 from arjax.train.writer import MetricWriter
 
 _log = logging.getLogger("arjax.train")
@@ -205,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   _log.info("model %s: %s parameters; training steps %d -> %d", config.model.name,
             f"{exp.fm.param_count():,}", start, t.num_steps)
 
-  acc: Optional[TrainMetrics] = None
+  acc = None
   last_time, last_step = time.time(), start
   step = start
   results: Dict[str, Any] = {}
@@ -225,8 +225,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           values["examples_per_second"] = rate * t.batch_size
           writer.scalars(step, values)
           eta = (t.num_steps - step) / max(rate, 1e-9)
-          _log.info("step %d/%d  loss %.4f  bits/dim %.4f  %.2f steps/s  ETA %s", step,
-                    t.num_steps, values["loss"], values["bits_per_dim"], rate,
+          shown = "  ".join(f"{k} {values[k]:.4f}" for k in ("loss", "bits_per_dim", "psnr")
+                            if k in values)
+          _log.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, t.num_steps, shown, rate,
                     time.strftime("%H:%M:%S", time.gmtime(eta)))
           acc, last_time, last_step = None, now, step
           if nonfinite >= t.max_nonfinite_steps:

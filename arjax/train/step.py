@@ -5,26 +5,41 @@ EMA stay unchanged, the rejection is counted, and no NaN can reach a checkpoint.
 """
 # (no `from __future__ import annotations`: clu reads the metric annotations at runtime)
 
+import functools
 from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
-from flax import struct
 
 from arjax.train.functional import FunctionalModel
 from arjax.train.state import TrainState
 
 
-@struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output("loss")
-  bits_per_dim: clu_metrics.Average.from_output("bits_per_dim")
-  accuracy: clu_metrics.Average.from_output("accuracy")
-  grad_norm: clu_metrics.Average.from_output("grad_norm")
-  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
-  rejected_steps: clu_metrics.LastValue.from_output("rejected_steps")
+LAST_VALUE_METRICS = ("learning_rate", "rejected_steps")
+
+
+@functools.lru_cache(maxsize=None)
+def metrics_collection(names: Tuple[str, ...]):
+  """A clu Collection class averaging each model metric; last values for the schedule/counters."""
+  fields = {n: clu_metrics.Average for n in names}
+  fields.update({n: clu_metrics.LastValue for n in LAST_VALUE_METRICS})
+  return clu_metrics.Collection.create(**fields)
+
+
+def collect(metrics: Dict[str, jax.Array], finite, learning_rate, rejected):
+  """Step metrics as a clu Collection; a rejected (non-finite) step adds nothing to averages."""
+  names = tuple(sorted(k for k in metrics if k != "num_tokens"))
+  cls = metrics_collection(names)
+  count = finite.astype(jnp.int32)
+  avg = {k: clu_metrics.Average(total=jnp.where(finite, metrics[k], 0.0).astype(jnp.float32),
+                                count=count) for k in names}
+  last = {"learning_rate": clu_metrics.LastValue.from_model_output(jnp.asarray(learning_rate)),
+          "rejected_steps": clu_metrics.LastValue.from_model_output(
+              rejected.astype(jnp.float32))}
+  return cls(_reduction_counter=clu_metrics._ReductionCounter(jnp.array(1, jnp.int32)),
+             **avg, **last)
 
 
 def step_key(state: TrainState):
@@ -35,7 +50,7 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
                     ema_decay: float):
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array]
-                 ) -> Tuple[TrainState, TrainMetrics]:
+                 ) -> Tuple[TrainState, Any]:
     rng = step_key(state)
 
     def loss_fn(params):
@@ -58,11 +73,7 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
     rejected = state.rejected + (~finite).astype(jnp.int32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema, nonfinite=nonfinite, rejected=rejected)
-    out = TrainMetrics.single_from_model_output(
-        loss=jnp.where(finite, metrics["loss"], 0.0),
-        bits_per_dim=jnp.where(finite, metrics["bits_per_dim"], 0.0),
-        accuracy=metrics["accuracy"], grad_norm=jnp.where(finite, grad_norm, 0.0),
-        learning_rate=schedule(state.step), rejected_steps=rejected)
+    out = collect(dict(metrics, grad_norm=grad_norm), finite, schedule(state.step), rejected)
     return new_state, out
 
   return train_step
