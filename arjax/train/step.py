@@ -52,6 +52,8 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
   def train_step(state: TrainState, batch: Dict[str, jax.Array]
                  ) -> Tuple[TrainState, Any]:
     rng = step_key(state)
+    # Models that schedule something over training (RAR's order annealing) read batch['step'].
+    batch = dict(batch, step=state.step)
 
     def loss_fn(params):
       loss, metrics = fm.bind(params, rng).loss(batch, train=True)
