@@ -1,8 +1,17 @@
 """Attention: one function, several implementations.
 
 `attention(q, k, v, mask=...)` is the single entry point every model uses. Implementations
-register in `IMPLS`; 'xla' is the jnp reference (always available). The Pallas kernels register
-themselves when their modules import (see issue 5).
+register in `IMPLS`:
+  'xla'     the jnp reference (always available);
+  'pallas'  arjax's Pallas kernels: `flash_gpu` (Triton) on GPU, or `decode` (split-K) there
+            when a few queries meet a long KV cache; `flash_tpu` (Mosaic) on TPU; on CPU the
+            Triton kernels run in the Pallas interpreter (slow: for tests only);
+  'cudnn'   `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, f16/bf16), a baseline.
+'auto' picks 'pallas' on GPU and TPU and 'xla' on CPU; whenever it does not take the Pallas
+kernel on an accelerator (dtype, head dim) it logs why.
+
+Layout (that of `jax.nn.dot_product_attention`): q [B, Lq, H, K], k and v [B, Lk, Hkv, K] with
+H a multiple of Hkv. Legend: B batch, L length, H heads, K head dim.
 """
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ import logging
 from typing import Callable, Optional, Union
 
 import jax
+import jax.numpy as jnp
 
 from arjax.kernels.masks import MaskSpec, as_mask_spec
 from arjax.kernels.reference import attention_reference, check_shapes
@@ -19,13 +29,96 @@ IMPLS: Registry[Callable] = Registry("attention implementation")
 IMPLS.register("xla")(attention_reference)
 
 _log = logging.getLogger(__name__)
+_logged: set = set()
 
 
-def _auto_impl() -> str:
+def _log_once(level: int, msg: str) -> None:
+  """Logs each distinct reason once per process (attention is traced once per layer)."""
+  if msg not in _logged:
+    _logged.add(msg)
+    _log.log(level, msg)
+
+
+def _use_decode(q, k) -> bool:
+  from arjax.kernels import decode
+  g = q.shape[2] // k.shape[2]
+  return q.shape[1] * g <= decode.MAX_DECODE_ROWS and k.shape[1] >= 4 * q.shape[1]
+
+
+@IMPLS.register("pallas")
+def pallas_attention(q, k, v, spec: MaskSpec, *, scale: Optional[float] = None):
+  """arjax's Pallas kernel for the current backend (see the module docstring)."""
   platform = jax.default_backend()
-  if platform in ("gpu", "tpu") and "pallas" in IMPLS:
-    return "pallas"
-  return "xla"
+  if platform == "tpu":
+    from arjax.kernels import flash_tpu
+    return flash_tpu.flash_attention(q, k, v, spec, scale=scale)
+  from arjax.kernels import decode, flash_gpu
+  interpret = platform != "gpu"
+  if interpret:
+    _log_once(logging.WARNING, f"attention impl 'pallas' on platform {platform!r}: running the "
+              "Triton kernels in the Pallas interpreter (correct but slow; use 'xla' or 'auto')")
+  if spec.kind != "dense" and _use_decode(q, k):
+    return decode.decode_attention(q, k, v, spec, scale=scale, interpret=interpret)
+  return flash_gpu.flash_attention(q, k, v, spec, scale=scale, interpret=interpret)
+
+
+CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
+
+
+@IMPLS.register("cudnn")
+def cudnn_attention(q, k, v, spec: MaskSpec, *, scale: Optional[float] = None):
+  """`jax.nn.dot_product_attention(implementation='cudnn')` with the MaskSpec mapped onto it.
+
+  Causal (aligned, q_offset 0, Lq == Lk), sliding-window and kv_length map onto cuDNN's own
+  masks; every other pattern is passed as a dense boolean mask. Rows that see no key are
+  not guaranteed to be zero (cuDNN's convention), unlike the other impls.
+  """
+  platform = jax.default_backend()
+  if platform != "gpu":
+    raise ValueError(f"attention impl 'cudnn' needs a GPU; the default backend is {platform!r}")
+  if q.dtype not in [jnp.dtype(d) for d in CUDNN_DTYPES] or k.dtype != q.dtype:
+    raise ValueError(f"attention impl 'cudnn': dtype {q.dtype} (k {k.dtype}) is not supported; "
+                     "use float16 or bfloat16")
+  d = q.shape[-1]
+  if d > 128 or d % 8:
+    raise ValueError(f"attention impl 'cudnn': head dim {d} is not supported (multiple of 8, "
+                     "<= 128)")
+  b, lq, _, _ = q.shape
+  lk = k.shape[1]
+  aligned = isinstance(spec.q_offset, int) and spec.q_offset == 0 and lq == lk
+  simple = spec.q_segment_ids is None and spec.dense is None
+  kw = {}
+  if spec.kv_length is not None:
+    kw["key_value_seq_lengths"] = jnp.broadcast_to(
+        jnp.asarray(spec.kv_length, jnp.int32), (b,))
+  if spec.kind == "causal" and aligned and simple:
+    kw["is_causal"] = True
+  elif spec.kind == "sliding_window" and aligned and simple:
+    kw.update(is_causal=True, local_window_size=(spec.window - 1, 0))
+  elif spec.kind == "bidirectional" and simple:
+    pass
+  else:
+    kw = {"mask": spec.materialize(b, lq, lk)}
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn", **kw)
+
+
+def _auto_impl(q, k, v) -> str:
+  platform = jax.default_backend()
+  if platform not in ("gpu", "tpu"):
+    _log_once(logging.INFO, f"attention impl 'auto' -> 'xla': platform {platform!r} has no "
+              "Pallas backend (Pallas runs on GPU and TPU)")
+    return "xla"
+  try:
+    if platform == "tpu":
+      from arjax.kernels import flash_tpu
+      flash_tpu.check_supported(q, k, v)
+    else:
+      from arjax.kernels import flash_gpu
+      flash_gpu.check_supported(q, k, v)
+  except ValueError as e:
+    _log_once(logging.WARNING, f"attention impl 'auto' -> 'xla' on {platform}: {e}")
+    return "xla"
+  return "pallas"
 
 
 def attention(q, k, v, mask: Union[str, MaskSpec, None] = "causal", *, impl: str = "auto",
@@ -35,13 +128,18 @@ def attention(q, k, v, mask: Union[str, MaskSpec, None] = "causal", *, impl: str
   Args:
     q: [B, Lq, H, K]; k, v: [B, Lk, Hkv, K], H % Hkv == 0.
     mask: a MaskSpec, or 'causal' / 'bidirectional'.
-    impl: 'auto' (Pallas on GPU/TPU, XLA on CPU), or a registered name.
+    impl: 'auto' (Pallas on GPU/TPU, XLA on CPU), or a registered name: 'xla', 'pallas',
+      'cudnn'.
     scale: logits scale, default K ** -0.5.
   Returns: [B, Lq, H, K].
+  Raises:
+    ValueError: head counts that are not a GQA multiple, mask fields whose shapes disagree with
+      the lengths, or a dtype / head dim the chosen impl cannot take (the message names them).
   """
   check_shapes(q, k, v)
   spec = as_mask_spec(mask)
-  name = _auto_impl() if impl == "auto" else impl
+  spec.validate(q.shape[0], q.shape[1], k.shape[1])
+  name = _auto_impl(q, k, v) if impl == "auto" else impl
   fn = IMPLS.get(name, field="attention impl")
   return fn(q, k, v, spec, scale=scale)
 

@@ -31,7 +31,8 @@ from jax.experimental import pallas as pl
 
 from arjax.kernels import blocks as blk
 from arjax.kernels.blocks import DecodeBlocks, MaskOperands, MaskPlan
-from arjax.kernels.flash_gpu import _dot, _iota, _load, check_supported, compiler_params
+from arjax.kernels.flash_gpu import (_dot, _iota, _load, _three_loops, check_supported,
+                                     compiler_params)
 from arjax.kernels.masks import as_mask_spec
 from arjax.kernels.reference import attention_reference
 
@@ -95,7 +96,7 @@ def _kernel(scal_ref, rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
     dmask = _iota(cfg.head_dim_padded) < cfg.head_dim
   row = _iota(rp)
   row_in = row < cfg.rows
-  q_idx = row // cfg.groups  # row r is query r // g of query head (kv head * g + r % g)
+  q_idx = lax.div(row, cfg.groups)  # row r is query r // g of query head (kv head * g + r % g)
   q = _load(q_ref, row_in, dmask)  # [Rp, Kp]
   q_seg = _load(mrefs["q_seg"], row_in) if plan.segments else None
   q_blk = _load(mrefs["q_blk"], row_in) if plan.block_ids else None
@@ -128,9 +129,7 @@ def _kernel(scal_ref, rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
 
   carry = (jnp.zeros((rp, cfg.head_dim_padded), jnp.float32),
            jnp.full((rp,), -jnp.inf, jnp.float32), jnp.zeros((rp,), jnp.float32))
-  carry = lax.fori_loop(lo, flo, functools.partial(step, masked=True), carry)
-  carry = lax.fori_loop(flo, fhi, functools.partial(step, masked=False), carry)
-  acc, m, l = lax.fori_loop(fhi, hi, functools.partial(step, masked=True), carry)
+  acc, m, l = _three_loops(step, carry, lo, flo, fhi, hi, cfg.kv_len >= bk)
   empty = l == 0.0
   o_ref[...] = acc / jnp.where(empty, 1.0, l)[:, None]
   # -inf gives an empty split zero weight in the merge.

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Optional
 
 import jax
@@ -38,7 +37,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from arjax.kernels import blocks as blk
 from arjax.kernels.blocks import FlashBlocks, MaskOperands, MaskPlan
-from arjax.kernels.masks import MaskSpec, as_mask_spec
+from arjax.kernels.masks import as_mask_spec
 from arjax.kernels.reference import attention_reference, check_shapes
 
 SUPPORTED_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
@@ -91,6 +90,9 @@ class _Config:
   def head_dim_padded(self) -> int:
     return max(16, blk.next_pow2(self.head_dim))
 
+  def has_full_tiles(self, bq: int, bk: int) -> bool:
+    return self.q_len >= bq and self.kv_len >= bk
+
 
 # ----------------------------------------------------------------------------- in-kernel helpers
 
@@ -138,6 +140,20 @@ def _head_mask(cfg: _Config):
   if cfg.head_dim_padded == cfg.head_dim:
     return None
   return _iota(cfg.head_dim_padded) < cfg.head_dim
+
+
+def _three_loops(step, carry, lo, flo, fhi, hi, has_full_tiles: bool):
+  """Runs step(t, carry, masked) over tiles [lo, hi), without the mask on [flo, fhi).
+
+  When the lengths are shorter than a tile no tile is ever full, and the unmasked body is not
+  even traced (its unmasked loads would not fit the array).
+  """
+  masked = functools.partial(step, masked=True)
+  if not has_full_tiles:
+    return lax.fori_loop(lo, hi, masked, carry)
+  carry = lax.fori_loop(lo, flo, masked, carry)
+  carry = lax.fori_loop(flo, fhi, functools.partial(step, masked=False), carry)
+  return lax.fori_loop(fhi, hi, masked, carry)
 
 
 def _split_mask_refs(plan: MaskPlan, refs):
@@ -219,9 +235,7 @@ def _fwd_kernel(scal_ref, rng_ref, q_ref, k_ref, v_ref, *refs, cfg: _Config):
 
   carry = (jnp.zeros((bq, cfg.head_dim_padded), jnp.float32),
            jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32))
-  carry = lax.fori_loop(lo, flo, functools.partial(step, masked=True), carry)
-  carry = lax.fori_loop(flo, fhi, functools.partial(step, masked=False), carry)
-  acc, m, l = lax.fori_loop(fhi, hi, functools.partial(step, masked=True), carry)
+  acc, m, l = _three_loops(step, carry, lo, flo, fhi, hi, cfg.has_full_tiles(bq, bk))
   empty = l == 0.0  # every key hidden: output zeros, like the reference
   o = acc / jnp.where(empty, 1.0, l)[:, None]
   _store(o_ref, o.astype(o_ref.dtype), q_in, dmask)
@@ -252,7 +266,6 @@ def _mask_specs_q_major(cfg: _Config, bq: int, ops: MaskOperands, index):
 
 def _forward(cfg: _Config, q, k, v, ops: MaskOperands, ranges):
   b, lq, h, _ = q.shape
-  hkv = k.shape[2]
   bq = cfg.blocks.block_q
   kp = cfg.head_dim_padded
   nq = blk.cdiv(lq, bq)
@@ -261,14 +274,13 @@ def _forward(cfg: _Config, q, k, v, ops: MaskOperands, ranges):
   in_specs = [
       full(ops.scalars), full(ranges),
       pl.BlockSpec((None, bq, None, kp), lambda i, b_, h_: (b_, i, h_, 0)),
-      pl.BlockSpec((None, cfg.kv_len, None, kp), lambda i, b_, h_: (b_, 0, h_ // g, 0)),
-      pl.BlockSpec((None, cfg.kv_len, None, kp), lambda i, b_, h_: (b_, 0, h_ // g, 0)),
+      pl.BlockSpec((None, cfg.kv_len, None, kp), lambda i, b_, h_: (b_, 0, lax.div(h_, g), 0)),
+      pl.BlockSpec((None, cfg.kv_len, None, kp), lambda i, b_, h_: (b_, 0, lax.div(h_, g), 0)),
   ] + _mask_specs_q_major(cfg, bq, ops, lambda i, b_, h_: (i, b_, h_))
   out_specs = [pl.BlockSpec((None, bq, None, kp), lambda i, b_, h_: (b_, i, h_, 0)),
                pl.BlockSpec((None, None, bq), lambda i, b_, h_: (b_, h_, i))]
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype),
                jax.ShapeDtypeStruct((b, h, lq), jnp.float32)]
-  del hkv
   return pl.pallas_call(
       functools.partial(_fwd_kernel, cfg=cfg),
       grid=(nq, b, h), in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
@@ -323,9 +335,7 @@ def _dq_kernel(scal_ref, rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_re
     return dq + _dot(ds.astype(k.dtype), k, (1, 0))
 
   dq = jnp.zeros((bq, cfg.head_dim_padded), jnp.float32)
-  dq = lax.fori_loop(lo, flo, functools.partial(step, masked=True), dq)
-  dq = lax.fori_loop(flo, fhi, functools.partial(step, masked=False), dq)
-  dq = lax.fori_loop(fhi, hi, functools.partial(step, masked=True), dq)
+  dq = _three_loops(step, dq, lo, flo, fhi, hi, cfg.has_full_tiles(bq, bk))
   _store(dq_ref, (dq * cfg.scale).astype(dq_ref.dtype), q_in, dmask)
 
 
@@ -361,8 +371,9 @@ def _dkv_kernel(scal_ref, rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_r
     p = jnp.exp(s - lse[:, None])
     if masked:
       if cfg.plan.dense:
-        dref = mrefs["dense"].at[hh] if cfg.plan.dense_heads else mrefs["dense"]
-        dense = _load(dref.at[sl, :], q_in, k_in)
+        # One indexer per load: the Triton lowering does not compose `.at` views.
+        dref = mrefs["dense"].at[hh, sl, :] if cfg.plan.dense_heads else mrefs["dense"].at[sl, :]
+        dense = _load(dref, q_in, k_in)
       else:
         dense = None
       vis = blk.tile_mask(
@@ -383,9 +394,8 @@ def _dkv_kernel(scal_ref, rng_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_r
     return dk, dv
 
   def head(hh, carry):
-    carry = lax.fori_loop(lo, flo, functools.partial(step, hh=hh, masked=True), carry)
-    carry = lax.fori_loop(flo, fhi, functools.partial(step, hh=hh, masked=False), carry)
-    return lax.fori_loop(fhi, hi, functools.partial(step, hh=hh, masked=True), carry)
+    return _three_loops(functools.partial(step, hh=hh), carry, lo, flo, fhi, hi,
+                        cfg.has_full_tiles(bq, bk))
 
   zeros = jnp.zeros((bk, cfg.head_dim_padded), jnp.float32)
   # The g query heads that share this key/value head all add into the same dk, dv tile.
@@ -408,13 +418,12 @@ def _backward(cfg: _Config, res, do):
   params = compiler_params(cfg.blocks.warps(cfg.head_dim), cfg.blocks.num_stages)
   margs = _mask_args(cfg.plan, ops)
 
-  dq_cfg = cfg  # same blocks object, the kernel reads the *_bwd sizes
   qspec = pl.BlockSpec((None, bq, None, kp), lambda i, b_, h_: (b_, i, h_, 0))
-  kvspec = pl.BlockSpec((None, lk, None, kp), lambda i, b_, h_: (b_, 0, h_ // g, 0))
+  kvspec = pl.BlockSpec((None, lk, None, kp), lambda i, b_, h_: (b_, 0, lax.div(h_, g), 0))
   rowspec = pl.BlockSpec((None, None, bq), lambda i, b_, h_: (b_, h_, i))
   mspecs = _mask_specs_q_major(cfg, bq, ops, lambda i, b_, h_: (i, b_, h_))
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, cfg=dq_cfg), grid=(nq, b, h),
+      functools.partial(_dq_kernel, cfg=cfg), grid=(nq, b, h),
       in_specs=[full(ops.scalars), full(q_ranges), qspec, kvspec, kvspec, qspec, rowspec,
                 rowspec] + mspecs,
       out_specs=qspec, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -512,5 +521,3 @@ def flops(batch: int, q_len: int, kv_len: int, heads: int, head_dim: int, *, cau
     f /= 2
   return f * (3.5 if backward else 1.0)  # fwd + bwd = 2 + 5 matmuls
 
-
-del math

@@ -185,9 +185,9 @@ def _forward(cfg: _Config, q, k, v, ops, ranges, mops):
   in_specs = [
       pl.BlockSpec((None, None, bq, d), lambda b_, h_, i, j, s, r: (b_, h_, i, 0)),
       pl.BlockSpec((None, None, bk, d),
-                   lambda b_, h_, i, j, s, r: (b_, h_ // g, kv_block(b_, i, j, s, r), 0)),
+                   lambda b_, h_, i, j, s, r: (b_, lax.div(h_, g), kv_block(b_, i, j, s, r), 0)),
       pl.BlockSpec((None, None, bk, d),
-                   lambda b_, h_, i, j, s, r: (b_, h_ // g, kv_block(b_, i, j, s, r), 0)),
+                   lambda b_, h_, i, j, s, r: (b_, lax.div(h_, g), kv_block(b_, i, j, s, r), 0)),
   ]
   args = []
   plan = cfg.plan
@@ -350,7 +350,7 @@ def _backward(cfg: _Config, res, do):
 
   qspec = pl.BlockSpec((None, None, bq, d), lambda b_, h_, i, j, s, r: (b_, h_, i, 0))
   kvspec = pl.BlockSpec((None, None, bk, d),
-                        lambda b_, h_, i, j, s, r: (b_, h_ // g, kv_block(b_, i, j, r), 0))
+                        lambda b_, h_, i, j, s, r: (b_, lax.div(h_, g), kv_block(b_, i, j, r), 0))
   rowspec = pl.BlockSpec((None, None, 1, bq), lambda b_, h_, i, j, s, r: (b_, h_, 0, i))
   in_specs, args = [qspec, kvspec, kvspec, qspec, rowspec, rowspec], []
   qcol = pl.BlockSpec((None, bq, 1), lambda b_, h_, i, j, s, r: (b_, i, 0))
@@ -469,8 +469,10 @@ def flash_attention(q, k, v, mask=None, *, scale: Optional[float] = None,
   lk, hkv = k.shape[1], k.shape[2]
   plan, ops = blk.prepare_mask(spec, b, lq, lk, h)
   blocks = (blocks or TpuBlocks()).for_lengths(lq, lk)
-  if interpret is True:
-    interpret = pltpu.InterpretParams()
+  if interpret is True and hasattr(pltpu, "InterpretParams"):
+    interpret = pltpu.InterpretParams()  # the TPU simulator (VMEM, DMAs, semaphores)
+  elif interpret == "hlo":
+    interpret = True  # Pallas' generic interpreter: no memory model, several times faster
   cfg = _Config(plan=plan, scale=float(d ** -0.5 if scale is None else scale), blocks=blocks,
                 q_len=lq, kv_len=lk, groups=h // hkv, interpret=interpret, debug=debug)
   fwd_ranges, _ = blk.tile_ranges(plan, ops, lq, lk, blocks.block_q, blocks.block_k)

@@ -71,6 +71,12 @@ class MaskSpec:
       if arr.ndim != 2 or arr.shape[-1] != expected_last or arr.shape[0] not in (1, batch):
         raise ValueError(f"MaskSpec.{name} has shape {arr.shape}; expected "
                          f"[{batch} or 1, {expected_last}] for q_len={q_len}, kv_len={kv_len}")
+    for name in ("q_offset", "kv_length", "prefix_length"):
+      x = getattr(self, name)
+      shape = getattr(x, "shape", ())
+      if len(shape) > 1 or (len(shape) == 1 and shape[0] not in (1, batch)):
+        raise ValueError(f"MaskSpec.{name} has shape {tuple(shape)}; expected a scalar or "
+                         f"[{batch} or 1] for batch {batch}")
     check("q_segment_ids", self.q_segment_ids, q_len)
     check("kv_segment_ids", self.kv_segment_ids, kv_len)
     check("q_block_ids", self.q_block_ids, q_len)
