@@ -210,13 +210,14 @@ def quantize_table(levels: int) -> np.ndarray:
   """uint8 [256] lookup: value -> centre of its bucket among `levels` equal buckets.
 
   Bucket t = floor(v * levels / 256), as the pixel tokenizer computes it; the centre is the
-  middle of the uint8 values in that bucket (within 1 of the tokenizer's (t + 0.5) * 256 /
-  levels), so quantising twice changes nothing and re-tokenising gives the same t.
+  middle of the uint8 values in that bucket, halves rounded up (within 1 of, and for
+  levels dividing 256 equal to, the tokenizer's decoded (t + 0.5) * 256 / levels), so
+  quantising twice changes nothing and re-tokenising gives the same t.
   """
   t = np.arange(levels)
   lo = -(-t * 256 // levels)                  # ceil(t * 256 / levels)
   hi = -(-(t + 1) * 256 // levels) - 1
-  centres = (lo + hi) // 2
+  centres = (lo + hi + 1) // 2               # Halves round up, as (t + 0.5) * 256 / levels.
   return centres[np.arange(256) * levels // 256].astype(np.uint8)
 
 
