@@ -32,6 +32,35 @@ class CheckpointMismatchError(ValueError):
   pass
 
 
+# -- [scale] save failures (disk full, unwritable) ---------------------------------------------
+class CheckpointSaveError(OSError):
+  """A checkpoint could not be written; earlier complete checkpoints are left intact."""
+
+
+def complete_steps(directory: str):
+  """Steps with a finished checkpoint: Orbax renames STEP.orbax-checkpoint-tmp* when done."""
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def _reason(error: BaseException) -> str:
+  """The OS-level reason in an Orbax/TensorStore exception chain, e.g. '[Errno 28] ...'."""
+  seen, texts = set(), []
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return f"[Errno {error.errno}] {os.strerror(error.errno)}"
+    texts.append(str(error))
+    error = error.__cause__ or error.__context__
+  for text in texts:
+    for known in ("No space left on device", "Permission denied", "Read-only file system",
+                  "Disk quota exceeded"):
+      if known in text:
+        return known
+  return texts[0][:500] if texts else "unknown error"
+# -- [/scale] ------------------------------------------------------------------------------------
+
+
 class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
@@ -40,6 +69,14 @@ class Checkpointer:
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
+    self._pending: Optional[int] = None  # [scale] step of the save that may still be writing.
+    self._failed = False                 # [scale] a CheckpointSaveError was raised already.
+
+  def _save_error(self, step: int, error: BaseException) -> CheckpointSaveError:  # [scale]
+    self._pending, self._failed = None, True
+    return CheckpointSaveError(
+        f"saving checkpoint step {step} in {self.directory} failed: {_reason(error)}. "
+        f"Complete checkpoints, intact and resumable: {complete_steps(self.directory) or 'none'}")
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -47,10 +84,18 @@ class Checkpointer:
   def save(self, step: int, state, data_state: Dict[str, Any], meta: Dict[str, Any],
            *, force: bool = False) -> bool:
     meta = dict(meta, param_shapes=_flat_shapes(state.params))
-    return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)), force=force)
+    self.wait()  # [scale] an earlier asynchronous save's failure names that earlier step.
+    if step in self.manager.all_steps():  # [scale] a restarted finished (or killed after its
+      return False                        # final save) run: that step is on disk already.
+    try:
+      self._pending = step
+      saved = self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave(meta)), force=force)
+    except Exception as e:  # pylint: disable=broad-except  # [scale] name step and reason.
+      raise self._save_error(step, e) from e
+    return saved
 
   def read_meta(self, step: int) -> Dict[str, Any]:
     return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -66,11 +111,24 @@ class Checkpointer:
     return out["state"], out["data"], out["meta"]
 
   def wait(self):
-    self.manager.wait_until_finished()
+    try:  # [scale] a failed asynchronous save surfaces here or at the next save.
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if self._failed:  # already raised as a CheckpointSaveError: don't mask it.
+        _log.warning("checkpoint save failure (reported above): %s", _reason(e))
+        return
+      raise self._save_error(self._pending, e) from e
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception as e:  # pylint: disable=broad-except  # [scale] same failure, again.
+        if not self._failed:
+          raise
+        _log.warning("checkpoint save failure (reported above): %s", _reason(e))
 
 
 def check_shapes(saved: Dict[str, Any], expected: Dict[str, Any], where: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from arjax import data as data_lib
 from arjax import parallel
+from arjax.parallel import checks, memory  # [scale] layout checks, memory report, fault hook
 from arjax.models import build_model
 from arjax.train.checkpoint import Checkpointer
 from arjax.train.functional import FunctionalModel
@@ -68,6 +69,8 @@ class Experiment:
                                                     self.mesh, self.rules)
 
   def _check_data_fits_model(self):
+    if self.info["image_shape"] is None:  # a token cache: no images to tokenize.
+      return
     shape = tuple(self.info["image_shape"])
     model = self.fm.bind(self.fm.abstract_params)
     try:
@@ -125,10 +128,13 @@ class Experiment:
     for batch in it:
       if 0 <= num_examples <= seen:
         break
-      if 0 <= num_examples < seen + len(batch["label"]):
+      # [scale] count global examples: each process holds rows [i*b, (i+1)*b) of the batch.
+      b = len(batch["label"])
+      if 0 <= num_examples < seen + b * jax.process_count():
         batch = dict(batch)
-        batch["mask"] = batch["mask"] * (np.arange(len(batch["label"])) < num_examples - seen)
-      seen += len(batch["label"])
+        rows = seen + jax.process_index() * b + np.arange(b)
+        batch["mask"] = batch["mask"] * (rows < num_examples)
+      seen += b * jax.process_count()
       s, c = step(params, self.to_global(batch))
       total += float(s)
       count += float(c)
@@ -183,6 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   check_workdir(workdir)
   t = config.train
   exp = Experiment(config)
+  checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
   abstract, shardings = exp.abstract_state()
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
   it = data_lib.make_iterator(config.data, split="train", global_batch_size=t.batch_size,
@@ -201,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       f.write(config.to_json_best_effort(indent=2))
   writer = MetricWriter(workdir)
   train_step = exp.jit_train_step(shardings)
+  train_step = memory.ReportingStep(train_step, abstract, shardings)  # [scale] per-device bytes
   start = int(jax.device_get(state.step))
   _log.info("model %s: %s parameters; training steps %d -> %d", config.model.name,
             f"{exp.fm.param_count():,}", start, t.num_steps)
@@ -215,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         batch = exp.to_global(next(it))
         state, m = train_step(state, batch)
         step += 1
+        checks.fault_point("step", step)  # [scale] crash-test hook (ARJAX_FAULT_INJECT)
         acc = m if acc is None else acc.merge(m)
         if step % t.log_every == 0 or step == t.num_steps:
           values = {k: float(v) for k, v in acc.compute().items()}
@@ -236,6 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 "were kept at their last finite values and no NaN was checkpointed")
         if step % t.checkpoint_every == 0 and step < t.num_steps:
           ckpt.save(step, state, it.get_state(), _meta(config))
+          checks.fault_point("save", step)  # [scale] kill while the async save is in flight
         if step % t.eval_every == 0 and step < t.num_steps:
           evaluate_and_write(exp, state, writer, workdir, step)
         if preempt.requested:
@@ -257,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 def evaluate_and_write(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
                        step: int) -> Dict[str, Any]:
-  from arjax.evaluate.images import make_grid, save_grid
+  from arjax.evaluate.images import make_grid, plot_curves, save_grid
   params = exp.eval_params(state)
   e = exp.config.eval
   t0 = time.time()
@@ -268,6 +278,10 @@ def evaluate_and_write(exp: Experiment, state: TrainState, writer: MetricWriter,
   if jax.process_index() == 0:
     save_grid(images, grid_path, ncol=e.samples_per_class, scale=2)
     writer.image(step, "samples", make_grid(images, e.samples_per_class))
+    writer.flush()
+    if os.path.isfile(writer.jsonl_path):
+      plot_curves(writer.jsonl_path, os.path.join(workdir, "images", "curves.png"),
+                  keys=("loss", "grad_norm"))
   values = {"test_bits_per_dim": bpd["bits_per_dim"], "test_nll": bpd["nll"]}
   writer.scalars(step, values)
   writer.flush()

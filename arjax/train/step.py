@@ -64,6 +64,9 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # [scale] Finite gradients can still give a non-finite update (lr=inf, overflow in the
+    # optimizer): reject those steps too, so no NaN/Inf reaches the parameters or a checkpoint.
+    finite = finite & jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params = keep(params, state.params)
     opt_state = keep(opt_state, state.opt_state)

@@ -1,0 +1,126 @@
+"""Shared fixtures of the scale tests: a persistent compilation cache and one reference run.
+
+Compiling dominates these tests (a tiny step costs 5-15 s to compile on 2 cores, and every
+subprocess would compile it again). A persistent compilation cache, shared by this process and
+the subprocesses it starts, makes each program compile once. It is switched on for this package
+only and switched off after it, so the rest of the suite is unaffected. The cache cannot change
+results: it stores the executable XLA produced for the identical program.
+"""
+import json
+import logging
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RUN_CONFIG = os.path.join(ROOT, "tests", "scale", "run_config.py")
+
+
+@pytest.fixture(scope="package")
+def compile_cache(tmp_path_factory):
+  from jax._src import compilation_cache
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  for n, v in zip(names, (path, 0, 0)):
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()  # jax decides once whether to use the cache: ask again.
+  yield path
+  for n, v in old.items():
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()
+
+
+def subprocess_env(cache_dir, **extra):
+  """Environment for subprocesses: this repo importable, the shared compilation cache."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop("ARJAX_FAULT_INJECT", None)
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def train_cmd(workdir, *overrides):
+  return [sys.executable, "-m", "arjax.train", "--config", RUN_CONFIG, "--workdir", workdir,
+          *overrides]
+
+
+def read_metrics(workdir):
+  """Every line of metrics.jsonl (a killed run may leave a truncated last line: skipped)."""
+  rows = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        pass
+  return rows
+
+
+def losses(workdir):
+  """{step: [loss, ...]}: every loss logged for the step, by every run in the workdir."""
+  out = {}
+  for r in read_metrics(workdir):
+    if "loss" in r:
+      out.setdefault(r["step"], []).append(r["loss"])
+  return out
+
+
+def restore(workdir, config, mesh=None, step=None):
+  """The TrainState of a workdir's checkpoint (latest by default) on `mesh`, on the host."""
+  from arjax.train.checkpoint import Checkpointer
+  from arjax.train.loop import Experiment
+  exp = Experiment(config, mesh=mesh)
+  abstract, shardings = exp.abstract_state()
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    state, _, _ = ckpt.restore(ckpt.latest_step() if step is None else step, target)
+  finally:
+    ckpt.close()
+  return state
+
+
+class _Capture(logging.Handler):
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="package")
+def reference(compile_cache, tmp_path_factory):
+  """One uninterrupted in-process run of run_config.py on the 8 devices of this process.
+
+  Returns workdir, config, losses {step: loss}, final params (host), the trainer's log lines.
+  """
+  from arjax.config import load_config
+  from arjax.train.loop import train_and_evaluate
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  config = load_config(RUN_CONFIG)
+  logger = logging.getLogger("arjax.train")
+  capture, level = _Capture(), logger.level
+  logger.addHandler(capture)
+  logger.setLevel(logging.INFO)
+  try:
+    results = train_and_evaluate(config, workdir)
+  finally:
+    logger.removeHandler(capture)
+    logger.setLevel(level)
+  params = jax.device_get(restore(workdir, config).params)
+  return {"workdir": workdir, "config": config, "results": results,
+          "losses": {s: v[0] for s, v in losses(workdir).items()}, "params": params,
+          "log": capture.lines}
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -1,0 +1,14 @@
+"""The config every tests/scale run trains: tests.helpers.tiny_config with one layer.
+
+A config *file* so the in-process runs and the subprocess runs (`arjax.train`, `arjax.launch`)
+train exactly the same thing. Six steps, a checkpoint after every step (asynchronous), so a
+kill can land in many different places.
+"""
+from tests.helpers import tiny_config
+
+
+def get_config(arg=None):
+  del arg
+  return tiny_config(model__backbone__num_layers=1, train__num_steps=6,
+                     train__checkpoint_every=1, train__keep_checkpoints=2,
+                     train__async_checkpointing=True)
