@@ -41,7 +41,9 @@ class NonFiniteError(FloatingPointError):
 def check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
+    # One probe file per process: several processes share a workdir, and one process must not
+    # remove the probe another is still checking.
+    probe = os.path.join(workdir, f".write_probe.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
