@@ -1,43 +1,125 @@
-"""python -m arjax.evaluate --workdir DIR [--split test] [--num_examples N] [--metrics bpd]
+"""python -m arjax.evaluate --workdir DIR [--metrics bpd,fd,prec_rec,fid,is] [--num_samples N]
+       [--reference stats.npz] [--inception_weights FILE] [--cfg_scale S] [--temperature T]
+       [--top_k K] [--top_p P] [--seed X] [--batch_size B] [--out eval.json]
 
-Reports test bits/dim of the latest checkpoint as JSON (also written to WORKDIR/eval.json) and
-writes a class-conditional sample grid.
+bpd (the default): test bits/dim of the latest checkpoint and a class-conditional sample grid.
+fd/prec_rec: N balanced class-conditional samples scored in the offline classifier's feature
+space (not comparable with Inception FID); fid/is: Flax InceptionV3 (--inception_weights, and
+--reference for fid). Writes JSON (WORKDIR/eval.json or --out) and appends a markdown row to
+WORKDIR/eval.md. See docs/evaluation.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+
+
+def _row(out):
+  f = lambda k: "" if out.get(k) is None else (f"{out[k]:.4g}" if isinstance(out[k], float) else str(out[k]))
+  return ("| " + " | ".join(f(k) for k in ("step", "num_samples", "cfg_scale", "temperature", "fd",
+                                             "class_accuracy", "precision", "recall", "fid", "is",
+                                             "bits_per_dim")) + " |")
+
+
+HEADER = ("| step | N | cfg | T | FD (offline clf.) | acc | precision | recall | FID | IS | bpd |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|\n")
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(prog="python -m arjax.evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
+  p.add_argument("--metrics", default="bpd")
   p.add_argument("--split", default="test")
   p.add_argument("--num_examples", type=int, default=None,
                  help="examples for bits/dim (default: config.eval.num_examples)")
+  p.add_argument("--num_samples", type=int, default=1000, help="samples for fd/fid/is")
+  p.add_argument("--batch_size", type=int, default=64, help="sampling batch (split over data axis)")
+  p.add_argument("--reference", default=None, help="ADM-layout .npz (fid; optional for fd)")
+  p.add_argument("--inception_weights", default=None)
+  p.add_argument("--cfg_scale", type=float, default=None)
+  p.add_argument("--temperature", type=float, default=None)
+  p.add_argument("--top_k", type=int, default=None)
+  p.add_argument("--top_p", type=float, default=None)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval.json)")
+  p.add_argument("--save_features", default=None, help="write sample feature mean/cov .npz")
   args = p.parse_args(argv)
 
+  from arjax.evaluate import sample_metrics as sm
+  try:
+    names = sm.parse_metrics(args.metrics)
+  except ValueError as e:
+    p.error(str(e))
+  want_samples = [m for m in names if m in sm.SAMPLE_METRICS]
+  if ("fd" in names or "prec_rec" in names) and args.num_samples <= 128:
+    # Checked before loading anything: the offline features have F = 128.
+    p.error(f"--num_samples {args.num_samples} <= 128, the offline classifier's feature "
+            "dimension: the sample covariance for fd would be rank-deficient")
+  if ("fid" in names or "is" in names) and not args.inception_weights:
+    p.error(f"metrics {[m for m in names if m in ('fid', 'is')]} need --inception_weights FILE")
+  if args.inception_weights and not os.path.isfile(args.inception_weights):
+    p.error(f"--inception_weights file {args.inception_weights!r} not found")
+  if "fid" in names and not args.reference:
+    p.error("metric 'fid' needs --reference stats.npz")
+
   import jax
+  import numpy as np
   from arjax.evaluate.images import save_grid
+  from arjax.sampling import SamplingConfig
   from arjax.train.restore import load_run
 
   exp, state, step = load_run(args.workdir, args.step)
   params = exp.eval_params(state)
-  n = exp.config.eval.num_examples if args.num_examples is None else args.num_examples
-  bpd = exp.bits_per_dim(params, args.split, n)
-  images, _ = exp.sample_grid(params, jax.random.key(args.seed))
-  grid = os.path.join(args.workdir, "images", f"eval_samples_{step:07d}.png")
-  save_grid(images, grid, ncol=exp.config.eval.samples_per_class, scale=2)
-  out = {"step": step, "split": args.split, "bits_per_dim": bpd["bits_per_dim"],
-         "nll": bpd["nll"], "num_tokens": bpd["num_tokens"], "sample_grid": grid}
-  with open(os.path.join(args.workdir, "eval.json"), "w") as f:
+  e = exp.config.eval
+  pick = lambda v, d: d if v is None else v
+  out = {"step": step}
+  if "bpd" in names:
+    n = e.num_examples if args.num_examples is None else args.num_examples
+    bpd = exp.bits_per_dim(params, args.split, n)
+    images, _ = exp.sample_grid(params, jax.random.key(args.seed))
+    grid = os.path.join(args.workdir, "images", f"eval_samples_{step:07d}.png")
+    save_grid(images, grid, ncol=e.samples_per_class, scale=2)
+    out.update({"split": args.split, "bits_per_dim": bpd["bits_per_dim"], "nll": bpd["nll"],
+                "num_tokens": bpd["num_tokens"], "sample_grid": grid})
+  if want_samples:
+    sampling = SamplingConfig(cfg_scale=pick(args.cfg_scale, e.cfg_scale),
+                              temperature=pick(args.temperature, e.temperature),
+                              top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p))
+    if args.reference and "fid" not in names:
+      sm.check_offline_reference(args.reference, 128)
+    samples, labels = sm.generate_samples(exp, params, args.num_samples, args.seed,
+                                          args.batch_size, sampling)
+    out.update({"num_samples": args.num_samples, "seed": args.seed, **sampling.__dict__})
+    if "fd" in names or "prec_rec" in names:
+      s = sm.offline_scores(exp.config, samples, labels)
+      if args.save_features:
+        np.savez(args.save_features, mu=s["feature_mean"], sigma=s["feature_cov"])
+      out.update({"fd": s["fd"], "class_accuracy": s["class_accuracy"],
+                  "fd_space": f"offline {exp.config.data.source} classifier (not Inception FID)"})
+      if "prec_rec" in names:
+        out.update({"precision": s["precision"], "recall": s["recall"]})
+    if "fid" in names or "is" in names:
+      try:
+        out.update(sm.inception_scores(samples, args.inception_weights, args.reference,
+                                       [m for m in names if m in ("fid", "is")]))
+      except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+  path = args.out or os.path.join(args.workdir, "eval.json")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
     json.dump(out, f, indent=2)
+  if want_samples:
+    md = os.path.join(args.workdir, "eval.md")
+    new = not os.path.isfile(md)
+    with open(md, "a") as f:
+      f.write((HEADER if new else "") + _row(out) + "\n")
   print(json.dumps(out))
   return 0
 
