@@ -91,8 +91,10 @@ def main(argv=None):
     sampling = SamplingConfig(cfg_scale=pick(args.cfg_scale, e.cfg_scale),
                               temperature=pick(args.temperature, e.temperature),
                               top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p))
+    ref = None
     if args.reference and "fid" not in names:
-      sm.check_offline_reference(args.reference, 128)
+      # Checked before sampling so that a wrong file fails in seconds, not after N samples.
+      ref = sm.check_offline_reference(args.reference, 128)
     samples, labels = sm.generate_samples(exp, params, args.num_samples, args.seed,
                                           args.batch_size, sampling)
     out.update({"num_samples": args.num_samples, "seed": args.seed, **sampling.__dict__})
@@ -100,6 +102,10 @@ def main(argv=None):
       s = sm.offline_scores(exp.config, samples, labels)
       if args.save_features:
         np.savez(args.save_features, mu=s["feature_mean"], sigma=s["feature_cov"])
+      if ref is not None:  # FD against the given statistics instead of the split.
+        from arjax.evaluate.metrics import frechet_distance
+        s["fd"] = frechet_distance(s["feature_mean"], s["feature_cov"], ref.mu, ref.sigma)
+        out["reference"] = args.reference
       out.update({"fd": s["fd"], "class_accuracy": s["class_accuracy"],
                   "fd_space": f"offline {exp.config.data.source} classifier (not Inception FID)"})
       if "prec_rec" in names:
