@@ -1,0 +1,110 @@
+"""`python -m arjax.evaluate --metrics fd,...` and `python -m arjax.evaluate.reference` end to end
+on one quickstart smoke run (trained once for the module)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(*args, devices=8, check=True):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("evalrun") / "q")
+  run("arjax.train", "--config", "configs/quickstart.py:smoke", "--workdir", wd)
+  return wd
+
+
+def _evaluate(wd, tmp, devices, name):
+  out, feats = str(tmp / f"{name}.json"), str(tmp / f"{name}_feats.npz")
+  run("arjax.evaluate", "--workdir", wd, "--metrics", "fd,prec_rec", "--num_samples", "160",
+      "--batch_size", "80", "--seed", "1", "--out", out, "--save_features", feats,
+      devices=devices)
+  return json.load(open(out)), np.load(feats)
+
+
+def test_fd_json_markdown_and_device_invariance(workdir, tmp_path):
+  ev8, f8 = _evaluate(workdir, tmp_path, 8, "d8")
+  for k in ("fd", "class_accuracy", "precision", "recall"):
+    assert np.isfinite(ev8[k]), k
+  assert ev8["step"] == 6 and ev8["num_samples"] == 160
+  # A 6-step model draws noise-like digits: far from the data, but FD is a finite distance.
+  assert 1.0 < ev8["fd"] < 1e4
+  assert 0.0 <= ev8["class_accuracy"] <= 1.0
+  assert 0.0 <= ev8["precision"] <= 1.0 and 0.0 <= ev8["recall"] <= 1.0
+  assert "not Inception" in ev8["fd_space"]
+  md = open(os.path.join(workdir, "eval.md")).read().splitlines()
+  assert md[0].startswith("| step | N |") and md[-1].startswith("| 6 | 160 |")
+  # Same seed and batch size on 1 device: the same samples, so the same feature statistics.
+  ev1, f1 = _evaluate(workdir, tmp_path, 1, "d1")
+  np.testing.assert_allclose(f1["mu"], f8["mu"], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(f1["sigma"], f8["sigma"], rtol=0, atol=1e-5)
+  assert ev1["fd"] == pytest.approx(ev8["fd"], rel=1e-6)
+  assert ev1["class_accuracy"] == ev8["class_accuracy"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--metrics", "fd,fidd"], "unknown metric(s) ['fidd']"),
+    (["--metrics", "fd", "--num_samples", "100"], "--num_samples 100 <= 128"),
+    (["--metrics", "fid", "--reference", "r.npz"], "need --inception_weights"),
+    (["--metrics", "is", "--inception_weights", "/nonexistent/pt_inception.pth"],
+     "/nonexistent/pt_inception.pth"),
+])
+def test_argument_errors(args, needle):
+  proc = run("arjax.evaluate", "--workdir", "/nonexistent", *args, check=False)
+  assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+
+
+def test_reference_dim_mismatch(workdir, tmp_path):
+  from arjax.evaluate.reference_stats import save_reference_stats
+  bad = str(tmp_path / "bad.npz")
+  save_reference_stats(bad, np.zeros(5), np.eye(5))
+  proc = run("arjax.evaluate", "--workdir", workdir, "--metrics", "fd", "--num_samples", "160",
+             "--reference", bad, check=False)
+  assert proc.returncode != 0 and "D=5" in proc.stderr and "D=128" in proc.stderr, proc.stderr
+
+
+def test_reference_round_trip_and_separation(tmp_path):
+  from arjax.data.idx import load_bundled
+  from arjax.evaluate import metrics
+  from arjax.evaluate.reference import reference_features, write_reference
+  from arjax.evaluate.reference_stats import load_reference_stats
+  train, _ = load_bundled("mnist", "train")
+  ref_feats = reference_features("mnist", "train", images=train[:10000])
+  path = str(tmp_path / "train.npz")
+  write_reference(path, ref_feats)
+  ref = load_reference_stats(path)
+  mu, sigma = metrics.feature_statistics(ref_feats)
+  np.testing.assert_array_equal(ref.mu, mu)
+  np.testing.assert_array_equal(ref.sigma, sigma)
+  assert ref.arr_0_kind == "activations" and ref.arr_0().shape == (10000, 128)
+  test, _ = load_bundled("mnist", "test")
+  rng = np.random.default_rng(0)
+  noisy = np.clip(test.astype(np.int32) + rng.normal(0, 64, test.shape), 0, 255).astype(np.uint8)
+  fd = lambda im: metrics.frechet_distance(
+      *metrics.feature_statistics(reference_features("mnist", "test", images=im)), ref.mu, ref.sigma)
+  fd_real, fd_noisy = fd(test), fd(noisy)
+  assert fd_real < 3.0 and fd_noisy > 20 * fd_real, (fd_real, fd_noisy)
+
+
+def test_reference_cli(tmp_path):
+  out = str(tmp_path / "t.npz")
+  res = json.loads(run("arjax.evaluate.reference", "--data", "mnist", "--split", "test",
+                       "--size", "14", "--levels", "8", "--out", out).stdout.strip())
+  assert res == {"out": out, "num": 10000, "dim": 128}
+  proc = run("arjax.evaluate.reference", "--data", "mnist", "--features", "inception",
+             "--inception_weights", "/nonexistent/w.pth", "--out", out, check=False)
+  assert proc.returncode == 2 and "/nonexistent/w.pth" in proc.stderr
