@@ -74,9 +74,12 @@ class Experiment:
     if self.info["image_shape"] is None:  # a token cache: no images to tokenize.
       return
     shape = tuple(self.info["image_shape"])
-    model = self.fm.bind(self.fm.abstract_params)
+    # Parameters go in as eval_shape arguments (tracers), so a learned tokenizer's weights are
+    # never read as concrete arrays.
+    encode = lambda params, x: self.fm.bind(params).tokenizer.encode(x)
     try:
-      jax.eval_shape(model.tokenizer.encode, jax.ShapeDtypeStruct((1,) + shape, jnp.uint8))
+      jax.eval_shape(encode, self.fm.abstract_params,
+                     jax.ShapeDtypeStruct((1,) + shape, jnp.uint8))
     except ValueError as e:
       raise ValueError(f"data {self.config.data.source!r} gives images {shape} that the "
                        f"tokenizer cannot take: {e}") from None
