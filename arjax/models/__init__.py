@@ -1,5 +1,6 @@
 """Generators composed from the parts, and the registry `build_model`."""
 from arjax.models.registry import MODELS, build_model
 from arjax.models import raster_ar  # noqa: F401  (registers 'raster_ar')
+from arjax.models import ordered_ar  # noqa: F401  ('ordered_ar': RAR, RandAR, LPD, PAR, MaskGIT)
 
 __all__ = ["MODELS", "build_model"]

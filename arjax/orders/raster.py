@@ -12,21 +12,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from arjax.kernels.masks import MaskSpec
-from arjax.orders.base import ORDERS
+from arjax.orders.base import ORDERS, Order, identity_perm, perm_layout, plan_from_cumulative
 
 
-class RasterOrder:
+class RasterOrder(Order):
+  name = "raster"
   mask_kind = "causal"
 
-  def __init__(self, grid_positions: np.ndarray, prefix_len: int = 1):
+  def __init__(self, grid_positions: np.ndarray, prefix_len: int = 1, grid=None):
     # numpy, not jax: the order is static model structure and must not hold traced values.
-    self._grid_positions = np.asarray(grid_positions, np.int32)  # [N, 2]
+    grid_positions = np.asarray(grid_positions, np.int32)  # [N, 2]
+    n = grid_positions.shape[0]
+    if grid is None:
+      grid = (int(grid_positions[:, 0].max()) + 1, int(grid_positions[:, 1].max()) + 1)
+    super().__init__(n, grid_positions, grid)
     self.prefix_len = prefix_len
-    self.num_tokens = self._grid_positions.shape[0]
-
-  @property
-  def grid_positions(self):
-    return jnp.asarray(self._grid_positions)
 
   def input_positions(self, batch: int):
     """int32 [B, P + N - 1, 2]: positions of the training inputs (prefix at -1)."""
@@ -43,6 +43,17 @@ class RasterOrder:
 
   def num_steps(self) -> int:
     return self.num_tokens
+
+  # -- the order protocol (arjax.orders.base) ------------------------------------------------
+  def train_layout(self, rng, batch: int, step=None, train: bool = True):
+    return perm_layout(identity_perm(batch, self.num_tokens), MaskSpec(kind="causal"))
+
+  def sample_plan(self, rng, batch: int, known=None):
+    return plan_from_cumulative(identity_perm(batch, self.num_tokens),
+                                range(1, self.num_tokens + 1), known)
+
+  def sample_layout(self, plan, known):
+    return perm_layout(plan.perm, MaskSpec(kind="causal"))
 
 
 @ORDERS.register("raster")

@@ -1,0 +1,271 @@
+"""One class-conditional generator for every order whose slots one transformer reads.
+
+The order (`arjax.orders`) says what each slot carries and predicts; this model only embeds
+slots, runs the shared `Transformer` under the order's mask and scores the targets. With it a
+paper is a config:
+
+  RAR (Yu et al. 2024)        order 'random' with annealing, learned + target-aware position
+                              tables, a start token, adaLN on class + per-slot embedding, QK-norm.
+  RandAR (Pang et al. 2025)   order 'randar', 2D RoPE, one learned position-instruction vector.
+  LPD (Zhang et al. 2025)     order 'lpd', learned positions, a learned [MASK] query.
+  PAR (Wang et al. 2025)      order 'par', 2D RoPE, learned transition query.
+  MaskGIT / MaskGIL           order 'masked', bidirectional, a learned [MASK] embedding.
+
+Slot embedding: token embedding of the cell it carries, or the class (null class with
+probability `class_dropout`), or a learned query vector, or a learned start token; plus, when
+enabled, pos_table[pos] and target_table[tgt] (RAR's target-aware embedding). Sampling: the
+`grid_logits` of a sampling step feed `arjax.sampling.orders.OrderSampler`; causal orders without
+queries also have KV-cached raster decoding (`decode_prefix` / `decode_tokens`, the
+`SequentialSampler` protocol), which is how RAR samples after annealing.
+
+Legend: B batch, N tokens, L slots, P start slots, D width, V vocabulary, T tokens per call.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from arjax.heads.categorical import HEADS
+from arjax.kernels.masks import MaskSpec
+from arjax.models.registry import MODELS
+from arjax.nn.layers import AdaLNModulation, Embed, modulate, make_param
+from arjax.nn.transformer import Transformer, TransformerConfig
+from arjax.orders import SRC_CLASS, SRC_QUERY, SRC_START, build_order, register_support
+from arjax.orders.base import Layout
+from arjax.tokenizers import build_tokenizer
+
+register_support("raster_ar", orders=("raster",))  # RasterAR reads RasterOrder's own API.
+register_support("ordered_ar", mask_kinds=("causal", "bidirectional", "block"))
+
+MODEL_DEFAULTS = dict(
+    learned_pos=False,       # add a learned table indexed by the slot's grid cell.
+    target_aware=False,      # RAR: add a second table indexed by the cell the slot predicts.
+    start_token=False,       # RAR: a learned [cls] slot before the class token.
+    timestep_cond=False,     # RAR: adaLN condition = class embedding + per-slot embedding.
+    final_adaln=False,       # RAR: adaLN (shift, scale) before the head.
+    pos_table_extra=0,       # extra rows of the position tables (RAR's released layout: 1024).
+    slot_table_extra=0,      # extra rows of the per-slot table (RAR: 100).
+)
+
+
+def model_option(m: ml_collections.ConfigDict, key: str):
+  return m.get(key, MODEL_DEFAULTS[key])
+
+
+def gather_cells(x, idx):
+  """x [B, N, ...], idx int [B, L] (-1 allowed) -> [B, L, ...] (rows of -1 are row 0)."""
+  idx = jnp.maximum(idx, 0)
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def scatter_to_grid(values, tgt, n: int):
+  """values [B, L, ...] at slots predicting cells tgt [B, L] -> [B, N, ...] (0 elsewhere)."""
+  b = values.shape[0]
+  cells = jnp.where(tgt >= 0, tgt, n)  # out of range: dropped
+  out = jnp.zeros((b, n) + values.shape[2:], values.dtype)
+  return out.at[jnp.arange(b)[:, None], cells].set(values, mode="drop")
+
+
+class OrderedAR(nnx.Module):
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    m = config.model
+    self.config_name = m.name
+    self.tokenizer = build_tokenizer(config)
+    self.order = build_order(config, self.tokenizer)
+    self.backbone_cfg = TransformerConfig.from_config(m.backbone)
+    cfg = self.backbone_cfg
+    dim, dt = cfg.dim, cfg.compute_dtype
+    n = self.tokenizer.tokens_per_image
+    self.num_tokens = n
+    self.num_classes, self.null_class = m.num_classes, m.num_classes
+    self.class_dropout = m.class_dropout
+    self.learned_pos = model_option(m, "learned_pos")
+    self.target_aware = model_option(m, "target_aware")
+    self.start_slots = 1 if model_option(m, "start_token") else 0
+    self.timestep_cond = model_option(m, "timestep_cond")
+    if self.timestep_cond and not cfg.adaln:
+      raise ValueError("model.timestep_cond=True conditions adaLN: set model.backbone.adaln=True")
+    if cfg.adaln and not self.timestep_cond:
+      raise ValueError("model.backbone.adaln=True needs model.timestep_cond=True in ordered_ar "
+                       "(the adaLN condition is class + per-slot embedding)")
+    if cfg.position == "learned":
+      raise ValueError("ordered_ar: use model.learned_pos=True with backbone.position='none' "
+                       "(the backbone's learned table would index by row only)")
+    from arjax.orders.random import RandomOrder
+    if isinstance(self.order, RandomOrder) and self.order.max_group > 1:
+      raise ValueError(f"order 'random' with parallel groups (order.schedule="
+                       f"{self.order.schedule!r}) needs separate target queries: use model "
+                       "'arpg' or order 'randar'")
+    self.class_embed = Embed(m.num_classes + 1, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
+    self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
+    init = nnx.initializers.normal(stddev=0.02)
+    self.query = make_param(rngs, init, (dim,), ("embed",))
+    self.start = make_param(rngs, init, (dim,), ("embed",)) if self.start_slots else None
+    rows = n + model_option(m, "pos_table_extra")
+    self.pos_table = (Embed(rows, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
+                      if self.learned_pos else None)
+    self.target_table = (Embed(rows, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
+                         if self.target_aware else None)
+    self.max_slots = self._max_slots() + self.start_slots
+    self.slot_table = (Embed(self.max_slots + model_option(m, "slot_table_extra"), dim, rngs=rngs,
+                             axes=(None, "embed"), dtype=dt) if self.timestep_cond else None)
+    self.backbone = Transformer(cfg, rngs=rngs)
+    self.final_ada = (AdaLNModulation(dim, dim, 2, rngs=rngs, dtype=dt)
+                      if model_option(m, "final_adaln") else None)
+    self.head = HEADS.get(m.head, field="model.head")(dim, self.tokenizer.vocab_size, rngs=rngs,
+                                                      dtype=dt, label_smoothing=m.label_smoothing)
+    self.drop = nnx.Dropout(m.token_dropout, rngs=rngs) if m.token_dropout > 0 else None
+    self.rngs = rngs
+
+  def _max_slots(self) -> int:
+    shape = jax.eval_shape(lambda: self.order.train_layout(jax.random.key(0), 1, 0, True))
+    return shape.src.shape[1]
+
+  # -- forward ---------------------------------------------------------------------------------
+  def embed_slots(self, tokens, labels, layout: Layout):
+    """-> x [B, L, D], rope positions [B, L, 2], adaLN cond [B, L, D] or None."""
+    src, pos, tgt = layout.src, layout.pos, layout.tgt
+    tok = self.token_embed(gather_cells(tokens, src))
+    cls = self.class_embed(labels)[:, None]
+    x = jnp.where((src >= 0)[..., None], tok, 0)
+    x = x + jnp.where((src == SRC_CLASS)[..., None], cls, 0)
+    x = x + jnp.where((src == SRC_QUERY)[..., None], self.query[...].astype(x.dtype), 0)
+    if self.start is not None:
+      x = x + jnp.where((src == SRC_START)[..., None], self.start[...].astype(x.dtype), 0)
+    if self.pos_table is not None:
+      x = x + self.pos_table(jnp.maximum(pos, 0)) * (pos >= 0)[..., None]
+    if self.target_table is not None:
+      x = x + self.target_table(jnp.maximum(tgt, 0)) * (tgt >= 0)[..., None]
+    grid = self.order.grid_positions
+    rope_pos = jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+    cond = None
+    if self.slot_table is not None:
+      slots = jnp.arange(src.shape[1])
+      cond = cls + self.slot_table(slots)[None]
+    return x, rope_pos, cond
+
+  def layout_logits(self, tokens, labels, layout: Layout, *, train: bool = False, caches=None,
+                    cache_index=None):
+    """tokens int32 [B, N], labels [B], a layout of L slots -> logits float32 [B, L, V]."""
+    layout = layout.prepend(self.start_slots)  # orders' layouts never hold start slots.
+    x, rope_pos, cond = self.embed_slots(tokens, labels, layout)
+    if self.drop is not None:
+      x = self.drop(x, deterministic=not train)
+    h, _ = self.backbone(x, positions=rope_pos, mask=layout.mask, cond=cond,
+                         deterministic=not train)
+    if self.final_ada is not None:
+      shift, scale = self.final_ada(cond)
+      h = modulate(h, shift, scale)
+    return self.head(h), layout
+
+  def drop_labels(self, labels):
+    keep = jax.random.uniform(self.rngs.dropout(), labels.shape) >= self.class_dropout
+    return jnp.where(keep, labels, self.null_class)
+
+  def loss(self, batch: Dict[str, jax.Array], *, train: bool
+           ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    tokens = batch["tokens"] if "tokens" in batch else self.tokenizer.encode(batch["image"])
+    labels = batch["label"].astype(jnp.int32)
+    b = tokens.shape[0]
+    if train and self.class_dropout > 0:
+      labels = self.drop_labels(labels)
+    # Evaluation draws its order from a fixed key, so the test NLL is deterministic.
+    key = self.rngs.sample() if train else jax.random.key(0)
+    layout = self.order.train_layout(key, b, batch.get("step"), train)
+    logits, layout = self.layout_logits(tokens, labels, layout, train=train)
+    targets = gather_cells(tokens, layout.tgt)
+    w = (layout.tgt >= 0).astype(jnp.float32)
+    if "mask" in batch:  # padded evaluation batches
+      w = w * batch["mask"][:, None].astype(jnp.float32)
+    loss, nll = self.head.loss(logits, targets, w)
+    denom = jnp.maximum(w.sum(), 1.0)
+    nll_mean = (nll * w).sum() / denom
+    acc = ((jnp.argmax(logits, -1) == targets) * w).sum() / denom
+    metrics = {"loss": loss, "nll": nll_mean, "bits_per_dim": nll_mean / jnp.log(2.0),
+               "accuracy": acc, "num_tokens": w.sum()}
+    if hasattr(self.order, "random_ratio") and self.order.anneals:
+      metrics["random_ratio"] = self.order.random_ratio(batch.get("step"), train)
+    return loss, metrics
+
+  # -- sampling --------------------------------------------------------------------------------
+  def grid_logits(self, tokens, labels, known, plan):
+    """Logits [B, N, V] for every cell predicted by a sampling step's layout."""
+    layout = self.order.sample_layout(plan, known)
+    logits, layout = self.layout_logits(tokens, labels, layout)
+    return scatter_to_grid(logits, layout.tgt, self.num_tokens)
+
+  # KV-cached raster decoding (the SequentialSampler protocol) for causal orders without queries:
+  # slot P-1 is the class, slot P + i carries x_i and predicts x_(i+1).
+  @property
+  def supports_cached_raster(self) -> bool:
+    return self.order.name in ("raster", "random")
+
+  def _check_cached(self):
+    if not self.supports_cached_raster:
+      raise ValueError(f"KV-cached raster decoding needs order 'raster' or 'random', not "
+                       f"{self.order.name!r}; use arjax.sampling.OrderSampler")
+
+  def init_cache(self, batch: int):
+    """{'kv': per-layer KV caches, 'labels': int32 [B]} (the adaLN condition needs the class
+    at every decode call, and the SequentialSampler protocol passes only the cache)."""
+    self._check_cached()
+    return {"kv": self.backbone.init_cache(batch, self.num_tokens + self.start_slots),
+            "labels": jnp.zeros((batch,), jnp.int32)}
+
+  def _decode(self, x_src, slot0, labels, caches, pos, tgt, src):
+    b, t = src.shape
+    layout_src = src
+    x = self.token_embed(jnp.maximum(x_src, 0))
+    cls = self.class_embed(labels)[:, None]
+    x = jnp.where((layout_src == SRC_CLASS)[..., None], cls, x)
+    if self.start is not None:
+      x = jnp.where((layout_src == SRC_START)[..., None], self.start[...].astype(x.dtype), x)
+    if self.pos_table is not None:
+      x = x + self.pos_table(jnp.maximum(pos, 0)) * (pos >= 0)[..., None]
+    if self.target_table is not None:
+      x = x + self.target_table(jnp.maximum(tgt, 0)) * (tgt >= 0)[..., None]
+    grid = self.order.grid_positions
+    rope_pos = jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+    cond = None
+    if self.slot_table is not None:
+      slots = slot0 + jnp.arange(t)
+      cond = cls + self.slot_table(slots)[None]
+    mask = MaskSpec(kind="causal", q_offset=slot0, kv_length=slot0 + t)
+    h, kv = self.backbone(x, positions=rope_pos, mask=mask, cond=cond, caches=caches["kv"],
+                          cache_index=slot0)
+    caches = {"kv": kv, "labels": labels}
+    if self.final_ada is not None:
+      shift, scale = self.final_ada(cond)
+      h = modulate(h, shift, scale)
+    return self.head(h), caches
+
+  def decode_prefix(self, labels, caches):
+    """Feeds the start slot(s) and the class. Returns (logits [B, V] for x_0, caches)."""
+    self._check_cached()
+    b, p = labels.shape[0], self.start_slots + 1
+    src = jnp.asarray([SRC_START] * self.start_slots + [SRC_CLASS], jnp.int32)[None]
+    src = jnp.broadcast_to(src, (b, p))
+    tgt = jnp.asarray([-1] * self.start_slots + [0], jnp.int32)[None].repeat(b, 0)
+    labels = labels.astype(jnp.int32)
+    logits, caches = self._decode(src, 0, labels, caches, -jnp.ones((b, p), jnp.int32), tgt, src)
+    return logits[:, -1], caches
+
+  def decode_tokens(self, tokens, token_index, caches):
+    """Feeds x_i ... x_(i+T-1) (i = token_index). Returns (logits [B, T, V], caches)."""
+    b, t = tokens.shape
+    cells = token_index + jnp.arange(t, dtype=jnp.int32)
+    pos = jnp.broadcast_to(cells, (b, t))
+    nxt = cells + 1
+    tgt = jnp.broadcast_to(jnp.where(nxt < self.num_tokens, nxt, -1), (b, t))
+    return self._decode(tokens, token_index + self.start_slots + 1, caches["labels"], caches,
+                        pos, tgt, pos)
+
+
+@MODELS.register("ordered_ar")
+def _build(config, *, rngs):
+  return OrderedAR(config, rngs=rngs)

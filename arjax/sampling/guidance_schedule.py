@@ -1,0 +1,74 @@
+"""Guidance schedules: the classifier-free guidance scale as a function of sampling progress.
+
+One wrapper for every sampler: a sampler calls `schedule.combine(logits, progress)` with the
+doubled-batch logits (conditional half first, as `arjax.sampling.guidance`) and its progress,
+and the schedule picks the scale:
+
+  constant       s                                       (LlamaGen, ARPG's recommendation)
+  linear         1 + (s - 1) p                           (MAR, RandAR 1 -> 4, LPD; MaskGIL:
+                                                          (1 + w_t) l_c - w_t l_u, w_t = 3 t/(T-1)
+                                                          is linear with s = 4, by='steps')
+  power_cosine   1 + (s - 1) (1 - cos(pi p^power)) / 2   (RAR, Yu et al. 2024)
+
+p is the fraction of tokens decoded before this step (`by='tokens'`: t/N for a sequential
+sampler) or the step fraction t/(T-1) (`by='steps'`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+from arjax.sampling.guidance import cfg_logits
+
+GUIDANCE_KINDS = ("constant", "linear", "power_cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSchedule:
+  kind: str = "constant"
+  scale: float = 1.0
+  power: float = 1.0   # power_cosine exponent p.
+  by: str = "tokens"   # progress: 'tokens' (fraction decoded) or 'steps' (t / (T - 1)).
+
+  def __post_init__(self):
+    if self.kind not in GUIDANCE_KINDS:
+      raise ValueError(f"guidance schedule kind={self.kind!r}; expected one of {GUIDANCE_KINDS}")
+    if self.by not in ("tokens", "steps"):
+      raise ValueError(f"guidance schedule by={self.by!r}; expected 'tokens' or 'steps'")
+    if self.power <= 0:
+      raise ValueError(f"guidance schedule power={self.power}; expected > 0")
+
+  @property
+  def enabled(self) -> bool:
+    return self.scale != 1.0
+
+  def at(self, progress):
+    """Guidance scale at progress in [0, 1] (scalar or array)."""
+    p = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+    if self.kind == "constant":
+      return jnp.full_like(p, self.scale)
+    if self.kind == "linear":
+      return 1.0 + (self.scale - 1.0) * p
+    return 1.0 + (self.scale - 1.0) * (1.0 - jnp.cos(math.pi * p ** self.power)) / 2.0
+
+  def progress(self, tokens_done, num_tokens, step, num_steps):
+    if self.by == "tokens":
+      return jnp.asarray(tokens_done, jnp.float32) / num_tokens
+    return jnp.asarray(step, jnp.float32) / max(num_steps - 1, 1)
+
+  def combine(self, logits, progress):
+    """logits [2B, ..., V] (conditional half first), progress scalar or [B] -> [B, ..., V]."""
+    s = self.at(progress)
+    if s.ndim == 1:
+      s = s.reshape(s.shape + (1,) * (logits.ndim - 1))
+    return cfg_logits(logits, s)
+
+
+def from_config(config, cfg_scale: float) -> GuidanceSchedule:
+  """Reads eval.cfg_schedule / eval.cfg_power / eval.cfg_by when a config has them."""
+  e = config.get("eval", {}) if hasattr(config, "get") else {}
+  get = lambda k, d: e.get(k, d) if hasattr(e, "get") else d
+  return GuidanceSchedule(kind=get("cfg_schedule", "constant"), scale=float(cfg_scale),
+                          power=float(get("cfg_power", 1.0)), by=get("cfg_by", "tokens"))
