@@ -35,7 +35,8 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   from arjax.evaluate.images import save_grid
-  from arjax.sampling import SamplingConfig, SequentialSampler
+  from arjax.sampling import SamplingConfig
+  from arjax.sampling.orders import build_sampler
   from arjax.train.restore import load_run
 
   exp, state, step = load_run(args.workdir, args.step)
@@ -46,7 +47,7 @@ def main(argv=None):
                             top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p))
   ncls = exp.config.model.num_classes
   labels = jnp.arange(args.num, dtype=jnp.int32) % ncls
-  sampler = SequentialSampler(exp.fm, sampling)
+  sampler = build_sampler(exp.fm, sampling, exp.config)  # the sampler the model's order needs.
   params = exp.eval_params(state)
   t0 = time.time()
   tokens = sampler.sample_tokens(params, labels, jax.random.key(args.seed))

@@ -44,7 +44,8 @@ def generate_samples(exp, params, num_samples: int, seed: int = 0, batch_size: i
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from arjax.sampling import SamplingConfig, SequentialSampler
+  from arjax.sampling import SamplingConfig
+  from arjax.sampling.orders import build_sampler
 
   if num_samples <= 0:
     raise ValueError(f"num_samples={num_samples}; expected a positive number")
@@ -52,7 +53,7 @@ def generate_samples(exp, params, num_samples: int, seed: int = 0, batch_size: i
   if batch_size % data:
     raise ValueError(f"batch_size={batch_size} must be divisible by the mesh's data axis ({data})")
   sampling = sampling or SamplingConfig()
-  sampler = SequentialSampler(exp.fm, sampling)
+  sampler = build_sampler(exp.fm, sampling, exp.config)  # the sampler the model's order needs.
   sharding = NamedSharding(exp.mesh, P("data"))
   labels = balanced_labels(num_samples, exp.config.model.num_classes)
   decode = jax.jit(lambda p, t: exp.fm.bind(p).tokenizer.decode(t))

@@ -183,6 +183,9 @@ def build_sampler(fm: FunctionalModel, sampling: SamplingConfig, config=None,
   raster = order is not None and (order.name == "raster" or (
       order.name == "random" and not getattr(order, "sample_random", True)))
   if cached and raster:
+    # A constant scale is the plain KV-cached sampler itself (and its exact samples).
+    if guidance.kind == "constant":
+      return SequentialSampler(fm, sampling)
     return GuidedSequentialSampler(fm, sampling, guidance)
   if hasattr(model, "grid_logits"):
     return OrderSampler(fm, sampling, guidance)

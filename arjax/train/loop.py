@@ -147,7 +147,8 @@ class Experiment:
     return {"nll": nll, "bits_per_dim": nll / math.log(2.0), "num_tokens": count}
 
   def sample_grid(self, params, rng, per_class: Optional[int] = None, **overrides):
-    from arjax.sampling import SamplingConfig, SequentialSampler, class_grid_labels
+    from arjax.sampling import SamplingConfig, class_grid_labels
+    from arjax.sampling.orders import build_sampler
     e = self.config.eval
     sampling = SamplingConfig(cfg_scale=overrides.get("cfg_scale", e.cfg_scale),
                               temperature=overrides.get("temperature", e.temperature),
@@ -155,7 +156,7 @@ class Experiment:
                               top_p=overrides.get("top_p", e.top_p))
     per_class = per_class or e.samples_per_class
     labels = class_grid_labels(self.config.model.num_classes, per_class)
-    sampler = SequentialSampler(self.fm, sampling)
+    sampler = build_sampler(self.fm, sampling, self.config)  # the sampler the model's order needs.
     images = sampler.sample_images(params, labels, rng)
     return np.asarray(jax.device_get(images)), np.asarray(labels)
 
