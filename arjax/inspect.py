@@ -1,11 +1,12 @@
 """python -m arjax.inspect --config PATH[:ARGS] [--mesh data=16,fsdp=8] [--topology v5p:4x4x4]
-                         [--hbm_gib 80] [--json] [field=value ...]
+                         [--no_compile] [--hbm_gib 80] [--json] [field=value ...]
 
 Prints the parameter count (from jax.eval_shape: nothing is allocated) and FLOPs per token and
 per train step of a config. With --mesh it also lowers and compiles the train step ahead of
 time for that mesh, from shapes alone, and prints the per-device memory: parameters, optimizer
 state (exact, from the shardings) and XLA's analysis of the compiled step (arguments,
 temporaries = activations/gradients/workspace, peak), and whether the peak fits --hbm_gib.
+--no_compile keeps the exact state bytes and skips the compile (minutes for paper sizes).
 
 Devices: with --topology NAME the mesh is laid on a TPU topology from libtpu (`pip install
 libtpu`; no TPU needed), so XLA's TPU compiler does the accounting; otherwise on fake CPU
@@ -24,8 +25,10 @@ from typing import Any, Dict, Optional
 DEFAULT_HBM_GIB = 80.0  # an H100's 80 GB.
 
 
-def inspect_config(config, mesh=None, hbm_gib: Optional[float] = None) -> Dict[str, Any]:
-  """Parameters and FLOPs of `config`; with `mesh` (a jax Mesh) also an AOT memory report.
+def inspect_config(config, mesh=None, hbm_gib: Optional[float] = None,
+                   compile: bool = True) -> Dict[str, Any]:
+  """Parameters and FLOPs of `config`; with `mesh` (a jax Mesh) also an AOT memory report
+  (`compile=False`: the exact per-device state bytes only, from the shardings, in seconds).
 
   Keys: model, params, params_by_module, the FLOP counts of `arjax.train.flops.model_flops`,
   and with a mesh: mesh, memory {state, compiled, compile_seconds, devices, platform,
@@ -44,7 +47,7 @@ def inspect_config(config, mesh=None, hbm_gib: Optional[float] = None) -> Dict[s
   out.update(model_flops(config))
   if mesh is not None:
     from arjax.parallel import memory
-    report = memory.aot_train_step(config, mesh)
+    report = (memory.aot_train_step if compile else memory.state_report)(config, mesh)
     hbm = DEFAULT_HBM_GIB if hbm_gib is None else float(hbm_gib)
     out.update(mesh=report["mesh"], memory=report, hbm_gib=hbm, fits=memory.fits(report, hbm))
   return out
@@ -97,8 +100,10 @@ def print_report(spec: str, out: Dict[str, Any]) -> None:
     return
   m = out["memory"]
   mesh = ",".join(f"{k}={v}" for k, v in out["mesh"].items())
+  how = ("not compiled: state only" if m["compile_seconds"] is None else
+         f"compiled in {m['compile_seconds']:.1f}s")
   print(f"per-device memory on mesh {mesh} ({m['devices']} x {m['platform']} "
-        f"{m['device_kind']}; compiled in {m['compile_seconds']:.1f}s):")
+        f"{m['device_kind']}; {how}):")
   s, c = m["state"], m["compiled"]
   print(f"  parameters        {_fmt(s['params'])}")
   print(f"  optimizer state   {_fmt(s['opt_state'])}")
@@ -122,6 +127,8 @@ def main(argv=None):
                       "(needs libtpu); default: fake CPU devices")
   parser.add_argument("--hbm_gib", type=float, default=DEFAULT_HBM_GIB,
                       help="device memory to check the peak against (GiB)")
+  parser.add_argument("--no_compile", action="store_true", help="with --mesh: per-device "
+                      "state bytes from the shardings only (seconds), no compiled step")
   parser.add_argument("--json", action="store_true", help="print JSON only")
   parser.add_argument("overrides", nargs="*", help="field=value config overrides")
   args = parser.parse_args(argv)
@@ -135,7 +142,7 @@ def main(argv=None):
   from arjax.config import load_config
   config = load_config(args.config, args.overrides)
   mesh = mesh_from(mesh_sizes, args.topology or None) if mesh_sizes else None
-  out = inspect_config(config, mesh=mesh, hbm_gib=args.hbm_gib)
+  out = inspect_config(config, mesh=mesh, hbm_gib=args.hbm_gib, compile=not args.no_compile)
   if args.json:
     print(json.dumps(out))
   else:

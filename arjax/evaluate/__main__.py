@@ -1,11 +1,12 @@
-"""python -m arjax.evaluate --workdir DIR [--metrics bpd,fd,prec_rec,fid,is] [--num_samples N]
+"""python -m arjax.evaluate --workdir DIR [--metrics bpd,fd,prec_rec,fid,sfid,is,iprec_rec] [--num_samples N]
        [--reference stats.npz] [--inception_weights FILE] [--cfg_scale S] [--temperature T]
        [--top_k K] [--top_p P] [--seed X] [--batch_size B] [--out eval.json]
 
 bpd (the default): test bits/dim of the latest checkpoint and a class-conditional sample grid.
 fd/prec_rec: N balanced class-conditional samples scored in the offline classifier's feature
-space (not comparable with Inception FID); fid/is: Flax InceptionV3 (--inception_weights, and
---reference for fid). Writes JSON (WORKDIR/eval.json or --out) and appends a markdown row to
+space (not comparable with Inception FID); fid/sfid/is/iprec_rec: Flax InceptionV3
+(--inception_weights; --reference for fid (mu, sigma), sfid (mu_s, sigma_s) and iprec_rec
+(arr_0: ADM's precision/recall, k = 3, in pool3 space)). Writes JSON (WORKDIR/eval.json or --out) and appends a markdown row to
 WORKDIR/eval.md. See docs/evaluation.md.
 """
 from __future__ import annotations
@@ -60,12 +61,14 @@ def main(argv=None):
     # Checked before loading anything: the offline features have F = 128.
     p.error(f"--num_samples {args.num_samples} <= 128, the offline classifier's feature "
             "dimension: the sample covariance for fd would be rank-deficient")
-  if ("fid" in names or "is" in names) and not args.inception_weights:
-    p.error(f"metrics {[m for m in names if m in ('fid', 'is')]} need --inception_weights FILE")
+  inception_names = [m for m in names if m in sm.INCEPTION_METRICS]
+  if inception_names and not args.inception_weights:
+    p.error(f"metrics {inception_names} need --inception_weights FILE")
   if args.inception_weights and not os.path.isfile(args.inception_weights):
     p.error(f"--inception_weights file {args.inception_weights!r} not found")
-  if "fid" in names and not args.reference:
-    p.error("metric 'fid' needs --reference stats.npz")
+  if any(m in names for m in ("fid", "sfid", "iprec_rec")) and not args.reference:
+    p.error(f"metric(s) {[m for m in names if m in ('fid', 'sfid', 'iprec_rec')]} need "
+            "--reference stats.npz")
 
   import jax
   import numpy as np
@@ -91,7 +94,7 @@ def main(argv=None):
                               temperature=pick(args.temperature, e.temperature),
                               top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p))
     ref = None
-    if args.reference and "fid" not in names:
+    if args.reference and not inception_names:
       # Checked before sampling so that a wrong file fails in seconds, not after N samples.
       ref = sm.check_offline_reference(args.reference, 128)
     samples, labels = sm.generate_samples(exp, params, args.num_samples, args.seed,
@@ -109,10 +112,10 @@ def main(argv=None):
                   "fd_space": f"offline {exp.config.data.source} classifier (not Inception FID)"})
       if "prec_rec" in names:
         out.update({"precision": s["precision"], "recall": s["recall"]})
-    if "fid" in names or "is" in names:
+    if inception_names:
       try:
         out.update(sm.inception_scores(samples, args.inception_weights, args.reference,
-                                       [m for m in names if m in ("fid", "is")]))
+                                       inception_names))
       except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

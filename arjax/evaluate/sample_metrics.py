@@ -21,7 +21,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-SAMPLE_METRICS = ("fd", "prec_rec", "fid", "is")
+SAMPLE_METRICS = ("fd", "prec_rec", "fid", "sfid", "is", "iprec_rec")
+# Metrics in InceptionV3 space (need --inception_weights); iprec_rec is ADM's precision/recall.
+INCEPTION_METRICS = ("fid", "sfid", "is", "iprec_rec")
 METRICS = ("bpd",) + SAMPLE_METRICS
 
 
@@ -128,20 +130,37 @@ def offline_scores(config, samples, labels, split: str = "test", k: int = 3) -> 
 
 
 def inception_scores(samples, weights: str, reference: Optional[str], want: Sequence[str],
-                     batch_size: int = 50) -> Dict[str, float]:
+                     batch_size: int = 50, extractor=None) -> Dict[str, float]:
+  """FID (pool3), sFID (spatial), IS (logits) and ADM's precision/recall (pool3, k = 3).
+
+  samples uint8 [N, H, W, 3]. `reference` is an ADM-layout .npz: fid needs mu/sigma, sfid
+  mu_s/sigma_s, iprec_rec arr_0 (reference images, run through the same network, or their
+  pool3 activations). `extractor` (images -> dict of features) replaces the network in tests.
+  """
   import os
   from arjax.evaluate import inception, metrics
   from arjax.evaluate.reference_stats import load_reference_stats
-  if not weights:
-    raise ValueError(f"metrics {list(want)} need --inception_weights FILE (converted "
-                     "pt_inception-2015-12-05 weights; see docs/evaluation.md)")
-  if not os.path.isfile(weights):
-    raise FileNotFoundError(f"--inception_weights {weights!r} not found")
-  if "fid" in want and not reference:
-    raise ValueError("metric 'fid' needs --reference stats.npz (ADM layout; "
+  if extractor is None:
+    if not weights:
+      raise ValueError(f"metrics {list(want)} need --inception_weights FILE (converted "
+                       "pt_inception-2015-12-05 weights; see docs/evaluation.md)")
+    if not os.path.isfile(weights):
+      raise FileNotFoundError(f"--inception_weights {weights!r} not found")
+  needs_ref = [m for m in want if m in ("fid", "sfid", "iprec_rec")]
+  if needs_ref and not reference:
+    raise ValueError(f"metric(s) {needs_ref} need --reference stats.npz (ADM layout; "
                      "python -m arjax.evaluate.reference writes one)")
-  ref = load_reference_stats(reference) if "fid" in want else None
-  out = inception.make_extractor(inception.load_inception(weights), batch_size)(samples)
+  ref = load_reference_stats(reference) if needs_ref else None
+  # Checked before running the network on N samples, so a wrong file fails in seconds.
+  if "sfid" in want and ref.mu_s is None:
+    raise KeyError(f"--reference {reference}: no 'mu_s'/'sigma_s' (sFID spatial statistics); "
+                   "ADM's reference batches have them, pytorch-fid's files do not")
+  if "iprec_rec" in want and not ref.has_arr_0:
+    raise KeyError(f"--reference {reference}: no 'arr_0' (reference images or pool3 "
+                   "activations), which precision/recall need per sample")
+  if extractor is None:
+    extractor = inception.make_extractor(inception.load_inception(weights), batch_size)
+  out = extractor(samples)
   res = {}
   if "fid" in want:
     if ref.dim != out["pool3"].shape[1]:
@@ -149,8 +168,22 @@ def inception_scores(samples, weights: str, reference: Optional[str], want: Sequ
                        f"features have D={out['pool3'].shape[1]}")
     mu, sig = metrics.feature_statistics(out["pool3"])
     res["fid"] = metrics.frechet_distance(mu, sig, ref.mu, ref.sigma)
+  if "sfid" in want:
+    if ref.mu_s.shape[0] != out["spatial"].shape[1]:
+      raise ValueError(f"--reference {reference}: mu_s has S={ref.mu_s.shape[0]} but the "
+                       f"spatial features have S={out['spatial'].shape[1]}")
+    mu, sig = metrics.feature_statistics(out["spatial"])
+    res["sfid"] = metrics.frechet_distance(mu, sig, ref.mu_s, ref.sigma_s)
   if "is" in want:
     res["is"], res["is_std"] = metrics.inception_score(out["logits"])
+  if "iprec_rec" in want:
+    real = ref.arr_0()
+    real = extractor(real)["pool3"] if ref.arr_0_kind == "images" else real
+    if real.shape[1] != out["pool3"].shape[1]:
+      raise ValueError(f"--reference {reference}: arr_0 activations have D={real.shape[1]} "
+                       f"but InceptionV3 pool3 features have D={out['pool3'].shape[1]}")
+    res["inception_precision"], res["inception_recall"] = metrics.precision_recall(
+        real, out["pool3"], k=3)
   return res
 
 

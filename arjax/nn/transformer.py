@@ -23,8 +23,10 @@ from arjax.kernels.masks import MaskSpec
 from arjax.nn import rope as rope_lib
 from arjax.nn.attention import Attention, Cache, init_cache
 from arjax.nn.layers import AdaLNModulation, Embed, RMSNorm, SwiGLU, modulate, swiglu_hidden_dim
+from arjax.parallel.activations import constrain
 
 POSITION_ENCODINGS = ("rope1d", "rope2d", "learned", "none")
+_HIDDEN = ("batch", "length", "embed")  # logical axes of the hidden states [B, L, D].
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,12 +174,13 @@ class Transformer(nnx.Module):
       emb = self.pos_embed(jnp.maximum(flat, 0)) * (flat >= 0)[..., None]
       x = x + emb.astype(x.dtype)
     rope = self.rope_tables(positions)
-    x = x.astype(cfg.compute_dtype)
+    x = constrain(x.astype(cfg.compute_dtype), _HIDDEN)
     new_caches = [] if caches is not None else None
     for i, block in enumerate(self.blocks):
       x, c = block(x, mask=mask, rope=rope, cond=cond,
                    cache=None if caches is None else caches[i], cache_index=cache_index,
                    deterministic=deterministic)
+      x = constrain(x, _HIDDEN)  # keep the batch split under FSDP (arjax.parallel.activations).
       if new_caches is not None:
         new_caches.append(c)
     return self.norm(x), new_caches

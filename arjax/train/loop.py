@@ -23,6 +23,7 @@ import numpy as np
 from arjax import data as data_lib
 from arjax import parallel
 from arjax.parallel import checks, memory  # [scale] layout checks, memory report, fault hook
+from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
 from arjax.train.checkpoint import Checkpointer
 from arjax.train.functional import FunctionalModel
@@ -116,6 +117,7 @@ class Experiment:
 
   def jit_train_step(self, state_shardings):
     step = make_train_step(self.fm, self.tx, self.schedule, self.config.train.ema_decay)
+    step = with_activation_sharding(step, self.mesh, self.rules)
     return jax.jit(step, in_shardings=(state_shardings, None),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
@@ -126,7 +128,7 @@ class Experiment:
   def bits_per_dim(self, params, split: str = "test", num_examples: int = -1) -> Dict[str, float]:
     """Mean NLL over every token of the split (padded last batch masked, nothing dropped)."""
     e = self.config.eval
-    step = jax.jit(make_eval_step(self.fm))
+    step = jax.jit(with_activation_sharding(make_eval_step(self.fm), self.mesh, self.rules))
     it = data_lib.make_iterator(self.config.data, split=split, global_batch_size=e.batch_size,
                                 seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
     total, count, seen = 0.0, 0.0, 0

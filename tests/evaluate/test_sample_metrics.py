@@ -108,3 +108,55 @@ def test_reference_cli(tmp_path):
   proc = run("arjax.evaluate.reference", "--data", "mnist", "--features", "inception",
              "--inception_weights", "/nonexistent/w.pth", "--out", out, check=False)
   assert proc.returncode == 2 and "/nonexistent/w.pth" in proc.stderr
+
+
+def test_inception_metrics_use_the_right_features_and_reference_fields(tmp_path):
+  # The network is replaced by a fixed feature map (Inception itself is tested in
+  # test_inception.py); this checks which features and which reference fields each metric uses,
+  # against float64 numpy/scipy computations.
+  import scipy.linalg
+  from arjax.evaluate import sample_metrics as sm
+  rng = np.random.default_rng(0)
+  d, s_dim, n = 6, 5, 400
+
+  def extractor(images):
+    x = images.reshape(len(images), -1)[:, :d + s_dim].astype(np.float64) / 255.0
+    return {"pool3": x[:, :d], "spatial": x[:, d:], "logits": x[:, :4] * 3.0}
+
+  samples = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+  real_images = rng.integers(40, 256, (n, 4, 4, 3), dtype=np.uint8)
+  real = extractor(real_images)
+  ref = tmp_path / "ref.npz"
+  np.savez(ref, mu=real["pool3"].mean(0), sigma=np.cov(real["pool3"], rowvar=False),
+           mu_s=real["spatial"].mean(0), sigma_s=np.cov(real["spatial"], rowvar=False),
+           arr_0=real_images)
+  got = sm.inception_scores(samples, None, str(ref), ["fid", "sfid", "is", "iprec_rec"],
+                            extractor=extractor)
+
+  def fd(a, b):
+    m1, m2 = a.mean(0), b.mean(0)
+    c1, c2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return float(((m1 - m2) ** 2).sum() + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real))
+
+  fake = extractor(samples)
+  assert got["fid"] == pytest.approx(fd(fake["pool3"], real["pool3"]), rel=1e-6)
+  assert got["sfid"] == pytest.approx(fd(fake["spatial"], real["spatial"]), rel=1e-6)
+  assert got["sfid"] != pytest.approx(got["fid"], rel=1e-3)
+
+  def radii(x):  # distance to the 3rd nearest other point (k = 3, self excluded)
+    dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    return np.sort(dist, 1)[:, 3]
+
+  def covered(points, manifold):
+    dist = np.sqrt(((points[:, None] - manifold[None]) ** 2).sum(-1))
+    return float((dist <= radii(manifold)[None]).any(1).mean())
+
+  assert got["inception_precision"] == pytest.approx(covered(fake["pool3"], real["pool3"]), abs=1e-9)
+  assert got["inception_recall"] == pytest.approx(covered(real["pool3"], fake["pool3"]), abs=1e-9)
+  # Missing reference fields are named.
+  np.savez(tmp_path / "bare.npz", mu=real["pool3"].mean(0), sigma=np.cov(real["pool3"], rowvar=False))
+  with pytest.raises(KeyError, match="mu_s"):
+    sm.inception_scores(samples, None, str(tmp_path / "bare.npz"), ["sfid"], extractor=extractor)
+  with pytest.raises(KeyError, match="arr_0"):
+    sm.inception_scores(samples, None, str(tmp_path / "bare.npz"), ["iprec_rec"],
+                        extractor=extractor)

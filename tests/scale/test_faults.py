@@ -25,16 +25,20 @@ from tests.scale.conftest import (RUN_CONFIG, ROOT, assert_trees_equal, losses, 
 SEED = int(os.environ.get("ARJAX_CRASH_SEED", random.SystemRandom().randrange(10_000)))
 
 
-def _run_until_killed(cmd, env, *, external_delay=None, timeout=300):
-  """Runs the trainer; with external_delay, SIGKILLs it that long after its first step line."""
+KILL_RUN_STEPS = 12  # the crash-test run: run_config.py for 12 steps (a checkpoint after each).
+NUM_KILLS = 10
+
+
+def _run_until_killed(cmd, env, *, kill_after_step=None, delay=0.0, timeout=300):
+  """Runs the trainer; with kill_after_step, SIGKILLs it `delay` s after that step's log line."""
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   out = []
   deadline = time.time() + timeout
   for line in proc.stdout:
     out.append(line)
-    if external_delay is not None and re.search(r"step \d+/6", line):
-      time.sleep(external_delay)
+    if kill_after_step is not None and f"step {kill_after_step}/{KILL_RUN_STEPS}" in line:
+      time.sleep(delay)
       proc.send_signal(signal.SIGKILL)
       break
     if time.time() > deadline:
@@ -49,47 +53,80 @@ def _resumed_from(log):
   return int(m.group(1)) if m else None
 
 
-def test_sigkill_at_random_moments_resumes_bit_identically(reference, compile_cache, tmp_path):
+@pytest.fixture(scope="module")
+def long_reference(compile_cache, tmp_path_factory):
+  """The uninterrupted 12-step run (losses per step, final params, test bits/dim)."""
+  workdir = str(tmp_path_factory.mktemp("long_reference"))
+  config = load_config(RUN_CONFIG, [f"train.num_steps={KILL_RUN_STEPS}"])
+  results = train_and_evaluate(config, workdir)
+  return {"config": config, "results": results,
+          "losses": {s: v[0] for s, v in losses(workdir).items()},
+          "params": jax.device_get(restore(workdir, config).params)}
+
+
+def _kill_points():
+  """Every place a kill can land, in execution order.
+
+  ('step', k): right after step k is dispatched (ARJAX_FAULT_INJECT hook). ('save', k): while
+  the asynchronous checkpoint of step k is being written (hook, after a random 0-50 ms).
+  ('external', k): a SIGKILL from the test a random 0-100 ms after step k's log line.
+  """
+  points = []
+  for k in range(1, KILL_RUN_STEPS + 1):
+    points.append(("step", k))
+    if k < KILL_RUN_STEPS:  # the final checkpoint is written synchronously, after the loop.
+      points += [("save", k), ("external", k)]
+  return points
+
+
+def test_sigkill_at_random_moments_resumes_bit_identically(long_reference, compile_cache,
+                                                             tmp_path):
   rng = random.Random(SEED)
   workdir = str(tmp_path / "run")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  k1 = rng.randint(1, 2)
-  k2 = rng.randint(k1 + 1, 4)
-  trials = [  # (what, env hook, external delay)
-      (f"during the async save of step {k1}", f"save:{k1}:{rng.uniform(0, 0.05):.3f}", None),
-      (f"after dispatching step {k2}", f"step:{k2}", None),
-      ("at a random time", None, rng.uniform(0.0, 1.0)),
-  ]
-  partial_seen = set()
-  last_complete = None
-  for what, hook, delay in trials:
-    env = subprocess_env(compile_cache, **({"ARJAX_FAULT_INJECT": hook} if hook else {}))
-    rc, log = _run_until_killed(train_cmd(workdir), env, external_delay=delay)
-    context = f"seed {SEED}, kill {what}:\n{log[-3000:]}"
-    assert _resumed_from(log) == last_complete, context  # resumed from the last complete one.
-    if rc == 0:  # the random-time kill came after the run had finished: nothing to check.
-      assert delay is not None, context
-      continue
+  cmd = train_cmd(workdir, f"--config.train.num_steps={KILL_RUN_STEPS}")
+  points = _kill_points()
+  partial_seen, kills = set(), []
+  last_complete, next_point = None, 0
+  for trial in range(NUM_KILLS):
+    # Points the resumed run will reach, drawn at random, leaving room for the kills to come.
+    reachable = [i for i in range(next_point, len(points))
+                 if last_complete is None or points[i][1] > last_complete]
+    assert len(reachable) >= NUM_KILLS - trial, (SEED, kills, last_complete)
+    i = rng.choice(reachable[:len(reachable) - (NUM_KILLS - trial) + 1])
+    phase, k = points[i]
+    next_point = i + 1
+    if phase == "external":
+      env, kw = subprocess_env(compile_cache), dict(kill_after_step=k, delay=rng.uniform(0, .1))
+    else:
+      hook = f"step:{k}" if phase == "step" else f"save:{k}:{rng.uniform(0, 0.05):.3f}"
+      env, kw = subprocess_env(compile_cache, ARJAX_FAULT_INJECT=hook), {}
+    rc, log = _run_until_killed(cmd, env, **kw)
+    context = f"seed {SEED}, kills so far {kills}, now {phase} at step {k}:\n{log[-3000:]}"
+    assert _resumed_from(log) == last_complete, context  # the last *complete* checkpoint.
     assert rc == -signal.SIGKILL, context
-    entries = os.listdir(ckpt_dir)
-    partial_seen.update(e for e in entries if "tmp" in e)
-    last_complete = complete_steps(ckpt_dir)[-1] if complete_steps(ckpt_dir) else None
-    if hook and hook.startswith("save"):
-      assert last_complete is None or last_complete <= k1, context
-  rc, log = _run_until_killed(train_cmd(workdir), subprocess_env(compile_cache))
+    kills.append((phase, k))
+    partial_seen.update(e for e in os.listdir(ckpt_dir) if "tmp" in e)
+    steps = complete_steps(ckpt_dir)
+    last_complete = steps[-1] if steps else None
+    if phase == "step":  # killed before step k's checkpoint was started.
+      assert last_complete is None or last_complete < k, context
+    elif phase == "save":
+      assert last_complete is None or last_complete <= k, context
+  rc, log = _run_until_killed(cmd, subprocess_env(compile_cache))
   assert rc == 0, f"seed {SEED}:\n{log[-3000:]}"
   assert _resumed_from(log) == last_complete
 
   # Every loss any run logged, killed or not, equals the uninterrupted run's, bit for bit.
   got = losses(workdir)
-  assert sorted(got) == list(range(1, 7)), (SEED, got)
+  assert sorted(got) == list(range(1, KILL_RUN_STEPS + 1)), (SEED, got)
   for step, values in got.items():
-    assert values == [reference["losses"][step]] * len(values), (SEED, step, values)
-  assert_trees_equal(jax.device_get(restore(workdir, reference["config"]).params),
-                     reference["params"])
+    assert values == [long_reference["losses"][step]] * len(values), (SEED, step, values)
+  assert_trees_equal(jax.device_get(restore(workdir, long_reference["config"]).params),
+                     long_reference["params"])
   final = [r for r in read_metrics(workdir) if "test_bits_per_dim" in r][-1]
-  assert final["test_bits_per_dim"] == reference["results"]["test_bits_per_dim"]
-  print(f"seed {SEED}: kills at {[t[:2] for t in trials]}; partial checkpoints the kills left "
+  assert final["test_bits_per_dim"] == long_reference["results"]["test_bits_per_dim"]
+  print(f"seed {SEED}: {len(kills)} kills {kills}; partial checkpoints they left "
         f"(never resumed from): {sorted(partial_seen)}")
 
 

@@ -27,6 +27,10 @@ def test_inspect_compiles_for_a_mesh_in_process(compile_cache):
                               + compiled["temp"])
   assert out["fits"] is False  # 0.1 MiB of HBM is too little...
   assert inspect_config(config, mesh=mesh, hbm_gib=1.0)["fits"] is True  # ...1 GiB is plenty.
+  # Without compiling: the same exact state bytes, no compiled figures, no verdict.
+  quick = inspect_config(config, mesh=mesh, hbm_gib=1.0, compile=False)
+  assert quick["memory"]["state"] == state and quick["memory"]["compiled"] == {}
+  assert quick["fits"] is None and quick["memory"]["compile_seconds"] is None
   with pytest.raises(ValueError, match=r"needs 16 devices but 8 are available"):
     mesh_from({"data": 16, "fsdp": 1, "tensor": 1})
 
