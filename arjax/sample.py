@@ -39,7 +39,7 @@ def main(argv=None):
   from arjax.sampling.orders import build_sampler
   from arjax.train.restore import load_run
 
-  exp, state, step = load_run(args.workdir, args.step)
+  exp, state, step = load_run(args.workdir, args.step, check_data=False)  # no data needed.
   e = exp.config.eval
   pick = lambda v, d: d if v is None else v
   sampling = SamplingConfig(cfg_scale=pick(args.cfg_scale, e.cfg_scale),

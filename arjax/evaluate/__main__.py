@@ -76,7 +76,9 @@ def main(argv=None):
   from arjax.sampling import SamplingConfig
   from arjax.train.restore import load_run
 
-  exp, state, step = load_run(args.workdir, args.step)
+  # Only bits/dim and the offline metrics read the data set; Inception metrics need none.
+  exp, state, step = load_run(args.workdir, args.step,
+                              check_data=any(m in names for m in ("bpd", "fd", "prec_rec")))
   params = exp.eval_params(state)
   e = exp.config.eval
   pick = lambda v, d: d if v is None else v

@@ -53,6 +53,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
@@ -476,6 +477,7 @@ _MISSING_HELP = (
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
     "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
     "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
 }
@@ -513,6 +515,14 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
   return data
 
 
+class _Namespace:
+  """Stands in for argparse.Namespace (training checkpoints pickle their `args`): it only
+  stores the attributes pickle sets, and nothing of it is read."""
+
+  def __setstate__(self, state):
+    self.__dict__.update(state if isinstance(state, dict) else {})
+
+
 # The only globals a state-dict pickle may name. Anything else (in particular anything that
 # could run code on load) is refused: this is torch.load(weights_only=True)'s policy.
 _SAFE_GLOBALS = {
@@ -520,6 +530,7 @@ _SAFE_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("argparse", "Namespace"): _Namespace,
 }
 
 
@@ -636,8 +647,12 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
     obj, storages = _read_zip(path)
   else:
     obj, storages = _read_legacy(path)
-  if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-    obj = obj["state_dict"]
+  # Training checkpoints nest the weights: {"model": ..., "optimizer": ..., "args": ...}
+  # (LlamaGen, VAR), {"state_dict": ...} or {"module": ...} (DeepSpeed).
+  for key in ("state_dict", "model", "module"):
+    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+      obj = obj[key]
+      break
   if not isinstance(obj, dict):
     raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), got "
                      f"{type(obj).__name__}")

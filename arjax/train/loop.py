@@ -58,13 +58,16 @@ class Experiment:
   Used by the trainer, the sampler and the evaluator, so they agree on the model and layout.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, check_data: bool = True):
     self.config = config
     self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
     self.rules = [tuple(r) for r in config.sharding_rules]
     self.fm = FunctionalModel.abstract(lambda: build_model(config, seed=config.seed))
-    self.info = data_lib.dataset_info(config.data)
-    self._check_data_fits_model()
+    # Sampling a converted or trained model needs no data set (check_data=False, e.g. ImageNet
+    # absent on the sampling machine); training and bits/dim still fail at their iterator.
+    self.info = data_lib.dataset_info(config.data) if check_data else None
+    if check_data:
+      self._check_data_fits_model()
     t = config.train
     self.schedule = learning_rate_schedule(t)
     self.tx = make_optimizer(t)
@@ -207,7 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
     state, data_state, _ = ckpt.restore(latest, target)
-    it.set_state(data_state)
+    if data_state:  # a converted checkpoint (arjax.convert) has no iterator state yet.
+      it.set_state(data_state)
     _log.info("resumed from %s/%d", ckpt.directory, latest)
   else:
     state = exp.init_state()

@@ -21,10 +21,14 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_run(workdir: str, step: Optional[int] = None) -> Tuple[Experiment, TrainState, int]:
-  """Returns (experiment, restored train state, step) of the latest (or given) checkpoint."""
+def load_run(workdir: str, step: Optional[int] = None, check_data: bool = True
+             ) -> Tuple[Experiment, TrainState, int]:
+  """Returns (experiment, restored train state, step) of the latest (or given) checkpoint.
+
+  check_data=False loads without the training data set (sampling only).
+  """
   config = load_workdir_config(workdir)
-  exp = Experiment(config)
+  exp = Experiment(config, check_data=check_data)
   ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
   try:
     step = ckpt.latest_step() if step is None else step

@@ -5,14 +5,18 @@ The real weights (95 MB) cannot be downloaded here, so the network runs on a ran
 dict in the pt_inception layout, and .pth files are produced by a minimal writer of torch's
 two serialisation formats (below) that follows torch.save's structure.
 """
+import argparse
 import collections
 import io
 import pickle
 import struct
 import zipfile
 
+import argparse
+
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
@@ -157,7 +161,8 @@ class _Tensor:
                     else strides)
 
 
-_STORAGE = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage"}
+_STORAGE = {np.dtype(np.float32): "FloatStorage", np.dtype(np.int64): "LongStorage",
+            np.dtype(ml_dtypes.bfloat16): "BFloat16Storage"}
 
 
 class _Storage:
@@ -195,12 +200,13 @@ class _TorchPickler(pickle._Pickler):  # the pure-Python pickler lets save() be 
     return NotImplemented
 
 
-def _save_torch(path, tensors, legacy):
-  """tensors: name -> _Tensor. Writes torch's zip (>= 1.6) or legacy (< 1.6) format."""
+def _save_torch(path, tensors, legacy, wrap=None):
+  """tensors: name -> _Tensor. Writes torch's zip (>= 1.6) or legacy (< 1.6) format; `wrap`
+  turns the state dict into the saved object (e.g. a training checkpoint dict)."""
   sd = collections.OrderedDict(tensors)
   sd._metadata = collections.OrderedDict({"": {"version": 1}})
   buf = io.BytesIO()
-  _TorchPickler(buf, legacy).dump(sd)
+  _TorchPickler(buf, legacy).dump(sd if wrap is None else wrap(sd))
   if legacy:
     with open(path, "wb") as f:
       for header in (0x1950A86A20F9469CFC6C, 1001,
@@ -251,3 +257,15 @@ def test_refuses_code_in_pickles(tmp_path):
     zf.writestr("archive/data.pkl", pickle.dumps({"x": Evil()}, protocol=2))
   with pytest.raises(pickle.UnpicklingError, match=r"refusing to load global .*print"):
     inception.read_state_dict(path)
+
+
+def test_reads_training_checkpoints_with_nested_bfloat16_weights(tmp_path):
+  # LlamaGen/VAR-style: {"model": state dict, "steps": int, "args": argparse.Namespace}, bf16.
+  w = np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16)
+  path = str(tmp_path / "train.pt")
+  _save_torch(path, {"tok_embeddings.weight": _Tensor("0", w)}, legacy=False,
+              wrap=lambda sd: {"model": sd, "steps": 5, "args": argparse.Namespace(lr=1e-4)})
+  sd = inception.read_state_dict(path)
+  assert list(sd) == ["tok_embeddings.weight"] and sd["tok_embeddings.weight"].dtype == w.dtype
+  np.testing.assert_array_equal(sd["tok_embeddings.weight"].astype(np.float32),
+                                w.astype(np.float32))

@@ -1,0 +1,15 @@
+"""Converters from released checkpoints of the papers into arjax workdirs.
+
+A converter maps a released state dict (read without torch by
+`arjax.evaluate.inception.read_state_dict`) onto the parameters of the arjax model that a
+paper-size config builds, checks every tensor's name and shape, and writes a workdir
+(config.json + an Orbax checkpoint at step 0) that `arjax.sample` and `arjax.evaluate` load like
+any trained run. Registered by name: `python -m arjax.convert NAME ...`.
+"""
+from arjax.registry import Registry
+
+CONVERTERS: Registry = Registry("converter")
+
+from arjax.convert import llamagen  # noqa: E402,F401  (registers 'llamagen')
+
+__all__ = ["CONVERTERS"]

@@ -1,0 +1,42 @@
+"""python -m arjax.convert NAME --checkpoint FILE --workdir DIR [--size S] [--config PATH]
+                          [field=value ...]
+
+Converts a released checkpoint into an arjax workdir that `arjax.sample` and `arjax.evaluate`
+load. NAME: llamagen (LlamaGen c2i GPT, sizes B / L / XL / XXL / 3B). The checkpoint is read
+without torch (.pt/.pth zip or legacy format, or an .npz of the state dict).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def main(argv=None):
+  from arjax.convert import CONVERTERS
+  p = argparse.ArgumentParser(prog="python -m arjax.convert", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("name", help=f"one of {CONVERTERS.names()}")
+  p.add_argument("--checkpoint", required=True, help="released checkpoint file")
+  p.add_argument("--workdir", required=True, help="empty directory to write")
+  p.add_argument("--size", default=None, help="paper size of the checkpoint, e.g. L")
+  p.add_argument("--config", default=None, help="config file (default: the paper's)")
+  p.add_argument("overrides", nargs="*", help="field=value config overrides")
+  args = p.parse_intermixed_args(argv)
+  try:
+    convert = CONVERTERS.get(args.name)
+  except KeyError as e:
+    p.error(str(e))
+  try:
+    workdir = convert(args)
+  except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps({"workdir": workdir}))
+  return 0
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO)
+  sys.exit(main())
