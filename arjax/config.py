@@ -90,7 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   b.max_positions = 0             # table size for position='learned'.
   b.resid_dropout = 0.0           # dropout on attention and MLP outputs.
   b.ffn_dropout = 0.0             # dropout inside the SwiGLU.
-  b.norm_eps = 1e-5               # RMSNorm epsilon.
+  b.norm_eps = 1e-5               # norm epsilon.
+  b.norm = "rmsnorm"              # rmsnorm (Llama) | layernorm (ViT: RAR, LPD).
+  b.mlp = "swiglu"                # swiglu (Llama) | gelu (ViT).
+  b.bias = False                  # biases in attention, MLP and adaLN (ViT).
   b.dtype = "float32"             # compute dtype: float32 | bfloat16.
   b.attention_impl = "auto"       # auto | xla | pallas | cudnn.
 
