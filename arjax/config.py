@@ -133,15 +133,27 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Loads 'path/to/config.py[:ARG]' and applies 'a.b=value' overrides (type-checked)."""
-  path, _, arg = spec.partition(":")
+def load_config_module(path: str):
+  """Imports a config file as a module (config files are not a package)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location(
       "arjax_config_" + os.path.basename(path).replace(".py", ""), path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def sibling_config(this_file: str, name: str):
+  """The config module `name` next to `this_file`: how a config derives from a shared base
+  (`llamagen = sibling_config(__file__, 'llamagen.py')`) instead of copying it."""
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(this_file)), name))
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:ARG]' and applies 'a.b=value' overrides (type-checked)."""
+  path, _, arg = spec.partition(":")
+  module = load_config_module(path)
   if not hasattr(module, "get_config"):
     raise AttributeError(f"config file {path!r} defines no get_config(arg)")
   config = module.get_config(arg or None)
