@@ -73,6 +73,9 @@ def scatter_to_grid(values, tgt, n: int):
 
 
 class OrderedAR(nnx.Module):
+  # Whether every prediction has its own query at the target's position (ARPG's subclass), so a
+  # random order may be sampled in parallel groups.
+  target_queries = False
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     m = config.model
@@ -99,7 +102,8 @@ class OrderedAR(nnx.Module):
       raise ValueError("ordered_ar: use model.learned_pos=True with backbone.position='none' "
                        "(the backbone's learned table would index by row only)")
     from arjax.orders.random import RandomOrder
-    if isinstance(self.order, RandomOrder) and self.order.max_group > 1:
+    if (isinstance(self.order, RandomOrder) and self.order.max_group > 1
+        and not self.target_queries):
       raise ValueError(f"order 'random' with parallel groups (order.schedule="
                        f"{self.order.schedule!r}) needs separate target queries: use model "
                        "'arpg' or order 'randar'")

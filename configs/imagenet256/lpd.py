@@ -29,7 +29,6 @@ def get_config(arg=None):
   b = c.model.backbone
   b.norm, b.norm_eps, b.mlp, b.bias = "layernorm", 1e-6, "gelu", True  # ViT blocks, mlp 4D.
   b.position = "none"                 # no RoPE: positions come from the learned table.
-  b.attention_impl = "xla"            # a dense (group) mask.
   c.order.name = "lpd"                # 20 steps of LPD's group sizes at 256 tokens.
   c.eval.cfg_schedule = "linear"      # CFG rising linearly with the tokens decoded.
   t = c.train

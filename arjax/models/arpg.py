@@ -1,0 +1,91 @@
+"""ARPG: randomized parallel decoding with a two-pass decoder (Li et al. 2025).
+
+Pass 1 (content): n/2 causal self-attention Llama blocks over [class, x_pi0 ... x_pi(N-2)]
+(order 'random'), each token at the 2D RoPE of its own cell; the final hidden state goes
+through RMSNorm and ONE K/V projection shared by every Pass-2 layer (K gets the content RoPE).
+Pass 2 (queries): n/2 blocks of cross-attention + MLP; the queries are N copies of one learned
+[MASK] embedding, the query predicting x_pi_i carries the 2D RoPE of pi_i and sees the class and
+x_pi0 ... x_pi(i-1) (the order's causal mask, Lq = Lk = N). Queries never see each other, so a
+sampling step can predict any set of targets at once from the known content: `OrderSampler`
+runs the order's 'arpg_arccos' / 'arpg_cosine' groups, and `Layout.hide_unknown` hides the
+content slots of cells not generated yet.
+
+`model.backbone.num_layers` is the total n (ARPG-L: 24 = 12 + 12).
+
+Legend: B batch, N tokens, L = N slots, D width, H heads, K head dim, V vocabulary.
+"""
+from __future__ import annotations
+
+import copy
+
+import jax.numpy as jnp
+from flax import nnx
+
+from arjax.models.ordered_ar import OrderedAR
+from arjax.models.registry import MODELS
+from arjax.nn.cross_attention import CrossBlock
+from arjax.nn.layers import DenseGeneral, make_norm
+from arjax.nn.rope import apply_rope
+from arjax.orders import register_support
+from arjax.orders.base import Layout
+
+register_support("arpg", orders=("random",))
+
+
+class ARPG(OrderedAR):
+  target_queries = True
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    n = config.model.backbone.num_layers
+    if n < 2 or n % 2:
+      raise ValueError(f"model 'arpg' splits model.backbone.num_layers={n} into two equal "
+                       "stacks: give an even number >= 2")
+    if config.model.backbone.position != "rope2d":
+      raise ValueError("model 'arpg' needs model.backbone.position='rope2d' (queries carry the "
+                       f"target's 2D RoPE), got {config.model.backbone.position!r}")
+    half = copy.deepcopy(config)
+    half.model.backbone.num_layers = n // 2     # `self.backbone` is Pass 1.
+    super().__init__(half, rngs=rngs)
+    if self.start_slots or self.target_table is not None or self.timestep_cond:
+      raise ValueError("model 'arpg' does not take start_token, target_aware or timestep_cond")
+    if self.order.anneals:
+      raise ValueError("model 'arpg' trains on random orders only: drop order.anneal_start/end")
+    cfg = self.backbone_cfg
+    dt, h, k = cfg.compute_dtype, cfg.num_heads, cfg.head_dim
+    kw = dict(rngs=rngs, dtype=dt, use_bias=cfg.bias)
+    # The shared K/V: one projection of Pass 1's normed output for all Pass-2 layers.
+    self.to_k = DenseGeneral((cfg.dim, h, k), contract=1, axes=("embed", "heads", "kv"), **kw)
+    self.to_v = DenseGeneral((cfg.dim, h, k), contract=1, axes=("embed", "heads", "kv"), **kw)
+    self.query_blocks = nnx.List([CrossBlock(cfg, rngs=rngs) for _ in range(n // 2)])
+    self.out_norm = make_norm(cfg.norm, cfg.dim, rngs=rngs, eps=cfg.norm_eps)
+
+  @property
+  def supports_cached_raster(self) -> bool:
+    return False  # samples through `OrderSampler` (parallel groups of a random order).
+
+  def layout_logits(self, tokens, labels, layout: Layout, *, train: bool = False, caches=None,
+                    cache_index=None):
+    """tokens int32 [B, N], labels [B], a 'random' layout of L = N slots -> logits [B, L, V].
+
+    Slot i of Pass 1 carries the class (i = 0) or x_pi(i-1); query i predicts layout.tgt[i].
+    """
+    x, rope_pos, _ = self.embed_slots(tokens, labels, layout)
+    if self.drop is not None:
+      x = self.drop(x, deterministic=not train)
+    h, _ = self.backbone(x, positions=rope_pos, mask=layout.mask, deterministic=not train)
+    k = apply_rope(self.to_k(h), *self.backbone.rope_tables(rope_pos))
+    v = self.to_v(h)
+    grid = self.order.grid_positions
+    tgt = layout.tgt
+    q_pos = jnp.where((tgt >= 0)[..., None], grid[jnp.maximum(tgt, 0)], -1)  # [B, L, 2]
+    q_rope = self.backbone.rope_tables(q_pos)
+    b, l = tgt.shape
+    q = jnp.broadcast_to(self.query[...].astype(h.dtype), (b, l, h.shape[-1]))
+    for block in self.query_blocks:
+      q = block(q, k, v, mask=layout.mask, rope=q_rope, deterministic=not train)
+    return self.head(self.out_norm(q)), layout
+
+
+@MODELS.register("arpg")
+def _build(config, *, rngs):
+  return ARPG(config, rngs=rngs)

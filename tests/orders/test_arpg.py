@@ -1,0 +1,119 @@
+"""ARPG (model 'arpg', order 'random' with ARPG's schedules) on a tiny two-pass decoder: a
+prediction never depends on cells later in the order (perturbation through the real model),
+every cell is predicted exactly once per sample, parallel decoding in groups of one equals
+sequential decoding of the same order and seed, and ARPG's schedules are its formulas."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arjax.orders import schedules
+from arjax.orders.base import inverse_perm
+from arjax.sampling import SamplingConfig
+from arjax.sampling.orders import _PLAN_KEY, OrderSampler, build_sampler
+from tests.helpers import tiny_config, tiny_model
+
+N = 49  # 7 x 7 tokens of the tiny config, 4 levels.
+GREEDY = SamplingConfig(cfg_scale=1.0, temperature=1.0, top_k=1, top_p=1.0)
+
+
+def _model(**order):
+  config = tiny_config(model__name="arpg", order__name="random", **{f"order__{k}": v for k, v in
+                                                                    order.items()})
+  return tiny_model(config)
+
+
+@pytest.fixture(scope="module")
+def arpg():
+  fm, _ = _model(schedule="arpg_arccos", num_steps=8)
+  return fm
+
+
+def test_two_stacks_and_one_shared_kv(arpg):
+  p = arpg.initial_params()
+  assert len(p["backbone"]["blocks"]) == 1 and len(p["query_blocks"]) == 1  # 2 = 1 + 1 layers.
+  assert set(p["query_blocks"][0]["attn"]) == {"wq", "wo"}  # K/V come from to_k / to_v only.
+  assert "to_k" in p and "to_v" in p
+
+
+def test_prediction_never_depends_on_later_cells(arpg):
+  model = arpg.bind(arpg.initial_params())
+  tokens = jax.random.randint(jax.random.key(0), (2, N), 0, 4)
+  labels = jnp.array([3, 7])
+  layout = model.order.train_layout(jax.random.key(1), 2, 0, True)
+  a, _ = model.layout_logits(tokens, labels, layout)
+  perm = np.asarray(layout.perm)
+  for t in (0, 20, N - 1):                # perturb the cell generated (t+1)-th in each sample.
+    changed = tokens.at[np.arange(2), perm[:, t]].set((tokens[np.arange(2), perm[:, t]] + 1) % 4)
+    b, _ = model.layout_logits(changed, labels, layout)
+    diff = np.abs(np.asarray(a - b)).max(-1)                      # [B, L]; slot i predicts rank i.
+    assert diff[:, :t + 1].max() == 0, t  # ranks <= t never see the perturbed cell.
+    if t < N - 1:
+      assert diff[:, t + 1:].max() > 0, t  # later ranks do (the test can fail).
+
+
+def test_every_cell_predicted_exactly_once_per_sample(arpg):
+  model = arpg.bind(arpg.initial_params())
+  layout = model.order.train_layout(jax.random.key(2), 3, 0, True)
+  for row in np.asarray(layout.tgt):       # training: one query per cell.
+    np.testing.assert_array_equal(np.sort(row), np.arange(N))
+  plan = model.order.sample_plan(jax.random.key(3), 3)
+  step_of = np.asarray(plan.step_of)      # sampling: one step per cell, >= 1 cell per step.
+  assert plan.num_steps == 8 and step_of.min() == 0 and step_of.max() == 7
+  for row in step_of:
+    assert np.bincount(row, minlength=8).min() >= 1
+  tokens = OrderSampler(arpg, GREEDY).sample_tokens(arpg.initial_params(), jnp.array([0, 1]),
+                                                    jax.random.key(4))
+  assert tokens.shape == (2, N) and int(tokens.min()) >= 0 and int(tokens.max()) < 4
+
+
+def test_groups_of_one_equal_sequential_decoding_of_the_same_order():
+  """ARPG's arccos schedule with N steps predicts one token per step; greedy, that equals
+  decoding the same permutation one token at a time with the training (teacher-forced) layout."""
+  fm, _ = _model(schedule="arpg_arccos", num_steps=N)
+  params = fm.initial_params()
+  model = fm.bind(params)
+  labels, rng = jnp.array([2, 9]), jax.random.key(5)
+  sampler = build_sampler(fm, GREEDY)
+  assert isinstance(sampler, OrderSampler)
+  par = np.asarray(sampler.sample_tokens(params, labels, rng))
+  perm = model.order.sample_plan(jax.random.fold_in(rng, _PLAN_KEY), 2).perm
+  layout = model.order.layout_for(perm)
+  step = jax.jit(lambda toks: model.layout_logits(toks, labels, layout)[0])
+  tokens = jnp.zeros((2, N), jnp.int32)
+  for t in range(N):
+    nxt = jnp.argmax(step(tokens)[:, t], -1).astype(jnp.int32)
+    tokens = tokens.at[jnp.arange(2), perm[:, t]].set(nxt)
+  np.testing.assert_array_equal(par, np.asarray(tokens))
+  assert np.asarray(inverse_perm(perm)).shape == (2, N)
+
+
+def test_arpg_schedules_are_the_formulas():
+  n, k_steps = 256, 64
+  for k in range(k_steps):
+    r = (k + 1) / k_steps
+    assert schedules.arpg_mask_len(k, k_steps, n, "cosine") == math.floor(n * math.cos(math.pi / 2 * r))
+    assert schedules.arpg_mask_len(k, k_steps, n, "arccos") == math.floor(
+        n * math.acos(r) / (math.pi / 2))
+  for sched in ("arccos", "cosine"):
+    cum = schedules.arpg_cumulative(k_steps, n, sched)
+    # n_k = remaining - mask_len, so after step k: N - mask_len decoded (at least one new token
+    # per step), everything after the last step.
+    remaining = n
+    for k, c in enumerate(cum[:-1]):
+      want = max(n - schedules.arpg_mask_len(k, k_steps, n, sched), n - remaining + 1)
+      assert c == min(want, n - (k_steps - 1 - k)), (sched, k)
+      remaining = n - c
+    assert cum[-1] == n and len(cum) == k_steps
+
+
+def test_bad_input_is_named():
+  with pytest.raises(ValueError, match="num_layers=3 into two equal"):
+    tiny_model(tiny_config(model__name="arpg", order__name="random",
+                           model__backbone__num_layers=3))
+  with pytest.raises(ValueError, match="only the orders \\['random'\\]"):
+    tiny_model(tiny_config(model__name="arpg", order__name="masked"))
+  with pytest.raises(ValueError, match="more than the 49 tokens"):
+    _model(schedule="arpg_cosine", num_steps=60)
