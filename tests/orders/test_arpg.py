@@ -1,7 +1,9 @@
 """ARPG (model 'arpg', order 'random' with ARPG's schedules) on a tiny two-pass decoder: a
 prediction never depends on cells later in the order (perturbation through the real model),
 every cell is predicted exactly once per sample, parallel decoding in groups of one equals
-sequential decoding of the same order and seed, and ARPG's schedules are its formulas."""
+sequential decoding of the same order and seed, outpainting keeps the given tokens, ARPG's
+schedules are its formulas, and bad input (an order the model cannot run, too many steps, an
+odd layer count, an inpainting mask of the wrong shape) fails naming the value."""
 import math
 
 import jax
@@ -71,9 +73,21 @@ def test_every_cell_predicted_exactly_once_per_sample(arpg):
   assert plan.num_steps == 6 and step_of.min() == 0 and step_of.max() == 5
   for row in step_of:
     assert np.bincount(row, minlength=6).min() >= 1
-  tokens = OrderSampler(arpg, GREEDY).sample_tokens(arpg.initial_params(), jnp.array([0, 1]),
-                                                    jax.random.key(4))
+  sampler = OrderSampler(arpg, SamplingConfig(cfg_scale=1.0, temperature=1.0, top_k=0,
+                                               top_p=1.0))
+  params, labels = arpg.initial_params(), jnp.array([0, 1])
+  tokens = sampler.sample_tokens(params, labels, jax.random.key(4))
   assert tokens.shape == (2, N) and int(tokens.min()) >= 0 and int(tokens.max()) < 4
+  # Zero-shot outpainting: the given left half comes out exactly (same compiled sampler).
+  known = np.zeros((4, 4), bool)
+  known[:, :2] = True
+  given = jax.random.randint(jax.random.key(6), (2, N), 0, 4)
+  out = np.asarray(sampler.sample_tokens(params, labels, jax.random.key(7), known=known,
+                                         given=given))
+  np.testing.assert_array_equal(out[:, known.reshape(-1)], np.asarray(given)[:, known.reshape(-1)])
+  with pytest.raises(ValueError, match=r"inpainting mask `known` has shape \(3, 4\)"):
+    sampler.sample_tokens(params, labels, jax.random.key(7), known=np.zeros((3, 4), bool),
+                          given=given)
 
 
 def test_groups_of_one_equal_sequential_decoding_of_the_same_order():
@@ -114,6 +128,18 @@ def test_arpg_schedules_are_the_formulas():
       assert c == min(want, n - (k_steps - 1 - k)), (sched, k)
       remaining = n - c
     assert cum[-1] == n and len(cum) == k_steps
+
+
+def test_an_order_the_model_cannot_run_is_refused():
+  from arjax.orders import check_support, register_support
+  from arjax.orders.masked import MaskedOrder
+  with pytest.raises(ValueError, match="cannot run on model.name='raster_ar'"):
+    tiny_model(tiny_config(model__name="raster_ar", order__name="masked"))
+  register_support("causal_only_test_model", mask_kinds=("causal",))
+  grid = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(N, 2)
+  with pytest.raises(ValueError, match="needs a 'bidirectional' attention mask, but model.name="
+                     "'causal_only_test_model' supports only \\['causal'\\]"):
+    check_support(MaskedOrder(N, grid, (4, 4)), "causal_only_test_model")
 
 
 def test_bad_input_is_named():
