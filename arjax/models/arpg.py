@@ -75,10 +75,8 @@ class ARPG(OrderedAR):
     h, _ = self.backbone(x, positions=rope_pos, mask=layout.mask, deterministic=not train)
     k = apply_rope(self.to_k(h), *self.backbone.rope_tables(rope_pos))
     v = self.to_v(h)
-    grid = self.order.grid_positions
     tgt = layout.tgt
-    q_pos = jnp.where((tgt >= 0)[..., None], grid[jnp.maximum(tgt, 0)], -1)  # [B, L, 2]
-    q_rope = self.backbone.rope_tables(q_pos)
+    q_rope = self.backbone.rope_tables(self.rope_positions(tgt))  # the target's 2D RoPE.
     b, l = tgt.shape
     q = jnp.broadcast_to(self.query[...].astype(h.dtype), (b, l, h.shape[-1]))
     for block in self.query_blocks:

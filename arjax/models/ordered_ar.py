@@ -135,8 +135,16 @@ class OrderedAR(nnx.Module):
     return shape.src.shape[1]
 
   # -- forward ---------------------------------------------------------------------------------
+  def rope_positions(self, pos):
+    """Grid cells pos [B, L] (-1: none) -> the backbone's positions: (row, col) [B, L, 2], or
+    for 'rope1d' the raster index [B, L] (MaskGIL's released code)."""
+    if self.backbone_cfg.position == "rope1d":
+      return pos
+    grid = self.order.grid_positions
+    return jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+
   def embed_slots(self, tokens, labels, layout: Layout):
-    """-> x [B, L, D], rope positions [B, L, 2], adaLN cond [B, L, D] or None."""
+    """-> x [B, L, D], rope positions [B, L, 2] (or [B, L]), adaLN cond [B, L, D] or None."""
     src, pos, tgt = layout.src, layout.pos, layout.tgt
     tok = self.token_embed(gather_cells(tokens, src))
     cls = self.class_embed(labels)[:, None]
@@ -151,8 +159,7 @@ class OrderedAR(nnx.Module):
       x = x + self.target_table(jnp.maximum(tgt, 0)) * (tgt >= 0)[..., None]
     if self.input_norm is not None:
       x = self.input_norm(x)
-    grid = self.order.grid_positions
-    rope_pos = jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+    rope_pos = self.rope_positions(pos)
     cond = None
     if self.slot_table is not None:
       slots = jnp.arange(src.shape[1])
@@ -241,8 +248,7 @@ class OrderedAR(nnx.Module):
       x = x + self.target_table(jnp.maximum(tgt, 0)) * (tgt >= 0)[..., None]
     if self.input_norm is not None:
       x = self.input_norm(x)
-    grid = self.order.grid_positions
-    rope_pos = jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+    rope_pos = self.rope_positions(pos)
     cond = None
     if self.slot_table is not None:
       slots = slot0 + jnp.arange(t)
