@@ -1,13 +1,13 @@
 """ARPG: randomized parallel decoding with a two-pass decoder (Li et al. 2025).
 
 Pass 1 (content): n/2 causal self-attention Llama blocks over [class, x_pi0 ... x_pi(N-2)]
-(order 'random'), each token at the 2D RoPE of its own cell; the final hidden state goes
+(order 'arpg'), each token at the 2D RoPE of its own cell; the final hidden state goes
 through RMSNorm and ONE K/V projection shared by every Pass-2 layer (K gets the content RoPE).
 Pass 2 (queries): n/2 blocks of cross-attention + MLP; the queries are N copies of one learned
 [MASK] embedding, the query predicting x_pi_i carries the 2D RoPE of pi_i and sees the class and
 x_pi0 ... x_pi(i-1) (the order's causal mask, Lq = Lk = N). Queries never see each other, so a
 sampling step can predict any set of targets at once from the known content: `OrderSampler`
-runs the order's 'arpg_arccos' / 'arpg_cosine' groups, and `Layout.hide_unknown` hides the
+runs the groups of order 'arpg' (or 'random' with schedule 'arpg_arccos' / 'arpg_cosine'), and `Layout.hide_unknown` hides the
 content slots of cells not generated yet.
 
 `model.backbone.num_layers` is the total n (ARPG-L: 24 = 12 + 12).
@@ -29,7 +29,7 @@ from arjax.nn.rope import apply_rope
 from arjax.orders import register_support
 from arjax.orders.base import Layout
 
-register_support("arpg", orders=("random",))
+register_support("arpg", orders=("arpg", "random"))
 
 
 class ARPG(OrderedAR):

@@ -104,7 +104,7 @@ class OrderedAR(nnx.Module):
     from arjax.orders.random import RandomOrder
     if (isinstance(self.order, RandomOrder) and self.order.max_group > 1
         and not self.target_queries):
-      raise ValueError(f"order 'random' with parallel groups (order.schedule="
+      raise ValueError(f"order {self.order.name!r} with parallel groups (order.schedule="
                        f"{self.order.schedule!r}) needs separate target queries: use model "
                        "'arpg' or order 'randar'")
     self.class_embed = Embed(m.num_classes + 1, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)

@@ -27,7 +27,7 @@ def get_config(arg=None):
   args = llamagen.parse_size(arg, SIZES, "arpg", "L")
   c = llamagen.llamagen_config(*SIZES[args.size], smoke=args.smoke)
   c.model.name = "arpg"
-  c.order.name = "random"             # a random permutation per sample, never annealed.
+  c.order.name = "arpg"               # a random permutation per sample, never annealed.
   c.order.schedule = "arpg_arccos"    # mask_len = floor(N arccos((k+1)/K) / (pi/2)).
   c.order.num_steps = 64              # parallel decoding steps.
   t = c.train

@@ -1,4 +1,4 @@
-"""ARPG (model 'arpg', order 'random' with ARPG's schedules) on a tiny two-pass decoder: a
+"""ARPG (model 'arpg', order 'arpg': a random order with ARPG's schedules) on a tiny two-pass decoder: a
 prediction never depends on cells later in the order (perturbation through the real model),
 every cell is predicted exactly once per sample, parallel decoding in groups of one equals
 sequential decoding of the same order and seed, outpainting keeps the given tokens, ARPG's
@@ -22,7 +22,7 @@ GREEDY = SamplingConfig(cfg_scale=1.0, temperature=1.0, top_k=1, top_p=1.0)
 
 
 def _model(**order):
-  config = tiny_config(model__name="arpg", order__name="random", tokenizer__resolution=4,
+  config = tiny_config(model__name="arpg", order__name="arpg", tokenizer__resolution=4,
                        **{f"order__{k}": v for k, v in order.items()})
   return tiny_model(config)
 
@@ -146,7 +146,11 @@ def test_bad_input_is_named():
   with pytest.raises(ValueError, match="num_layers=3 into two equal"):
     tiny_model(tiny_config(model__name="arpg", order__name="random",
                            model__backbone__num_layers=3))
-  with pytest.raises(ValueError, match="only the orders \\['random'\\]"):
+  with pytest.raises(ValueError, match="only the orders \\['arpg', 'random'\\]"):
     tiny_model(tiny_config(model__name="arpg", order__name="masked"))
   with pytest.raises(ValueError, match="more than the 16 tokens"):
     _model(schedule="arpg_cosine", num_steps=20)
+  with pytest.raises(ValueError, match="order.schedule='randar'"):
+    _model(schedule="randar", num_steps=4)
+  with pytest.raises(ValueError, match="needs separate target queries: use model 'arpg'"):
+    tiny_model(tiny_config(model__name="ordered_ar", order__name="arpg", tokenizer__resolution=4))
