@@ -153,4 +153,5 @@ def test_bad_input_is_named():
   with pytest.raises(ValueError, match="order.schedule='randar'"):
     _model(schedule="randar", num_steps=4)
   with pytest.raises(ValueError, match="needs separate target queries: use model 'arpg'"):
-    tiny_model(tiny_config(model__name="ordered_ar", order__name="arpg", tokenizer__resolution=4))
+    tiny_model(tiny_config(model__name="ordered_ar", order__name="arpg", tokenizer__resolution=4,
+                           order__num_steps=4))
