@@ -111,6 +111,34 @@ def test_groups_of_one_equal_sequential_decoding_of_the_same_order():
   assert np.asarray(inverse_perm(perm)).shape == (2, N)
 
 
+def test_a_parallel_step_sees_exactly_the_tokens_of_earlier_steps(arpg):
+  """ARPG's parallel decoding: in a step that generates ranks a..b-1, the query of rank i sees
+  the class and the tokens of ranks < a only. Reference without the sampler's masks: the
+  training layout of the order with pi_i moved to rank a predicts pi_i from exactly those."""
+  params = arpg.initial_params()
+  model = arpg.bind(params)
+  labels, rng = jnp.array([4, 8]), jax.random.key(8)
+  par = np.asarray(OrderSampler(arpg, GREEDY).sample_tokens(params, labels, rng))
+  perm = np.asarray(model.order.sample_plan(jax.random.fold_in(rng, _PLAN_KEY), 2).perm)
+  cum = [0] + list(model.order.cumulative)
+  assert max(np.diff(cum)) > 1                              # some steps really are parallel.
+  rows = np.repeat(np.arange(2), N)                         # row (b, i): sample b, rank i.
+  ranks = np.tile(np.arange(N), 2)
+  logits_at = jax.jit(lambda toks, perms, slot: jnp.take_along_axis(
+      model.layout_logits(toks, labels[rows], model.order.layout_for(perms))[0],
+      slot[:, None, None], axis=1)[:, 0])
+  tokens = np.zeros((2, N), np.int32)
+  for a, b in zip(cum[:-1], cum[1:]):
+    perms = perm[rows].copy()
+    i = np.maximum(ranks, a)
+    perms[np.arange(2 * N), a], perms[np.arange(2 * N), i] = perm[rows, i], perm[rows, a]
+    nxt = np.asarray(jnp.argmax(logits_at(jnp.asarray(tokens[rows]), jnp.asarray(perms),
+                                          jnp.full((2 * N,), a)), -1))
+    group = (ranks >= a) & (ranks < b)
+    tokens[rows[group], perm[rows[group], ranks[group]]] = nxt[group]
+  np.testing.assert_array_equal(par, tokens)
+
+
 def test_arpg_schedules_are_the_formulas():
   n, k_steps = 256, 64
   for k in range(k_steps):
