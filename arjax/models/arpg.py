@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from arjax.kernels.masks import MaskSpec
 from arjax.models.ordered_ar import OrderedAR
 from arjax.models.registry import MODELS
 from arjax.nn.cross_attention import CrossBlock
@@ -82,6 +84,47 @@ class ARPG(OrderedAR):
     for block in self.query_blocks:
       q = block(q, k, v, mask=layout.mask, rope=q_rope, deterministic=not train)
     return self.head(self.out_norm(q)), layout
+
+
+  # -- KV-cached parallel decoding (arjax.sampling.cached_groups.CachedGroupSampler) ----------
+  # Pass 1 runs once per token: each step appends the previous step's tokens to the Pass-1 KV
+  # caches and their shared K/V to one cache; the step's queries read that cache only.
+
+  def init_group_cache(self, batch: int, length: int):
+    """{'kv': Pass-1 per-layer caches, 'k', 'v': shared K/V [B, S, H, K]} for S = length slots."""
+    cfg = self.backbone_cfg
+    shape = (batch, length, cfg.num_heads, cfg.head_dim)
+    return {"kv": self.backbone.init_cache(batch, length),
+            "k": jnp.zeros(shape, cfg.compute_dtype), "v": jnp.zeros(shape, cfg.compute_dtype)}
+
+  def feed_content(self, tokens, labels, src, cache, slot0):
+    """Writes content slots src int32 [B, T] (SRC_CLASS or a cell, carrying tokens [B, N]) at
+    cache slots slot0 ... slot0 + T - 1. Returns the cache."""
+    b, t = src.shape
+    pos = jnp.where(src >= 0, src, -1)
+    layout = Layout(src=src, pos=pos, tgt=jnp.full_like(src, -1), mask=MaskSpec(), perm=src)
+    x, rope_pos, _ = self.embed_slots(tokens, labels, layout)
+    mask = MaskSpec(kind="causal", q_offset=slot0, kv_length=slot0 + t)
+    h, kv = self.backbone(x, positions=rope_pos, mask=mask, caches=cache["kv"],
+                          cache_index=slot0)
+    k = apply_rope(self.to_k(h), *self.backbone.rope_tables(rope_pos))
+    v = self.to_v(h)
+    zero = jnp.zeros((), jnp.int32)
+    at = (zero, jnp.asarray(slot0, jnp.int32), zero, zero)
+    return {"kv": kv, "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at),
+            "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)}
+
+  def predict_group(self, cells, cache, kv_length):
+    """Queries for target cells int32 [B, G] over the first kv_length cached content slots
+    (the class and every token generated so far) -> logits float32 [B, G, V]."""
+    b, g = cells.shape
+    q_rope = self.backbone.rope_tables(self.rope_positions(cells))
+    q = jnp.broadcast_to(self.query[...].astype(self.backbone_cfg.compute_dtype),
+                         (b, g, self.backbone_cfg.dim))
+    mask = MaskSpec(kind="bidirectional", kv_length=kv_length)
+    for block in self.query_blocks:
+      q = block(q, cache["k"], cache["v"], mask=mask, rope=q_rope)
+    return self.head(self.out_norm(q))
 
 
 @MODELS.register("arpg")
