@@ -6,8 +6,10 @@ through RMSNorm and ONE K/V projection shared by every Pass-2 layer (K gets the 
 Pass 2 (queries): n/2 blocks of cross-attention + MLP; the queries are N copies of one learned
 [MASK] embedding, the query predicting x_pi_i carries the 2D RoPE of pi_i and sees the class and
 x_pi0 ... x_pi(i-1) (the order's causal mask, Lq = Lk = N). Queries never see each other, so a
-sampling step can predict any set of targets at once from the known content: `OrderSampler`
-runs the groups of order 'arpg' (or 'random' with schedule 'arpg_arccos' / 'arpg_cosine'), and `Layout.hide_unknown` hides the
+sampling step can predict any set of targets at once from the known content: the groups of
+order 'arpg' (or 'random' with schedule 'arpg_arccos' / 'arpg_cosine') are decoded with a KV
+cache by `arjax.sampling.cached_groups.CachedGroupSampler` (the Pass-1 cache grows by each
+step's tokens, as in ARPG's repo), or recomputed per step by `OrderSampler`, and `Layout.hide_unknown` hides the
 content slots of cells not generated yet.
 
 `model.backbone.num_layers` is the total n (ARPG-L: 24 = 12 + 12).

@@ -86,6 +86,19 @@ class CachedGroupSampler:
     tokens, _ = jax.lax.fori_loop(0, num_steps, body, (tokens, cache))
     return tokens
 
-  def sample_tokens(self, params, labels, rng):
-    """labels int32 [B] -> tokens int32 [B, N]."""
+  @property
+  def use_cfg(self) -> bool:
+    return self.guidance.enabled
+
+  def sample_tokens(self, params, labels, rng, known=None, given=None):
+    """labels int32 [B] -> tokens int32 [B, N]; with `known` / `given` (inpainting), the
+    recomputing `OrderSampler` (same plan, same guidance)."""
+    if known is not None:
+      from arjax.sampling.orders import OrderSampler
+      return OrderSampler(self.fm, self.sampling, self.guidance).sample_tokens(
+          params, labels, rng, known=known, given=given)
     return self._run(params, labels, rng)
+
+  def sample_images(self, params, labels, rng, **kw):
+    tokens = self.sample_tokens(params, labels, rng, **kw)
+    return self.fm.bind(params).tokenizer.decode(tokens)

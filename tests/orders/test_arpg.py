@@ -97,9 +97,7 @@ def test_groups_of_one_equal_sequential_decoding_of_the_same_order():
   params = fm.initial_params()
   model = fm.bind(params)
   labels, rng = jnp.array([2, 9]), jax.random.key(5)
-  sampler = build_sampler(fm, GREEDY)
-  assert isinstance(sampler, OrderSampler)
-  par = np.asarray(sampler.sample_tokens(params, labels, rng))
+  par = np.asarray(OrderSampler(fm, GREEDY).sample_tokens(params, labels, rng))
   perm = model.order.sample_plan(jax.random.fold_in(rng, _PLAN_KEY), 2).perm
   layout = model.order.layout_for(perm)
   step = jax.jit(lambda toks: model.layout_logits(toks, labels, layout)[0])
@@ -146,7 +144,9 @@ def test_kv_cached_group_decoding_equals_recomputation(arpg):
   sampling = SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=1, top_p=1.0)
   params, labels, rng = arpg.initial_params(), jnp.array([1, 6]), jax.random.key(9)
   full = OrderSampler(arpg, sampling).sample_tokens(params, labels, rng)
-  cached = CachedGroupSampler(arpg, sampling).sample_tokens(params, labels, rng)
+  sampler = build_sampler(arpg, sampling)  # what the trainer, arjax.sample and evaluate use.
+  assert isinstance(sampler, CachedGroupSampler)
+  cached = sampler.sample_tokens(params, labels, rng)
   np.testing.assert_array_equal(np.asarray(cached), np.asarray(full))
 
 
