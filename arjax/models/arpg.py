@@ -9,8 +9,8 @@ x_pi0 ... x_pi(i-1) (the order's causal mask, Lq = Lk = N). Queries never see ea
 sampling step can predict any set of targets at once from the known content: the groups of
 order 'arpg' (or 'random' with schedule 'arpg_arccos' / 'arpg_cosine') are decoded with a KV
 cache by `arjax.sampling.cached_groups.CachedGroupSampler` (the Pass-1 cache grows by each
-step's tokens, as in ARPG's repo), or recomputed per step by `OrderSampler`, and `Layout.hide_unknown` hides the
-content slots of cells not generated yet.
+step's tokens, as in ARPG's repo), or recomputed per step by `OrderSampler` (there
+`Layout.hide_unknown` hides the content slots of cells not generated yet; inpainting).
 
 `model.backbone.num_layers` is the total n (ARPG-L: 24 = 12 + 12).
 

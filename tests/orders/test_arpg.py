@@ -1,9 +1,10 @@
-"""ARPG (model 'arpg', order 'arpg': a random order with ARPG's schedules) on a tiny two-pass decoder: a
-prediction never depends on cells later in the order (perturbation through the real model),
-every cell is predicted exactly once per sample, parallel decoding in groups of one equals
-sequential decoding of the same order and seed, outpainting keeps the given tokens, ARPG's
-schedules are its formulas, and bad input (an order the model cannot run, too many steps, an
-odd layer count, an inpainting mask of the wrong shape) fails naming the value."""
+"""ARPG (model 'arpg', order 'arpg': a random order with ARPG's schedules) on a tiny two-pass
+decoder: a prediction never depends on cells later in the order (perturbation through the real
+model), every cell is predicted exactly once per sample, parallel decoding in groups of one
+equals sequential decoding of the same order and seed, a parallel step sees exactly the tokens
+of earlier steps, KV-cached group decoding equals recomputation, outpainting keeps the given
+tokens, ARPG's schedules are its formulas, and bad input (an order the model cannot run, too
+many steps, an odd layer count, an inpainting mask of the wrong shape) fails naming the value."""
 import math
 
 import jax
@@ -51,10 +52,10 @@ def test_prediction_never_depends_on_later_cells(arpg):
   batch = [tokens] + [tokens.at[rows, perm[:, t]].set((tokens[rows, perm[:, t]] + 1) % 4)
                       for t in ts]
   tile = lambda x: jnp.concatenate([x] * len(batch))
-  logits = jax.jit(lambda toks: model.layout_logits(toks, tile(labels),
-                                                    layout.replace(
-      src=tile(layout.src), pos=tile(layout.pos), tgt=tile(layout.tgt), perm=tile(layout.perm)))[0])(
-                                                        jnp.concatenate(batch))
+  big = layout.replace(src=tile(layout.src), pos=tile(layout.pos), tgt=tile(layout.tgt),
+                       perm=tile(layout.perm))
+  logits = jax.jit(lambda toks: model.layout_logits(toks, tile(labels), big)[0])(
+      jnp.concatenate(batch))
   logits = np.asarray(logits).reshape(len(batch), 2, N, -1)
   for i, t in enumerate(ts):
     diff = np.abs(logits[i + 1] - logits[0]).max(-1)            # [B, L]; slot r predicts rank r.
@@ -154,7 +155,8 @@ def test_arpg_schedules_are_the_formulas():
   n, k_steps = 256, 64
   for k in range(k_steps):
     r = (k + 1) / k_steps
-    assert schedules.arpg_mask_len(k, k_steps, n, "cosine") == math.floor(n * math.cos(math.pi / 2 * r))
+    assert schedules.arpg_mask_len(k, k_steps, n, "cosine") == math.floor(
+        n * math.cos(math.pi / 2 * r))
     assert schedules.arpg_mask_len(k, k_steps, n, "arccos") == math.floor(
         n * math.acos(r) / (math.pi / 2))
   for sched in ("arccos", "cosine"):
