@@ -90,7 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   b.max_positions = 0             # table size for position='learned'.
   b.resid_dropout = 0.0           # dropout on attention and MLP outputs.
   b.ffn_dropout = 0.0             # dropout inside the SwiGLU.
-  b.norm_eps = 1e-5               # RMSNorm epsilon.
+  b.norm_eps = 1e-5               # norm epsilon.
+  b.norm = "rmsnorm"              # rmsnorm (Llama) | layernorm (ViT: RAR, LPD).
+  b.mlp = "swiglu"                # swiglu (Llama) | gelu (ViT).
+  b.bias = False                  # biases in attention, MLP and adaLN (ViT).
   b.dtype = "float32"             # compute dtype: float32 | bfloat16.
   b.attention_impl = "auto"       # auto | xla | pallas | cudnn.
 
@@ -130,15 +133,27 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Loads 'path/to/config.py[:ARG]' and applies 'a.b=value' overrides (type-checked)."""
-  path, _, arg = spec.partition(":")
+def load_config_module(path: str):
+  """Imports a config file as a module (config files are not a package)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location(
       "arjax_config_" + os.path.basename(path).replace(".py", ""), path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  return module
+
+
+def sibling_config(this_file: str, name: str):
+  """The config module `name` next to `this_file`: how a config derives from a shared base
+  (`llamagen = sibling_config(__file__, 'llamagen.py')`) instead of copying it."""
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(this_file)), name))
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:ARG]' and applies 'a.b=value' overrides (type-checked)."""
+  path, _, arg = spec.partition(":")
+  module = load_config_module(path)
   if not hasattr(module, "get_config"):
     raise AttributeError(f"config file {path!r} defines no get_config(arg)")
   config = module.get_config(arg or None)

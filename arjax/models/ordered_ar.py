@@ -7,7 +7,8 @@ paper is a config:
   RAR (Yu et al. 2024)        order 'random' with annealing, learned + target-aware position
                               tables, a start token, adaLN on class + per-slot embedding, QK-norm.
   RandAR (Pang et al. 2025)   order 'randar', 2D RoPE, one learned position-instruction vector.
-  LPD (Zhang et al. 2025)     order 'lpd', learned positions, a learned [MASK] query.
+  LPD (Zhang et al. 2025)     order 'lpd', learned positions, a learned [MASK] query, ViT blocks,
+                              LayerNorm on the inputs.
   PAR (Wang et al. 2025)      order 'par', 2D RoPE, learned transition query.
   MaskGIT / MaskGIL           order 'masked', bidirectional, a learned [MASK] embedding.
 
@@ -32,7 +33,7 @@ from flax import nnx
 from arjax.heads.categorical import HEADS
 from arjax.kernels.masks import MaskSpec
 from arjax.models.registry import MODELS
-from arjax.nn.layers import AdaLNModulation, Embed, modulate, make_param
+from arjax.nn.layers import AdaLNModulation, Embed, LayerNorm, modulate, make_param
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import SRC_CLASS, SRC_QUERY, SRC_START, build_order, register_support
 from arjax.orders.base import Layout
@@ -49,6 +50,7 @@ MODEL_DEFAULTS = dict(
     final_adaln=False,       # RAR: adaLN (shift, scale) before the head.
     pos_table_extra=0,       # extra rows of the position tables (RAR's released layout: 1024).
     slot_table_extra=0,      # extra rows of the per-slot table (RAR: 100).
+    input_norm=False,        # LPD: LayerNorm on the slot embeddings (its `z_proj_ln`).
 )
 
 
@@ -71,6 +73,9 @@ def scatter_to_grid(values, tgt, n: int):
 
 
 class OrderedAR(nnx.Module):
+  # Whether every prediction has its own query at the target's position (ARPG's subclass), so a
+  # random order may be sampled in parallel groups.
+  target_queries = False
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     m = config.model
@@ -97,8 +102,9 @@ class OrderedAR(nnx.Module):
       raise ValueError("ordered_ar: use model.learned_pos=True with backbone.position='none' "
                        "(the backbone's learned table would index by row only)")
     from arjax.orders.random import RandomOrder
-    if isinstance(self.order, RandomOrder) and self.order.max_group > 1:
-      raise ValueError(f"order 'random' with parallel groups (order.schedule="
+    if (isinstance(self.order, RandomOrder) and self.order.max_group > 1
+        and not self.target_queries):
+      raise ValueError(f"order {self.order.name!r} with parallel groups (order.schedule="
                        f"{self.order.schedule!r}) needs separate target queries: use model "
                        "'arpg' or order 'randar'")
     self.class_embed = Embed(m.num_classes + 1, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
@@ -115,8 +121,10 @@ class OrderedAR(nnx.Module):
     self.slot_table = (Embed(self.max_slots + model_option(m, "slot_table_extra"), dim, rngs=rngs,
                              axes=(None, "embed"), dtype=dt) if self.timestep_cond else None)
     self.backbone = Transformer(cfg, rngs=rngs)
-    self.final_ada = (AdaLNModulation(dim, dim, 2, rngs=rngs, dtype=dt)
+    self.final_ada = (AdaLNModulation(dim, dim, 2, rngs=rngs, dtype=dt, use_bias=cfg.bias)
                       if model_option(m, "final_adaln") else None)
+    self.input_norm = (LayerNorm(dim, rngs=rngs, eps=cfg.norm_eps)
+                       if model_option(m, "input_norm") else None)
     self.head = HEADS.get(m.head, field="model.head")(dim, self.tokenizer.vocab_size, rngs=rngs,
                                                       dtype=dt, label_smoothing=m.label_smoothing)
     self.drop = nnx.Dropout(m.token_dropout, rngs=rngs) if m.token_dropout > 0 else None
@@ -127,8 +135,16 @@ class OrderedAR(nnx.Module):
     return shape.src.shape[1]
 
   # -- forward ---------------------------------------------------------------------------------
+  def rope_positions(self, pos):
+    """Grid cells pos [B, L] (-1: none) -> the backbone's positions: (row, col) [B, L, 2], or
+    for 'rope1d' the raster index [B, L] (MaskGIL's released code)."""
+    if self.backbone_cfg.position == "rope1d":
+      return pos
+    grid = self.order.grid_positions
+    return jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+
   def embed_slots(self, tokens, labels, layout: Layout):
-    """-> x [B, L, D], rope positions [B, L, 2], adaLN cond [B, L, D] or None."""
+    """-> x [B, L, D], rope positions [B, L, 2] (or [B, L]), adaLN cond [B, L, D] or None."""
     src, pos, tgt = layout.src, layout.pos, layout.tgt
     tok = self.token_embed(gather_cells(tokens, src))
     cls = self.class_embed(labels)[:, None]
@@ -141,8 +157,9 @@ class OrderedAR(nnx.Module):
       x = x + self.pos_table(jnp.maximum(pos, 0)) * (pos >= 0)[..., None]
     if self.target_table is not None:
       x = x + self.target_table(jnp.maximum(tgt, 0)) * (tgt >= 0)[..., None]
-    grid = self.order.grid_positions
-    rope_pos = jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+    if self.input_norm is not None:
+      x = self.input_norm(x)
+    rope_pos = self.rope_positions(pos)
     cond = None
     if self.slot_table is not None:
       slots = jnp.arange(src.shape[1])
@@ -229,8 +246,9 @@ class OrderedAR(nnx.Module):
       x = x + self.pos_table(jnp.maximum(pos, 0)) * (pos >= 0)[..., None]
     if self.target_table is not None:
       x = x + self.target_table(jnp.maximum(tgt, 0)) * (tgt >= 0)[..., None]
-    grid = self.order.grid_positions
-    rope_pos = jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
+    if self.input_norm is not None:
+      x = self.input_norm(x)
+    rope_pos = self.rope_positions(pos)
     cond = None
     if self.slot_table is not None:
       slots = slot0 + jnp.arange(t)

@@ -19,7 +19,7 @@ from flax import nnx
 
 from arjax import kernels
 from arjax.kernels.masks import MaskSpec
-from arjax.nn.layers import DenseGeneral, RMSNorm
+from arjax.nn.layers import DenseGeneral, make_norm
 from arjax.nn.rope import apply_rope
 
 Cache = Dict[str, jax.Array]
@@ -36,14 +36,15 @@ class Attention(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, num_kv_heads: int, *, rngs: nnx.Rngs,
                head_dim: Optional[int] = None, qk_norm: bool = False, dtype=None,
-               param_dtype=jnp.float32, impl: str = "auto"):
+               param_dtype=jnp.float32, impl: str = "auto", use_bias: bool = False,
+               norm: str = "rmsnorm", norm_eps: float = 1e-5):
     if dim % num_heads and head_dim is None:
       raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
     if num_heads % num_kv_heads:
       raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
     k = head_dim or dim // num_heads
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, k
-    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias)
     self.wq = DenseGeneral((dim, num_heads, k), contract=1, axes=("embed", "heads", "kv"), **kw)
     self.wk = DenseGeneral((dim, num_kv_heads, k), contract=1, axes=("embed", "kv_heads", "kv"),
                            **kw)
@@ -51,8 +52,10 @@ class Attention(nnx.Module):
                            **kw)
     self.wo = DenseGeneral((num_heads, k, dim), contract=2, axes=("heads", "kv", "embed"), **kw)
     if qk_norm:
-      self.q_norm = RMSNorm(k, rngs=rngs, axes=("kv",), param_dtype=param_dtype)
-      self.k_norm = RMSNorm(k, rngs=rngs, axes=("kv",), param_dtype=param_dtype)
+      # QK-norm in the block's norm kind (RAR: LayerNorm over the head dim).
+      nkw = dict(rngs=rngs, axes=("kv",), param_dtype=param_dtype, eps=norm_eps)
+      self.q_norm = make_norm(norm, k, **nkw)
+      self.k_norm = make_norm(norm, k, **nkw)
     else:
       self.q_norm = self.k_norm = None
     self.impl = impl

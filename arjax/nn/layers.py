@@ -1,8 +1,10 @@
-"""Basic layers with logical-axis annotations: Dense, Embed, RMSNorm, SwiGLU, adaLN.
+"""Basic layers with logical-axis annotations: Dense, Embed, RMSNorm, LayerNorm, SwiGLU, GELU MLP,
+adaLN.
 
 Every parameter carries `logical_axes` metadata (names such as 'embed', 'mlp', 'heads',
 'vocab'); `arjax.parallel` maps those names to mesh axes with the config's rules, so model
-code never names a mesh axis. Legend: B batch, L length, D width, F MLP width.
+code never names a mesh axis. Biases are off by default (Llama); ViT-style generators (RAR, LPD)
+turn them on with `use_bias`. Legend: B batch, L length, D width, F MLP width.
 """
 from __future__ import annotations
 
@@ -25,31 +27,38 @@ def make_param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes,
 
 
 class Dense(nnx.Module):
-  """y = x W (no bias, as Llama), W [in, out] with logical axes `axes`."""
+  """y = x W (+ b with use_bias; Llama has none), W [in, out] with logical axes `axes`."""
 
   def __init__(self, in_features: int, out_features: int, *, axes: Axes, rngs: nnx.Rngs,
-               init=None, param_dtype=jnp.float32, dtype=None):
+               init=None, param_dtype=jnp.float32, dtype=None, use_bias: bool = False):
     init = init or nnx.initializers.normal(stddev=in_features ** -0.5)
     self.kernel = make_param(rngs, init, (in_features, out_features), axes, param_dtype)
+    self.bias = (make_param(rngs, nnx.initializers.zeros, (out_features,), axes[-1:], param_dtype)
+                 if use_bias else None)
     self.dtype = dtype
 
   def __call__(self, x):
     w = self.kernel[...]
     if self.dtype is not None:
       x, w = x.astype(self.dtype), w.astype(self.dtype)
-    return jnp.dot(x, w)
+    y = jnp.dot(x, w)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(y.dtype)
+    return y
 
 
 class DenseGeneral(nnx.Module):
   """Projection D -> (H, K) or (H, K) -> D for attention, kernel [D, H, K] or [H, K, D]."""
 
   def __init__(self, shape: Sequence[int], *, contract: int, axes: Axes, rngs: nnx.Rngs,
-               param_dtype=jnp.float32, dtype=None, init=None):
+               param_dtype=jnp.float32, dtype=None, init=None, use_bias: bool = False):
     fan_in = 1
     for s in shape[:contract]:
       fan_in *= s
     init = init or nnx.initializers.normal(stddev=fan_in ** -0.5)
     self.kernel = make_param(rngs, init, tuple(shape), axes, param_dtype)
+    self.bias = (make_param(rngs, nnx.initializers.zeros, tuple(shape[contract:]),
+                            axes[contract:], param_dtype) if use_bias else None)
     self.contract = contract
     self.dtype = dtype
 
@@ -58,8 +67,11 @@ class DenseGeneral(nnx.Module):
     if self.dtype is not None:
       x, w = x.astype(self.dtype), w.astype(self.dtype)
     n = self.contract
-    return jax.lax.dot_general(x, w, (((tuple(range(x.ndim - n, x.ndim))), tuple(range(n))),
-                                      ((), ())))
+    y = jax.lax.dot_general(x, w, (((tuple(range(x.ndim - n, x.ndim))), tuple(range(n))),
+                                   ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(y.dtype)
+    return y
 
 
 class Embed(nnx.Module):
@@ -93,6 +105,39 @@ class RMSNorm(nnx.Module):
     return (x32 * self.scale[...].astype(jnp.float32)).astype(dtype)
 
 
+class LayerNorm(nnx.Module):
+  """LayerNorm (Ba et al. 2016) over the last axis with scale and bias, in float32 (ViT blocks
+  of RAR and LPD)."""
+
+  def __init__(self, features: int, *, rngs: nnx.Rngs, eps: float = 1e-6,
+               axes: Axes = ("embed",), param_dtype=jnp.float32):
+    self.scale = make_param(rngs, nnx.initializers.ones, (features,), axes, param_dtype)
+    self.bias = make_param(rngs, nnx.initializers.zeros, (features,), axes, param_dtype)
+    self.eps = eps
+
+  def __call__(self, x):
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    x32 = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (x32 * self.scale[...].astype(jnp.float32)
+            + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
+NORMS = ("rmsnorm", "layernorm")
+
+
+def make_norm(kind: str, features: int, *, rngs: nnx.Rngs, eps: float, axes: Axes = ("embed",),
+              param_dtype=jnp.float32):
+  """'rmsnorm' (Llama) or 'layernorm' (ViT) over the last axis."""
+  if kind == "rmsnorm":
+    return RMSNorm(features, rngs=rngs, eps=eps, axes=axes, param_dtype=param_dtype)
+  if kind == "layernorm":
+    return LayerNorm(features, rngs=rngs, eps=eps, axes=axes, param_dtype=param_dtype)
+  raise ValueError(f"norm {kind!r}; expected one of {NORMS}")
+
+
 def swiglu_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: Optional[float] = None
                       ) -> int:
   """Llama's SwiGLU width: 2/3 of 4D, times an optional multiplier, rounded up to `multiple_of`."""
@@ -122,6 +167,23 @@ class SwiGLU(nnx.Module):
     return self.w2(h)
 
 
+class GeluMLP(nnx.Module):
+  """fc2(gelu(fc1 x)) (ViT / timm `Mlp`, exact erf GELU). x [B, L, D] -> [B, L, D]."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=None,
+               param_dtype=jnp.float32, dropout: float = 0.0, use_bias: bool = True):
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias)
+    self.fc1 = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
+    self.fc2 = Dense(hidden, dim, axes=("mlp", "embed"), **kw)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+  def __call__(self, x, *, deterministic: bool = True):
+    h = jax.nn.gelu(self.fc1(x), approximate=False)
+    if self.dropout is not None:
+      h = self.dropout(h, deterministic=deterministic)
+    return self.fc2(h)
+
+
 class AdaLNModulation(nnx.Module):
   """Shift/scale/gate from a conditioning vector (DiT's adaLN-Zero; zero-initialised).
 
@@ -129,9 +191,9 @@ class AdaLNModulation(nnx.Module):
   """
 
   def __init__(self, cond_dim: int, dim: int, n_chunks: int, *, rngs: nnx.Rngs, dtype=None,
-               param_dtype=jnp.float32):
+               param_dtype=jnp.float32, use_bias: bool = False):
     self.proj = Dense(cond_dim, n_chunks * dim, axes=("embed", "mlp"), rngs=rngs, dtype=dtype,
-                      init=nnx.initializers.zeros, param_dtype=param_dtype)
+                      init=nnx.initializers.zeros, param_dtype=param_dtype, use_bias=use_bias)
     self.n_chunks = n_chunks
 
   def __call__(self, c):

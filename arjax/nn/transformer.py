@@ -1,7 +1,9 @@
 """The Llama-style transformer stack shared by every generator.
 
 Pre-norm blocks: RMSNorm -> attention -> residual, RMSNorm -> SwiGLU -> residual, no biases
-(Touvron et al. 2023; LlamaGen, Sun et al. 2024). Options: QK-norm, adaLN conditioning
+(Touvron et al. 2023; LlamaGen, Sun et al. 2024). The ViT block of RAR and LPD (LayerNorm,
+biases, GELU MLP) is the same stack with `norm='layernorm'`, `bias=True`, `mlp='gelu'`.
+Options: QK-norm, adaLN conditioning
 (DiT-style shift/scale/gate from a vector per sample or per token), residual/FFN dropout,
 grouped-query attention, and the position encodings of `arjax.nn.rope` plus learned absolute
 embeddings. The mask (causal, bidirectional, block-causal, prefix, ...) is a `MaskSpec` given by
@@ -22,10 +24,12 @@ from flax import nnx
 from arjax.kernels.masks import MaskSpec
 from arjax.nn import rope as rope_lib
 from arjax.nn.attention import Attention, Cache, init_cache
-from arjax.nn.layers import AdaLNModulation, Embed, RMSNorm, SwiGLU, modulate, swiglu_hidden_dim
+from arjax.nn.layers import (NORMS, AdaLNModulation, Embed, GeluMLP, SwiGLU, make_norm, modulate,
+                             swiglu_hidden_dim)
 from arjax.parallel.activations import constrain
 
 POSITION_ENCODINGS = ("rope1d", "rope2d", "learned", "none")
+MLPS = ("swiglu", "gelu")
 _HIDDEN = ("batch", "length", "embed")  # logical axes of the hidden states [B, L, D].
 
 
@@ -36,7 +40,8 @@ class TransformerConfig:
   num_heads: int = 4
   num_kv_heads: Optional[int] = None      # None: as many as query heads (no GQA).
   dim: int = 128
-  mlp_dim: Optional[int] = None           # None: Llama's 2/3*4D rounded to `multiple_of`.
+  mlp_dim: Optional[int] = None           # None: Llama's 2/3*4D rounded to `multiple_of`
+                                          # (swiglu) or 4D (gelu).
   multiple_of: int = 256
   qk_norm: bool = False
   adaln: bool = False                     # condition every block on a vector (adaLN-Zero).
@@ -48,6 +53,9 @@ class TransformerConfig:
   resid_dropout: float = 0.0
   ffn_dropout: float = 0.0
   norm_eps: float = 1e-5
+  norm: str = "rmsnorm"                   # 'rmsnorm' (Llama) | 'layernorm' (ViT: RAR, LPD).
+  mlp: str = "swiglu"                     # 'swiglu' (Llama) | 'gelu' (ViT).
+  bias: bool = False                      # biases in attention, MLP and adaLN (ViT).
   dtype: str = "float32"                  # compute dtype ('bfloat16' for mixed precision).
   attention_impl: str = "auto"
 
@@ -74,6 +82,10 @@ class TransformerConfig:
                        f"num_kv_heads={self.kv_heads}")
     if self.position == "learned" and self.max_positions <= 0:
       raise ValueError("model.backbone.position='learned' needs max_positions > 0")
+    if self.norm not in NORMS:
+      raise ValueError(f"model.backbone.norm={self.norm!r}; expected one of {NORMS}")
+    if self.mlp not in MLPS:
+      raise ValueError(f"model.backbone.mlp={self.mlp!r}; expected one of {MLPS}")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.backbone.dtype={self.dtype!r}; expected float32|bfloat16|float16")
 
@@ -87,11 +99,22 @@ class TransformerConfig:
 
   @property
   def hidden_dim(self) -> int:
-    return self.mlp_dim or swiglu_hidden_dim(self.dim, self.multiple_of)
+    if self.mlp_dim:
+      return self.mlp_dim
+    return 4 * self.dim if self.mlp == "gelu" else swiglu_hidden_dim(self.dim, self.multiple_of)
 
   @property
   def compute_dtype(self):
     return jnp.dtype(self.dtype)
+
+
+def make_mlp(cfg: TransformerConfig, *, rngs: nnx.Rngs):
+  """The block's MLP: SwiGLU without biases (Llama) or GELU with `cfg.bias` (ViT)."""
+  dt = cfg.compute_dtype
+  if cfg.mlp == "gelu":
+    return GeluMLP(cfg.dim, cfg.hidden_dim, rngs=rngs, dtype=dt, dropout=cfg.ffn_dropout,
+                   use_bias=cfg.bias)
+  return SwiGLU(cfg.dim, cfg.hidden_dim, rngs=rngs, dtype=dt, dropout=cfg.ffn_dropout)
 
 
 class Block(nnx.Module):
@@ -99,13 +122,14 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     dt = cfg.compute_dtype
-    self.attn_norm = RMSNorm(cfg.dim, rngs=rngs, eps=cfg.norm_eps)
+    self.attn_norm = make_norm(cfg.norm, cfg.dim, rngs=rngs, eps=cfg.norm_eps)
     self.attn = Attention(cfg.dim, cfg.num_heads, cfg.kv_heads, rngs=rngs, qk_norm=cfg.qk_norm,
-                          dtype=dt, impl=cfg.attention_impl)
-    self.mlp_norm = RMSNorm(cfg.dim, rngs=rngs, eps=cfg.norm_eps)
-    self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim, rngs=rngs, dtype=dt, dropout=cfg.ffn_dropout)
-    self.ada = (AdaLNModulation(cfg.cond_dim or cfg.dim, cfg.dim, 6, rngs=rngs, dtype=dt)
-                if cfg.adaln else None)
+                          dtype=dt, impl=cfg.attention_impl, use_bias=cfg.bias, norm=cfg.norm,
+                          norm_eps=cfg.norm_eps)
+    self.mlp_norm = make_norm(cfg.norm, cfg.dim, rngs=rngs, eps=cfg.norm_eps)
+    self.mlp = make_mlp(cfg, rngs=rngs)
+    self.ada = (AdaLNModulation(cfg.cond_dim or cfg.dim, cfg.dim, 6, rngs=rngs, dtype=dt,
+                                use_bias=cfg.bias) if cfg.adaln else None)
     self.dropout = nnx.Dropout(cfg.resid_dropout, rngs=rngs) if cfg.resid_dropout > 0 else None
 
   def _drop(self, x, deterministic):
@@ -142,7 +166,7 @@ class Transformer(nnx.Module):
     cfg.validate()
     self.cfg = cfg
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-    self.norm = RMSNorm(cfg.dim, rngs=rngs, eps=cfg.norm_eps)
+    self.norm = make_norm(cfg.norm, cfg.dim, rngs=rngs, eps=cfg.norm_eps)
     self.pos_embed = (Embed(cfg.max_positions, cfg.dim, rngs=rngs, axes=(None, "embed"))
                       if cfg.position == "learned" else None)
 

@@ -8,7 +8,7 @@ the backbone, the trainer and the sampler (issue 6).
 from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, SRC_START, Layout, Order, Plan,
                                build_order, check_support, register_support)
 from arjax.orders import raster  # noqa: F401  (registers 'raster')
-from arjax.orders import random as _random  # noqa: F401  ('random', 'randar')
+from arjax.orders import random as _random  # noqa: F401  ('random', 'arpg', 'randar')
 from arjax.orders import groups  # noqa: F401  ('lpd', 'par', 'nar')
 from arjax.orders import masked  # noqa: F401  ('masked')
 

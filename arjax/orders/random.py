@@ -5,7 +5,8 @@
 annealed from 1 to 0 between `order.anneal_start` and `order.anneal_end` training steps
 (`schedules.rar_random_ratio`; -1 = always random) and samples in raster order. ARPG samples
 random orders in parallel groups (`order.schedule` 'arpg_arccos' / 'arpg_cosine'), which needs
-a model with separate target queries (arjax.models.arpg).
+a model with separate target queries (arjax.models.arpg); order 'arpg' is that order with ARPG's
+defaults (arccos schedule, 64 steps).
 
 'randar' (RandAR, Pang et al. 2025): position-instruction slots interleaved with the tokens,
 [class, P_pi0, x_pi0, P_pi1, x_pi1, ..., P_pi(N-1)], under a causal mask; only the P slots
@@ -140,6 +141,26 @@ def _build_random(config, tokenizer):
                      anneal_start=_get(config, "anneal_start", -1),
                      anneal_end=_get(config, "anneal_end", -1),
                      sample_order=_get(config, "sample_order", "random"), **_kw(config))
+
+
+class ArpgOrder(RandomOrder):
+  """ARPG (Li et al. 2025): a random order per sample in training and sampling, sampled in
+  parallel groups of the 'arpg_arccos' (default, the repo's recommendation) or 'arpg_cosine'
+  schedule; needs model 'arpg' (a query per target)."""
+  name = "arpg"
+
+
+@ORDERS.register("arpg")
+def _build_arpg(config, tokenizer):
+  n = tokenizer.tokens_per_image
+  schedule = _get(config, "schedule", "arpg_arccos")
+  if schedule not in ("arpg_arccos", "arpg_cosine"):
+    raise ValueError(f"order 'arpg': order.schedule={schedule!r}; expected 'arpg_arccos' or "
+                     "'arpg_cosine'")
+  if _get(config, "anneal_start", -1) >= 0:
+    raise ValueError("order 'arpg' trains on random orders only: drop order.anneal_start/end")
+  return ArpgOrder(n, tokenizer.grid_positions(), tokenizer.grid, schedule=schedule,
+                   num_steps=_get(config, "num_steps", 0) or min(64, n))
 
 
 @ORDERS.register("randar")

@@ -172,7 +172,8 @@ class GuidedSequentialSampler(SequentialSampler):
 def build_sampler(fm: FunctionalModel, sampling: SamplingConfig, config=None,
                   guidance: Optional[GuidanceSchedule] = None):
   """The sampler a model's order needs: KV-cached raster decoding when the model samples in
-  raster order with a cache, else `OrderSampler`. The guidance schedule comes from
+  raster order with a cache, KV-cached group decoding for target-query models (ARPG), else
+  `OrderSampler`. The guidance schedule comes from
   `guidance`, else from config.eval (cfg_schedule, cfg_power, cfg_by), else constant."""
   if guidance is None:
     guidance = (from_config(config, sampling.cfg_scale) if config is not None
@@ -187,6 +188,9 @@ def build_sampler(fm: FunctionalModel, sampling: SamplingConfig, config=None,
     if guidance.kind == "constant":
       return SequentialSampler(fm, sampling)
     return GuidedSequentialSampler(fm, sampling, guidance)
+  if hasattr(model, "predict_group"):  # target queries (ARPG): decode the groups from a cache.
+    from arjax.sampling.cached_groups import CachedGroupSampler
+    return CachedGroupSampler(fm, sampling, guidance)
   if hasattr(model, "grid_logits"):
     return OrderSampler(fm, sampling, guidance)
   return GuidedSequentialSampler(fm, sampling, guidance)

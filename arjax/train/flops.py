@@ -20,7 +20,7 @@ def forward_flops_per_token(cfg: TransformerConfig, seq_len: int, vocab_size: in
   d, h, hkv, k, f = cfg.dim, cfg.num_heads, cfg.kv_heads, cfg.head_dim, cfg.hidden_dim
   proj = 2 * (d * h * k + 2 * d * hkv * k + h * k * d)
   attention = 2 * 2 * seq_len * h * k
-  mlp = 2 * 3 * d * f
+  mlp = 2 * (2 if cfg.mlp == "gelu" else 3) * d * f  # GELU: fc1, fc2; SwiGLU: w1, w2, w3.
   ada = 2 * d * 6 * d if cfg.adaln else 0
   per_layer = proj + attention + mlp + ada
   head = 2 * d * vocab_size

@@ -9,6 +9,9 @@ Tokens: LlamaGen's VQ-16 (16x16 = 256 tokens, 16384 codes), given pre-tokenized 
 B 12/12/768 111M, L 24/16/1024 343M, XL 36/20/1280 775M, XXL 48/24/1536 1.4B, 3B 24/32/3200 3.1B.
 Paper results (256px, CFG): FID 5.46 / 3.80 / 3.39 / 3.09 / 3.05.
 `:smoke` keeps the LlamaGen layout at a tiny size on bundled MNIST pixels.
+
+`llamagen_config` is the shared base of the paper-size configs derived from LlamaGen (RandAR,
+ARPG, MaskGIL, NAR, PAR, and the tokens/training defaults of RAR and LPD).
 """
 from arjax.config import base_config, parse_arg
 
@@ -21,11 +24,22 @@ SIZES = {  # layers, heads, width, CFG scale used by the paper.
 }
 
 
+def parse_size(arg, sizes, method: str, default: str):
+  """Parses 'size=L[,smoke]' and checks the size against the method's table."""
+  args = parse_arg(arg, size=default)
+  if args.size not in sizes:
+    raise ValueError(f"{method} size={args.size!r}; expected one of {sorted(sizes)}")
+  return args
+
+
 def get_config(arg=None):
-  args = parse_arg(arg, size="B")
-  if args.size not in SIZES:
-    raise ValueError(f"llamagen size={args.size!r}; expected one of {sorted(SIZES)}")
-  layers, heads, width, cfg_scale = SIZES[args.size]
+  args = parse_size(arg, SIZES, "llamagen", "B")
+  return llamagen_config(*SIZES[args.size], smoke=args.smoke)
+
+
+def llamagen_config(layers: int, heads: int, width: int, cfg_scale: float, smoke: bool = False):
+  """LlamaGen's GPT, tokens and training at a given size (`smoke`: tiny, on MNIST pixels)."""
+  args = parse_arg("smoke" if smoke else "")
   c = base_config()
   # Tokens of LlamaGen's VQ-16 tokenizer: a 16x16 grid of 16384 codes.
   if not args.smoke:

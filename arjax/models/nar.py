@@ -1,0 +1,106 @@
+"""NAR: next-neighbour AR with two heads (He et al. 2025).
+
+Slots [class, x_0 ... x_(N-1)] in raster order under the proximity mask of order 'nar' (cell
+(h, w) sees every cell with h' + w' <= h + w). The main stack's output at a cell feeds head R,
+which predicts its right neighbour; one extra block on top of the stack feeds head B, which
+predicts its lower neighbour. The logits of cell (h, w) are
+  (0, 0): the mean of R and B at the class slot;   row 0: R of the left neighbour;
+  column 0: B of the upper neighbour;               elsewhere: the mean of R(left) and B(up).
+Sampling generates one anti-diagonal per step (2H - 1 steps) through `OrderSampler`.
+
+Legend: B batch, N = H W tokens, L = N + 1 slots, D width, V vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from arjax.heads.categorical import HEADS
+from arjax.models.ordered_ar import OrderedAR
+from arjax.models.registry import MODELS
+from arjax.nn.layers import make_norm
+from arjax.nn.transformer import Block
+from arjax.orders import register_support
+from arjax.orders.base import Layout
+
+register_support("nar", orders=("nar",))
+
+
+def combine_neighbour_logits(right, below, grid):
+  """right, below [B, L, V] (slot 0 the class, slot 1 + i cell i) -> logits [B, N, V]."""
+  h, w = grid
+  b, _, v = right.shape
+  r = right[:, 1:].reshape(b, h, w, v)
+  d = below[:, 1:].reshape(b, h, w, v)
+  from_left = jnp.roll(r, 1, axis=2)      # [.., i, j] = R at (i, j - 1)
+  from_up = jnp.roll(d, 1, axis=1)        # [.., i, j] = B at (i - 1, j)
+  rows = jnp.arange(h)[:, None, None]
+  cols = jnp.arange(w)[None, :, None]
+  out = jnp.where(rows == 0, from_left, jnp.where(cols == 0, from_up, (from_left + from_up) / 2))
+  first = (right[:, 0] + below[:, 0]) / 2
+  out = out.at[:, 0, 0].set(first)
+  return out.reshape(b, h * w, v)
+
+
+class NAR(OrderedAR):
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    super().__init__(config, rngs=rngs)
+    if self.order.name != "nar":
+      raise ValueError(f"model 'nar' needs order.name='nar', got {self.order.name!r}")
+    if self.target_table is not None or self.start_slots or self.timestep_cond:
+      raise ValueError("model 'nar' does not take target_aware, start_token or timestep_cond")
+    cfg = self.backbone_cfg
+    self.extra_block = Block(cfg, rngs=rngs)     # the block under head B.
+    self.norm_below = make_norm(cfg.norm, cfg.dim, rngs=rngs, eps=cfg.norm_eps)
+    m = config.model
+    self.head_below = HEADS.get(m.head, field="model.head")(
+        cfg.dim, self.tokenizer.vocab_size, rngs=rngs, dtype=cfg.compute_dtype,
+        label_smoothing=m.label_smoothing)
+
+  def grid_logits_of_layout(self, tokens, labels, layout: Layout, *, train: bool = False):
+    """tokens int32 [B, N], labels [B] -> logits float32 [B, N, V] of every cell."""
+    x, rope_pos, cond = self.embed_slots(tokens, labels, layout)
+    if self.drop is not None:
+      x = self.drop(x, deterministic=not train)
+    bb = self.backbone
+    rope = bb.rope_tables(rope_pos)
+    x = x.astype(self.backbone_cfg.compute_dtype)
+    for block in bb.blocks:
+      x, _ = block(x, mask=layout.mask, rope=rope, cond=cond, deterministic=not train)
+    right = self.head(bb.norm(x))
+    x, _ = self.extra_block(x, mask=layout.mask, rope=rope, cond=cond, deterministic=not train)
+    below = self.head_below(self.norm_below(x))
+    return combine_neighbour_logits(right, below, self.order.grid)
+
+  def loss(self, batch: Dict[str, jax.Array], *, train: bool
+           ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    tokens = batch["tokens"] if "tokens" in batch else self.tokenizer.encode(batch["image"])
+    labels = batch["label"].astype(jnp.int32)
+    b = tokens.shape[0]
+    if train and self.class_dropout > 0:
+      labels = self.drop_labels(labels)
+    layout = self.order.train_layout(jax.random.key(0), b, batch.get("step"), train)
+    logits = self.grid_logits_of_layout(tokens, labels, layout, train=train)
+    w = jnp.ones(tokens.shape, jnp.float32)
+    if "mask" in batch:  # padded evaluation batches
+      w = w * batch["mask"][:, None].astype(jnp.float32)
+    loss, nll = self.head.loss(logits, tokens, w)
+    denom = jnp.maximum(w.sum(), 1.0)
+    nll_mean = (nll * w).sum() / denom
+    acc = ((jnp.argmax(logits, -1) == tokens) * w).sum() / denom
+    return loss, {"loss": loss, "nll": nll_mean, "bits_per_dim": nll_mean / jnp.log(2.0),
+                  "accuracy": acc, "num_tokens": w.sum()}
+
+  def grid_logits(self, tokens, labels, known, plan):
+    """Logits [B, N, V] of every cell; the sampler keeps those of the step's anti-diagonal."""
+    layout = self.order.sample_layout(plan, known)
+    return self.grid_logits_of_layout(tokens, labels, layout)
+
+
+@MODELS.register("nar")
+def _build(config, *, rngs):
+  return NAR(config, rngs=rngs)
