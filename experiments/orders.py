@@ -242,10 +242,9 @@ def write_table(path, orders, results, speed, failed, args, hw, wall_s=None):
               f"temperature {any_r['temperature']:g}, no top-k/top-p), scored in the bundled "
               "offline MNIST classifier's feature space (FD is **not** Inception FID; at this N "
               "FD is biased upwards and noisy, compare rows only with each other). "
-              f"Speed: {args.speed_batch} samples per call, median of {args.speed_rounds} "
-              "rounds in one process, orders interleaved within each round." +
-              (f" Wall time of the run that wrote this file: {wall_s / 60:.0f} min (orders done "
-               "before are skipped; per-order times are in WORKDIR/results/)." if wall_s else ""), ""]
+              + (f"Speed: {args.speed_batch} samples per call, median of {args.speed_rounds} "
+                 "rounds in one process, orders interleaved within each round."
+                 if speed else "Speed: not measured in this run."), ""]
   lines += [head + "\n".join(rows), ""]
   lines += ["Test NLL is the mean over all tokens of the order's training factorisation: raster "
             "order for raster and RAR (RAR evaluates in raster order, where its annealing ends); "
@@ -265,6 +264,11 @@ def write_table(path, orders, results, speed, failed, args, hw, wall_s=None):
               "| claim | measured | verdict |", "|---|---|---|"]
     lines += [f"| {c} | {m} | {verdict} |" for c, m, verdict in v]
     lines.append("")
+  if results:
+    lines += ["Wall time per order on the shared CPU (training includes compilation and the "
+              "test-NLL pass; sampling is the FD samples): " + "; ".join(
+                  f"{LABELS.get(o, o)} {r['train_seconds'] / 60:.1f} + "
+                  f"{r['sample_seconds'] / 60:.1f} min" for o, r in results.items()) + ".", ""]
   if failed:
     lines += ["## Not run", ""] + [f"- {LABELS.get(o, o)}: {msg}" for o, msg in failed.items()]
     lines.append("")
@@ -282,7 +286,7 @@ def hardware():
   except OSError:
     load = float("nan")
   return (f"{jax.devices()[0].platform.upper()}, {cpus} cores ({platform.processor() or platform.machine()}), "
-          f"shared with other jobs (load average {load:.1f} at the end)")
+          f"shared with other jobs (load average {load:.1f} when the table was written)")
 
 
 def main(argv=None) -> int:
@@ -297,7 +301,9 @@ def main(argv=None) -> int:
   p.add_argument("--sample_batch", type=int, default=100)
   p.add_argument("--grid_per_class", type=int, default=8)
   p.add_argument("--speed_batch", type=int, default=20)
-  p.add_argument("--speed_rounds", type=int, default=3)
+  p.add_argument("--speed_rounds", type=int, default=3, help="0: no speed column")
+  p.add_argument("--report_only", action="store_true",
+                 help="train nothing: the table from the results JSON already written")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                       datefmt="%H:%M:%S")
@@ -321,6 +327,9 @@ def main(argv=None) -> int:
         results[o] = json.load(f)
       _log.info("[%d/%d] %s: done before (%s), skipped", i + 1, len(orders), o, path)
       continue
+    if args.report_only:
+      failed[o] = "not run (no results JSON; --report_only)"
+      continue
     _log.info("[%d/%d] %s: training %s", i + 1, len(orders), o, _spec(o, args))
     try:
       results[o] = run_order(o, args, out_dir)
@@ -337,10 +346,22 @@ def main(argv=None) -> int:
               r["train_seconds"], r["sample_seconds"])
   speed = {}
   done = [o for o in orders if o in results]
-  if done:
+  speed_path = os.path.join(res_dir, "speed.json")
+  if args.report_only and os.path.isfile(speed_path):
+    with open(speed_path) as f:
+      speed = json.load(f)
+    if set(done) <= set(speed):  # measured together before: keep those figures.
+      speed = {o: speed[o] for o in done}
+      args.speed_batch = next(iter(speed.values()))["batch"]
+      args.speed_rounds = len(next(iter(speed.values()))["seconds"])
+      _log.info("speed: reusing %s", speed_path)
+      done = []
+    else:
+      speed = {}
+  if done and args.speed_rounds > 0:
     _log.info("timing sampling of %s, interleaved", done)
     speed = measure_speed(done, args)
-    with open(os.path.join(res_dir, "speed.json"), "w") as f:
+    with open(speed_path, "w") as f:
       json.dump(speed, f, indent=2)
   table = write_table(args.out, orders, results, speed, failed, args, hardware(),
                       time.time() - t_start)
