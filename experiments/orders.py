@@ -39,6 +39,7 @@ LABELS = {"raster": "raster (LlamaGen)", "random": "RAR (random, annealed)", "ra
 # Orders whose test NLL is a likelihood of the image (a product of conditionals along an
 # order). The masked loss is the cross-entropy of a random masked subset given the rest: no
 # factorisation of p(x), so no bits/dim.
+NOTES_MARKER = "<!-- notes: kept when experiments/orders.py rewrites this file -->"
 NO_NLL = {"masked": "masked-token cross-entropy at a random mask ratio, not a likelihood"}
 
 
@@ -272,9 +273,15 @@ def write_table(path, orders, results, speed, failed, args, hw, wall_s=None):
   if failed:
     lines += ["## Not run", ""] + [f"- {LABELS.get(o, o)}: {msg}" for o, msg in failed.items()]
     lines.append("")
+  # Hand-written reading of the results (below NOTES_MARKER) survives a re-run.
+  if os.path.isfile(path):
+    with open(path) as f:
+      old = f.read()
+    if NOTES_MARKER in old:
+      lines.append(old[old.index(NOTES_MARKER):].rstrip("\n"))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    f.write("\n".join(lines))
+    f.write("\n".join(lines) + "\n")
   return path
 
 
