@@ -125,6 +125,26 @@ def run_order(order: str, args, out_dir: str):
   return res
 
 
+def real_reference(args):
+  """FD / accuracy of `num_samples` real *training* images seen as the model sees them (14x14,
+  8 levels) against the test reference: the floor that FD reaches at this N (it is biased
+  upwards at small N), so that the rows can be read against it."""
+  import numpy as np
+  from arjax.config import load_config
+  from arjax.data.idx import load_bundled
+  from arjax.evaluate import sample_metrics as sm
+  config = load_config(_spec("raster", args))
+  images, labels = load_bundled(config.data.source, "train")
+  idx = np.concatenate([np.where(labels == c)[0][:-(-args.num_samples // 10)]
+                        for c in range(10)])[:args.num_samples]
+  size = (config.tokenizer.resolution,) * 2
+  seen = sm.as_model_sees(np.asarray(images[idx]), config, size)
+  s = sm.offline_scores(config, seen, np.asarray(labels[idx]))
+  return {"num_samples": int(len(idx)), "fd": float(s["fd"]),
+          "class_accuracy": float(s["class_accuracy"]), "precision": float(s["precision"]),
+          "recall": float(s["recall"])}
+
+
 def _sampler(exp, sampling):
   from arjax.sampling.orders import build_sampler
   return build_sampler(exp.fm, sampling, exp.config)
@@ -208,7 +228,7 @@ def verdicts(results, speed):
   return out, (fd_tol, acc_tol)
 
 
-def write_table(path, orders, results, speed, failed, args, hw, wall_s=None):
+def write_table(path, orders, results, speed, failed, args, hw, wall_s=None, real=None):
   rows = []
   head = ("| order | params | train steps | test NLL (bits/dim) | FD (offline clf.) | class acc. "
           "| precision / recall | sampling steps | samples/s vs raster | samples |\n"
@@ -227,6 +247,10 @@ def write_table(path, orders, results, speed, failed, args, hw, wall_s=None):
     rows.append(f"| {name} | {r['params']:,} | {r['train_steps']} | {nll} | {r['fd']:.2f} | "
                 f"{r['class_accuracy']:.3f} | {r['precision']:.2f} / {r['recall']:.2f} | "
                 f"{r['sampling_steps']} | {rel} | [grid]({rel_png}) |")
+  if real:
+    rows.append(f"| *real training images* (calibration) | — | — | — | {real['fd']:.2f} | "
+                f"{real['class_accuracy']:.3f} | {real['precision']:.2f} / {real['recall']:.2f} | "
+                f"— | — | {real['num_samples']} images, 14x14, 8 levels |")
   any_r = next(iter(results.values()), None)
   lines = ["# Generation orders at equal budget (bundled MNIST, 14x14 tokens, 8 grey levels)",
            "",
@@ -370,8 +394,16 @@ def main(argv=None) -> int:
     speed = measure_speed(done, args)
     with open(speed_path, "w") as f:
       json.dump(speed, f, indent=2)
+  real_path, real = os.path.join(res_dir, "real.json"), None
+  if os.path.isfile(real_path):
+    with open(real_path) as f:
+      real = json.load(f)
+  if results and (real is None or real["num_samples"] != args.num_samples):
+    real = real_reference(args)
+    with open(real_path, "w") as f:
+      json.dump(real, f, indent=2)
   table = write_table(args.out, orders, results, speed, failed, args, hardware(),
-                      time.time() - t_start)
+                      time.time() - t_start, real)
   _log.info("wrote %s", table)
   return 0
 

@@ -1,6 +1,7 @@
 """experiments/orders.py in smoke mode: trains two orders for a couple of steps through the real
 trainer, samples, scores with the offline evaluator, times sampling and writes the table with one
-row per order (NAR as not run, with its reason); a re-run trains nothing (resumable)."""
+row per order (NAR as not run, with its reason) and a real-data calibration row; a re-run trains
+nothing (resumable)."""
 import importlib.util
 import os
 
@@ -39,9 +40,11 @@ def test_orders_experiment_smoke_writes_one_row_per_order(tmp_path, monkeypatch)
           "--grid_per_class", "2", "--speed_batch", "16", "--speed_rounds", "1"]
   assert mod.main(argv) == 0
   rows = _table(out.read_text())
-  assert [r[0] for r in rows] == ["raster (LlamaGen)", "NAR", "MaskGIT (masked, cosine)"]
-  raster, nar, masked = rows
+  assert [r[0] for r in rows] == ["raster (LlamaGen)", "NAR", "MaskGIT (masked, cosine)",
+                                  "*real training images* (calibration)"]
+  raster, nar, masked, real = rows
   assert all(len(r) == 10 for r in rows)
+  assert float(real[4]) < float(raster[4]) and float(real[5]) > 0.5  # real digits: low FD.
   assert raster[2] == masked[2] == "2"                    # equal training budget.
   assert int(raster[1].replace(",", "")) > 0
   assert 0 < float(raster[3]) < 3.5                       # bits/dim of 8 levels: below ~3.
