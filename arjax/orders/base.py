@@ -44,6 +44,12 @@ def check_support(order, model_name: str) -> None:
   if model_name not in _MODEL_SUPPORT:
     return
   kinds, names = _MODEL_SUPPORT[model_name]
+  # An order whose predictions live outside Layout.tgt (NAR's right/below heads) trains
+  # nothing on a generic model: its loss would be an empty sum, so refuse it by name.
+  needs = getattr(order, "models", ())
+  if needs and model_name not in needs:
+    raise ValueError(f"order.name={order.name!r} needs model.name in {list(needs)} (its "
+                     f"predictions are not slot targets), not {model_name!r}")
   if names and order.name not in names:
     raise ValueError(f"order.name={order.name!r} cannot run on model.name={model_name!r}, "
                      f"which supports only the orders {list(names)}")
@@ -187,11 +193,13 @@ class Order:
       or dense patterns).
     causal: True when a prediction depends only on cells earlier in the order.
     confidence: True when sampling picks the next group from confidences (MaskGIT).
+    models: the registered models that can run the order (empty: any whose mask kinds fit).
   """
   name = "order"
   mask_kind = "causal"
   causal = True
   confidence = False
+  models: Tuple[str, ...] = ()
 
   def __init__(self, num_tokens: int, grid_positions, grid: Tuple[int, int]):
     self.num_tokens = int(num_tokens)

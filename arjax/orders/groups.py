@@ -128,6 +128,7 @@ class ParOrder(Order):
 class NarOrder(Order):
   name = "nar"
   mask_kind = "block"
+  models = ("nar",)  # Layout.tgt is empty: the right/below heads of arjax.models.nar predict.
 
   def __init__(self, num_tokens, grid_positions, grid):
     super().__init__(num_tokens, grid_positions, grid)
