@@ -3,7 +3,7 @@
   python -m arjax.train --config configs/tokenizers/kl.py --workdir workdirs/tok_kl
   python -m arjax.train --config configs/tokenizers/kl.py:smoke --workdir /tmp/tok_kl
 
-Results at 600 steps on the 2-core CPU: docs/tokenizers.md.
+Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """
 from arjax.config import parse_arg
 from arjax.tokenizers.recipe import tokenizer_config

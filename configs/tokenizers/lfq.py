@@ -3,7 +3,7 @@
   python -m arjax.train --config configs/tokenizers/lfq.py --workdir workdirs/tok_lfq
   python -m arjax.train --config configs/tokenizers/lfq.py:smoke --workdir /tmp/tok_lfq
 
-Results at 600 steps on the 2-core CPU: docs/tokenizers.md.
+Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """
 from arjax.config import parse_arg
 from arjax.tokenizers.recipe import tokenizer_config
