@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.channels = 1        # pixel: image channels.
   c.tokenizer.vocab_size = 0      # cached: codebook size of the pre-tokenized data.
   c.tokenizer.grid = 0            # cached: token grid side (grid*grid tokens).
+  c.tokenizer.checkpoint = ""     # cached: workdir of the tokenizer run (decodes samples).
 
   c.order = ml_collections.ConfigDict()
   c.order.name = "raster"         # registry name in arjax.orders.

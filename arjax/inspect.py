@@ -44,7 +44,8 @@ def inspect_config(config, mesh=None, hbm_gib: Optional[float] = None,
   for name, sub in fm.abstract_params.items():
     groups[name] = sum(int(x.size) for x in jax.tree.leaves(sub))
   out = {"model": config.model.name, "params": fm.param_count(), "params_by_module": groups}
-  out.update(model_flops(config))
+  if "backbone" in config.model:  # the analytic FLOP count covers transformer generators only.
+    out.update(model_flops(config))
   if mesh is not None:
     from arjax.parallel import memory
     report = (memory.aot_train_step if compile else memory.state_report)(config, mesh)
@@ -94,8 +95,9 @@ def print_report(spec: str, out: Dict[str, Any]) -> None:
   print(f"{spec}: {out['params']:,} parameters ({out['params'] / 1e6:.1f}M)")
   for k, v in out["params_by_module"].items():
     print(f"  {k:20s} {v:>15,}")
-  print(f"forward FLOPs/token {out['forward_per_token']:.4g}; train FLOPs/step "
-        f"{out['train_flops_per_step']:.4g} ({out['tokens_per_step']} tokens)")
+  if "forward_per_token" in out:
+    print(f"forward FLOPs/token {out['forward_per_token']:.4g}; train FLOPs/step "
+          f"{out['train_flops_per_step']:.4g} ({out['tokens_per_step']} tokens)")
   if "memory" not in out:
     return
   m = out["memory"]

@@ -1,6 +1,7 @@
 """Pre-tokenized data: tokens come in the batch (`batch['tokens']`), written once by a
-learned tokenizer's token cache (`python -m arjax.tokenize`). Only the vocabulary and grid are
-known here; decoding to pixels needs the tokenizer checkpoint the config names.
+learned tokenizer's token cache (`python -m arjax.tokenize`, arjax.tokenizers.cache). The config
+states the vocabulary and grid; `tokenizer.checkpoint` names the tokenizer run that wrote the
+tokens, which must agree with them and decodes sampled tokens to pixels.
 
 Legend: B batch, N = grid*grid tokens.
 """
@@ -14,21 +15,30 @@ from arjax.tokenizers.base import TOKENIZERS
 
 class CachedTokens:
 
-  def __init__(self, vocab_size: int, grid: int):
+  def __init__(self, vocab_size: int, grid: int, checkpoint: str = ""):
     if vocab_size <= 1 or grid <= 0:
       raise ValueError(f"tokenizer 'cached' needs tokenizer.vocab_size > 1 and tokenizer.grid > 0, "
                        f"got vocab_size={vocab_size}, grid={grid}")
     self.vocab_size = vocab_size
     self.grid = (grid, grid)
     self.tokens_per_image = grid * grid
+    self.checkpoint = checkpoint
+    if checkpoint:  # Fails at build time on a missing run or a disagreeing vocabulary/grid.
+      from arjax.tokenizers.cache import check_cached_tokenizer
+      check_cached_tokenizer(checkpoint, vocab_size, grid)
 
   def encode(self, images):
     raise ValueError("tokenizer 'cached' takes pre-tokenized data: the batch must carry "
                      "'tokens' (build them with `python -m arjax.tokenize`)")
 
   def decode(self, tokens):
-    raise ValueError("tokenizer 'cached' cannot decode tokens to pixels: name the tokenizer "
-                     "checkpoint that produced them (tokenizer issue)")
+    """int32 [B, N] -> uint8 [B, H, W, C] through the tokenizer run `tokenizer.checkpoint`
+    (restored once per process; called eagerly by the samplers)."""
+    if not self.checkpoint:
+      raise ValueError("tokenizer 'cached' cannot decode tokens to pixels: set "
+                       "tokenizer.checkpoint to the workdir of the tokenizer that wrote them")
+    from arjax.tokenizers.cache import load_tokenizer
+    return jnp.asarray(load_tokenizer(self.checkpoint).decode(tokens))
 
   def grid_positions(self):
     r = np.arange(self.grid[0])
@@ -37,4 +47,5 @@ class CachedTokens:
 
 @TOKENIZERS.register("cached")
 def _build_cached(config):
-  return CachedTokens(vocab_size=config.tokenizer.vocab_size, grid=config.tokenizer.grid)
+  t = config.tokenizer
+  return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.get("checkpoint", ""))

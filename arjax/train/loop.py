@@ -2,7 +2,8 @@
 
 Sharded by jit over the config's mesh (logical-axis rules), Orbax checkpoints with the data
 iterator, automatic resume, SIGTERM -> save and exit 0, periodic metrics (TensorBoard + JSONL),
-progress lines (steps/s, ETA), periodic evaluation (test bits/dim and a sample grid).
+progress lines (steps/s, ETA), periodic evaluation chosen by the model's kind (generators: test
+bits/dim and a sample grid; tokenizers: reconstruction metrics and grid; arjax.train.evaluation).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from arjax.parallel import checks, memory  # [scale] layout checks, memory repor
 from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
 from arjax.train.checkpoint import Checkpointer
+from arjax.train.evaluation import EVALUATIONS, evaluation_kind
 from arjax.train.functional import FunctionalModel
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
@@ -62,7 +64,11 @@ class Experiment:
     self.config = config
     self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
     self.rules = [tuple(r) for r in config.sharding_rules]
-    self.fm = FunctionalModel.abstract(lambda: build_model(config, seed=config.seed))
+    from flax import nnx
+    # Built under eval_shape (no allocation); kept for static attributes (vocab_size, kind).
+    self.abstract_model = nnx.eval_shape(lambda: build_model(config, seed=config.seed))
+    self.fm = FunctionalModel(self.abstract_model)
+    self.evaluation = evaluation_kind(self.abstract_model)  # which EVALUATIONS entry runs.
     # Sampling a converted or trained model needs no data set (check_data=False, e.g. ImageNet
     # absent on the sampling machine); training and bits/dim still fail at their iterator.
     self.info = data_lib.dataset_info(config.data) if check_data else None
@@ -87,9 +93,11 @@ class Experiment:
     except ValueError as e:
       raise ValueError(f"data {self.config.data.source!r} gives images {shape} that the "
                        f"tokenizer cannot take: {e}") from None
-    if self.info["num_classes"] and self.info["num_classes"] > self.config.model.num_classes:
+    num_classes = self.config.model.get("num_classes")  # None: an unconditional model.
+    if (self.info["num_classes"] and num_classes is not None
+        and self.info["num_classes"] > num_classes):
       raise ValueError(f"data has {self.info['num_classes']} classes but "
-                       f"model.num_classes={self.config.model.num_classes}")
+                       f"model.num_classes={num_classes}")
 
   # -- state -----------------------------------------------------------------------------------
   def abstract_state(self):
@@ -279,6 +287,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 def evaluate_and_write(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
                        step: int) -> Dict[str, Any]:
+  """Runs the evaluation of the model's kind (arjax.train.evaluation) and writes its results."""
+  return EVALUATIONS.get(exp.evaluation, field="model.name")(exp, state, writer, workdir, step)
+
+
+@EVALUATIONS.register("generator")
+def evaluate_generator(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
+                       step: int) -> Dict[str, Any]:
+  """Test bits/dim and a class-conditional sample grid."""
   from arjax.evaluate.images import make_grid, plot_curves, save_grid
   params = exp.eval_params(state)
   e = exp.config.eval

@@ -67,9 +67,10 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
     # [scale] Finite gradients can still give a non-finite update (lr=inf, overflow in the
     # optimizer): reject those steps too, so no NaN/Inf reaches the parameters or a checkpoint.
     finite = finite & jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params = keep(params, state.params)
-    opt_state = keep(opt_state, state.opt_state)
+    # One conditional, not a select per leaf: with per-leaf selects on a predicate computed from
+    # every new parameter, XLA's CPU compiler took minutes on conv tokenizers (48s vs 260s).
+    params, opt_state = jax.lax.cond(finite, lambda: (params, opt_state),
+                                     lambda: (state.params, state.opt_state))
     ema = state.ema_params
     if ema_decay > 0:
       ema = jax.tree.map(lambda e, p: jnp.where(finite, ema_decay * e + (1 - ema_decay) * p, e),

@@ -1,0 +1,143 @@
+"""What the trainer evaluates, chosen by the model's kind (registry `EVALUATIONS`).
+
+A model class says what it is with a class attribute `evaluation` (absent: 'generator'):
+
+  generator  test bits/dim and a class-conditional sample grid (arjax.train.loop).
+  tokenizer  reconstructions of the test split: PSNR, SSIM, codebook usage and perplexity
+             (discrete tokens), reconstruction Fréchet distance in the offline classifier's
+             feature space (bundled 28x28 data), and a PNG grid of originals (odd rows) over
+             reconstructions (even rows) next to the metrics.
+
+Every entry is `fn(exp, state, writer, workdir, step) -> dict of results`.
+
+Legend: B batch, H/W image size, C channels, N tokens per image, K codebook size.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+
+from arjax.registry import Registry
+
+EVALUATIONS: Registry = Registry("evaluation")
+GRID_COLUMNS = 8  # reconstruction grid: 2 rows of originals and 2 of reconstructions.
+_log = logging.getLogger("arjax.train")
+
+
+def evaluation_kind(model) -> str:
+  return getattr(model, "evaluation", "generator")
+
+
+def reconstruct_split(exp, params, split: str = "test", num_examples: int = -1
+                      ) -> Dict[str, np.ndarray]:
+  """Runs the autoencoder over a split (in order). Returns uint8 'images' and 'reconstructions'
+  [M, H, W, C] and 'tokens' [M, N(, D)] of the first `num_examples` examples (-1: all)."""
+  from arjax import data as data_lib
+  e = exp.config.eval
+  fm = exp.fm
+  run = jax.jit(lambda p, images: fm.bind(p).reconstruct(images))
+  it = data_lib.make_iterator(exp.config.data, split=split, global_batch_size=e.batch_size,
+                              seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
+  out = {"images": [], "reconstructions": [], "tokens": []}
+  seen = 0
+  for batch in it:
+    if 0 <= num_examples <= seen:
+      break
+    images = batch["image"]
+    rec, tokens = jax.device_get(run(params, exp.to_global({"image": images})["image"]))
+    keep = batch["mask"] > 0 if "mask" in batch else np.ones(len(images), bool)
+    if num_examples >= 0:
+      keep &= seen + np.arange(len(images)) < num_examples
+    seen += int(keep.sum())
+    for key, value in (("images", images), ("reconstructions", rec), ("tokens", tokens)):
+      out[key].append(np.asarray(value)[keep])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def codebook_statistics(tokens: np.ndarray, vocab_size: int) -> Dict[str, float]:
+  """Usage (fraction of the K codes that occur) and perplexity exp(H) of the code frequencies
+  over all tokens of a split."""
+  counts = np.bincount(tokens.reshape(-1), minlength=vocab_size).astype(np.float64)
+  p = counts / max(counts.sum(), 1.0)
+  nz = p[p > 0]
+  return {"codebook_usage": float(np.mean(counts > 0)),
+          "perplexity": float(np.exp(-np.sum(nz * np.log(nz))))}
+
+
+def reconstruction_fd(data_source: str, images: np.ndarray, reconstructions: np.ndarray
+                      ) -> Optional[float]:
+  """FD between the offline classifier's features of reconstructions and of the originals, for
+  bundled 28x28 data with more examples than feature dimensions; None otherwise."""
+  from arjax.data.idx import BUNDLED
+  if data_source not in BUNDLED or images.shape[1:] != (28, 28, 1):
+    return None
+  from arjax.evaluate import metrics
+  from arjax.evaluate.offline import OfflineEvaluator
+  ev = OfflineEvaluator(data_source)
+  if len(images) <= ev.feature_dim:
+    _log.info("reconstruction FD skipped: %d examples <= %d feature dimensions", len(images),
+              ev.feature_dim)
+    return None
+  return metrics.frechet_distance_from_features(ev.features(reconstructions), ev.features(images))
+
+
+def tokenizer_metrics(exp, params, split: str = "test", num_examples: int = -1
+                      ) -> Dict[str, Any]:
+  """PSNR, SSIM (means over images), codebook usage/perplexity, reconstruction FD, plus the
+  arrays (for grids)."""
+  from arjax.evaluate.tokenizer_metrics import psnr, ssim
+  r = reconstruct_split(exp, params, split, num_examples)
+  values: Dict[str, Any] = {
+      "psnr": float(np.mean(np.minimum(psnr(r["images"], r["reconstructions"]), 100.0))),
+      "ssim": float(np.mean(ssim(r["images"], r["reconstructions"]))),
+      "num_examples": int(len(r["images"]))}
+  vocab = int(getattr(exp.abstract_model, "vocab_size", 0))
+  if vocab:
+    values.update(codebook_statistics(r["tokens"], vocab))
+  fd = reconstruction_fd(exp.config.data.source, r["images"], r["reconstructions"])
+  if fd is not None:
+    values["reconstruction_fd"] = fd
+  return values, r
+
+
+def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray,
+                        ncol: int = GRID_COLUMNS) -> np.ndarray:
+  """uint8 [2k, H, W, C]: rows of `ncol` originals, each followed by their reconstructions."""
+  n = min(len(images), 2 * ncol)
+  n -= n % ncol if n >= ncol else 0
+  rows = []
+  for start in range(0, max(n, 1), ncol):
+    rows += [images[start:start + ncol], reconstructions[start:start + ncol]]
+  return np.concatenate(rows)
+
+
+@EVALUATIONS.register("tokenizer")
+def evaluate_tokenizer(exp, state, writer, workdir: str, step: int) -> Dict[str, Any]:
+  from arjax.evaluate.images import make_grid, plot_curves, save_grid
+  params = exp.eval_params(state)
+  e = exp.config.eval
+  t0 = time.time()
+  values, r = tokenizer_metrics(exp, params, "test", e.num_examples)
+  ncol = min(GRID_COLUMNS, len(r["images"]))
+  grid = reconstruction_grid(r["images"], r["reconstructions"], ncol)
+  grid_path = os.path.join(workdir, "images", f"reconstructions_{step:07d}.png")
+  if jax.process_index() == 0:
+    save_grid(grid, grid_path, ncol=ncol, scale=2)
+    writer.image(step, "reconstructions", make_grid(grid, ncol))
+    writer.flush()
+    if os.path.isfile(writer.jsonl_path):
+      plot_curves(writer.jsonl_path, os.path.join(workdir, "images", "curves.png"),
+                  keys=("loss", "psnr"))
+  scalars = {f"test_{k}": v for k, v in values.items() if k != "num_examples"}
+  writer.scalars(step, scalars)
+  writer.flush()
+  shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
+  _log.info("eval at step %d on %d test images: %s, grid %s (%.1fs)", step,
+            values["num_examples"], shown, grid_path, time.time() - t0)
+  return {"step": step, **scalars, "test_examples": values["num_examples"],
+          "reconstruction_grid": grid_path}

@@ -1,0 +1,17 @@
+"""Paper-shape tokenizer 'mar_kl16' (ImageNet 256x256, downsampling 16; arjax.tokenizers.recipe).
+
+  python -m arjax.inspect --config configs/tokenizers/mar_kl16.py --json     # parameter count
+  python -m arjax.train --config configs/tokenizers/mar_kl16.py:smoke --workdir /tmp/mar_kl16
+  python -m arjax.train --config configs/tokenizers/mar_kl16.py:lpips=lpips_vgg.npz --workdir W \
+      --config.data.source=... (256x256 RGB images)
+
+Parameter counts (encoder + quantizer + decoder, discriminator excluded) are checked against the
+official architecture in tests/tokenizers/test_paper_shapes.py; see docs/tokenizers.md.
+"""
+from arjax.config import parse_arg
+from arjax.tokenizers.recipe import paper_config
+
+
+def get_config(arg=None):
+  args = parse_arg(arg, lpips="")  # lpips=PATH: LPIPS-VGG weights (perceptual loss on, 1.0)
+  return paper_config("mar_kl16", smoke=args.smoke, lpips=args.lpips)

@@ -1,0 +1,105 @@
+"""A tokenizer autoencoder through the one trainer: kind-chosen evaluation (reconstruction
+metrics, grid PNG), checkpoint restore giving the same reconstructions, the token cache round
+trip and a cached-token generator config naming the tokenizer checkpoint."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from arjax import data as data_lib
+from arjax.models import build_model
+from arjax.tokenizers.cache import load_tokenizer, write_token_cache
+
+from arjax.tokenizers.recipe import tokenizer_config
+from arjax.train.checkpoint import Checkpointer
+from arjax.train.evaluation import codebook_statistics, tokenizer_metrics
+from arjax.train.loop import Experiment, train_and_evaluate
+
+
+def tiny_tokenizer_config():
+  c = tokenizer_config("vq", smoke=True)
+  c.model.ch, c.model.ch_mult, c.model.num_groups, c.model.z_channels = 8, [1, 2], 4, 8
+  c.model.quantizer.codebook_size = 16
+  c.train.num_steps = 2
+  c.train.async_checkpointing = False
+  c.eval.num_examples = 40
+  c.eval.batch_size = 16
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("tok") / "run")
+  config = tiny_tokenizer_config()
+  return workdir, config, train_and_evaluate(config, workdir)
+
+
+def test_tokenizer_trains_evaluates_and_restores(trained):
+  workdir, config, final = trained
+  saved = json.load(open(os.path.join(workdir, "final_metrics.json")))
+  assert saved == final and final["step"] == 2 and final["test_examples"] == 40
+  assert "test_bits_per_dim" not in final          # the tokenizer kind, not the generator one
+  assert 0 < final["test_psnr"] < 60 and -1 <= final["test_ssim"] <= 1
+  assert 0 < final["test_codebook_usage"] <= 1 and 1 <= final["test_perplexity"] <= 16
+  grid = np.asarray(Image.open(final["reconstruction_grid"]))
+  assert grid.shape[:2] == (2 * (4 * 30 + 2), 2 * (8 * 30 + 2))  # 4 rows x 8 of 28+2 px, x2
+
+  exp = Experiment(config)
+  abstract, shardings = exp.abstract_state()
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  ckpt = Checkpointer(workdir, async_save=False)
+  state, _, _ = ckpt.restore(ckpt.latest_step(), target)
+  ckpt.close()
+  values, r = tokenizer_metrics(exp, state.params, "test", 40)
+  assert values["psnr"] == final["test_psnr"]
+  assert values["codebook_usage"] == final["test_codebook_usage"]
+  assert r["tokens"].shape == (40, 14 * 14) and r["reconstructions"].dtype == np.uint8
+
+
+def test_codebook_statistics_closed_form():
+  tokens = np.array([[0, 0, 1, 3]])
+  out = codebook_statistics(tokens, 8)
+  p = np.array([0.5, 0.25, 0.25])
+  assert out["codebook_usage"] == 3 / 8
+  np.testing.assert_allclose(out["perplexity"], np.exp(-(p * np.log(p)).sum()))
+
+
+def test_token_cache_round_trip_and_cached_generator(trained, tmp_path):
+  from tests.helpers import tiny_config
+  workdir, _, _ = trained
+  out = str(tmp_path / "cache" / "{split}.array_record")
+  summary = write_token_cache(workdir, "mnist", out, ["test"], batch_size=16, num_examples=20)
+  assert summary["files"]["test"]["num_examples"] == 20
+  assert summary["tokenizer"]["vocab_size"] == 16 and summary["tokenizer"]["grid"] == [14, 14]
+  cfg = data_lib.default_config()
+  cfg.source = f"array_record:{out}"
+  it = data_lib.make_iterator(cfg, split="test", global_batch_size=20, seed=0, shuffle=False,
+                              num_epochs=1)
+  read = next(it)
+  images = next(data_lib.make_iterator(data_lib.default_config(), split="test",
+                                       global_batch_size=20, seed=0, shuffle=False,
+                                       num_epochs=1))
+  tok = load_tokenizer(workdir)
+  direct = tok.encode(images["image"])
+  assert read["tokens"].dtype == np.int32 and read["tokens"].shape == (20, 196)
+  np.testing.assert_array_equal(read["tokens"], direct)
+  np.testing.assert_array_equal(read["label"], images["label"])
+
+  # A generator on the cache names the checkpoint; samples decode through it.
+  gen = tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16, tokenizer__grid=14,
+                    tokenizer__checkpoint=workdir)
+  model = build_model(gen)
+  np.testing.assert_array_equal(np.asarray(model.tokenizer.decode(direct[:3])),
+                                tok.decode(direct[:3]))
+  with pytest.raises(ValueError, match=r"tokenizer.vocab_size=32, tokenizer.grid=14 disagree "
+                                       r".*vocab_size=16, grid=14x14"):
+    build_model(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=32,
+                            tokenizer__grid=14, tokenizer__checkpoint=workdir))
+  missing = str(tmp_path / "no_run")
+  with pytest.raises(FileNotFoundError, match=f"tokenizer.checkpoint='{missing}'"):
+    build_model(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16,
+                            tokenizer__grid=14, tokenizer__checkpoint=missing))
