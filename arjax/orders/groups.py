@@ -4,7 +4,9 @@
 target (a learned [MASK] embedding at the target's position). Queries of group k see each
 other and the content of groups < k; content is causal by group. Group sizes come from
 `order.schedule` / `order.group_sizes` (LPD's 20-step table for 256 tokens). The locality-aware
-order is not implemented: the permutation is uniformly random (LPD's training order).
+order (arjax.orders.locality) picks the sampling order: each sample takes one of
+`order.locality_orders` (default 64) precomputed orders; 0 samples a uniformly random order.
+Training uses uniformly random orders, as LPD does.
 
 'par' (PAR, Wang et al. 2025): the grid is split into n = `order.regions` regions; first the
 first token of every region, one per step, then groups of n tokens sharing an in-region
@@ -20,6 +22,7 @@ Legend: B batch, N tokens, G groups, L slots.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,17 +30,21 @@ from arjax.kernels.masks import MaskSpec
 from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm,
                                plan_from_cumulative, random_perm)
 from arjax.orders.random import _PermutationOrder, _get, _kw
-from arjax.orders import schedules
+from arjax.orders import locality, schedules
 
 
 class LpdOrder(_PermutationOrder):
   name = "lpd"
   mask_kind = "block"
 
-  def __init__(self, num_tokens, grid_positions, grid, **kw):
+  def __init__(self, num_tokens, grid_positions, grid, *, locality_orders: int = 0,
+               locality_seed: int = 0, **kw):
     super().__init__(num_tokens, grid_positions, grid, **kw)
     cum = np.asarray([0] + list(self.cumulative))
     sizes = np.diff(cum)
+    # [M, N] locality-aware sampling orders, drawn once on the host (see arjax.orders.locality).
+    self._bank = (locality.locality_orders(self.grid, sizes, locality_orders, locality_seed)
+                  if locality_orders > 0 else None)
     n, last = num_tokens, int(sizes[-1])
     rank_group = np.searchsorted(cum[1:], np.arange(n), side="right")      # [N]
     content_ids = np.concatenate([[0], 2 * (rank_group[:n - last] + 1)])   # class: group 0
@@ -62,6 +69,17 @@ class LpdOrder(_PermutationOrder):
 
   def train_layout(self, rng, batch: int, step=None, train: bool = True) -> Layout:
     return self.layout_for(random_perm(rng, batch, self.num_tokens))
+
+  def sample_plan(self, rng, batch: int, known=None):
+    if self._bank is None:
+      return super().sample_plan(rng, batch, known)
+    bank = jnp.asarray(self._bank)
+    perm = bank[jax.random.randint(rng, (batch,), 0, bank.shape[0])]          # [B, N]
+    if known is not None:  # inpainting: known cells first, the rest keep the bank's order.
+      ranks = jnp.arange(self.num_tokens)[None] - 2 * self.num_tokens * jnp.take_along_axis(
+          known, perm, axis=1).astype(jnp.int32)
+      perm = jnp.take_along_axis(perm, jnp.argsort(ranks, axis=1), axis=1)
+    return plan_from_cumulative(perm.astype(jnp.int32), self.cumulative, known)
 
 
 def par_permutation(grid, regions: int) -> np.ndarray:
@@ -177,7 +195,9 @@ def _build_lpd(config, tokenizer):
     n = tokenizer.tokens_per_image
     kw.update(schedule="sizes", sizes=schedules.LPD_GROUP_SIZES_256_20) if n == 256 else \
         kw.update(schedule="arccos", num_steps=kw["num_steps"] or max(1, n // 8))
-  return LpdOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid, **kw)
+  return LpdOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid,
+                  locality_orders=_get(config, "locality_orders", 64),
+                  locality_seed=_get(config, "locality_seed", 0), **kw)
 
 
 @ORDERS.register("par")
