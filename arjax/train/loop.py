@@ -28,7 +28,7 @@ from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
 from arjax.train.checkpoint import Checkpointer
 from arjax.train.evaluation import EVALUATIONS, evaluation_kind
-from arjax.train.functional import FunctionalModel
+from arjax.train.functional import FunctionalModel, abstract_module
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
 from arjax.train.step import make_eval_step, make_train_step
@@ -66,7 +66,7 @@ class Experiment:
     self.rules = [tuple(r) for r in config.sharding_rules]
     from flax import nnx
     # Built under eval_shape (no allocation); kept for static attributes (vocab_size, kind).
-    self.abstract_model = nnx.eval_shape(lambda: build_model(config, seed=config.seed))
+    self.abstract_model = abstract_module(lambda: build_model(config, seed=config.seed))
     self.fm = FunctionalModel(self.abstract_model)
     self.evaluation = evaluation_kind(self.abstract_model)  # which EVALUATIONS entry runs.
     # Sampling a converted or trained model needs no data set (check_data=False, e.g. ImageNet
