@@ -310,14 +310,10 @@ def write_table(path, orders, results, speed, failed, args, hw, wall_s=None, rea
 
 
 def hardware():
+  """The platform and core count (the load from other jobs is stated by hand in the notes)."""
   import jax
-  cpus = os.cpu_count()
-  try:
-    load = os.getloadavg()[0]
-  except OSError:
-    load = float("nan")
-  return (f"{jax.devices()[0].platform.upper()}, {cpus} cores ({platform.processor() or platform.machine()}), "
-          f"shared with other jobs (load average {load:.1f} when the table was written)")
+  return (f"{jax.devices()[0].platform.upper()}, {os.cpu_count()} cores "
+          f"({platform.processor() or platform.machine()})")
 
 
 def main(argv=None) -> int:
