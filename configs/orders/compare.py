@@ -13,9 +13,11 @@ Results (docs/orders.md): the table written by experiments/orders.py.
 Step counts at sampling, for N = 196 tokens (the parallel ones scaled from the papers' 256):
 raster and RAR 196 (RAR samples in raster order after annealing), RandAR 49 (cosine n_k,
 4x fewer; the paper uses 88 of 256), LPD 24 (arccos groups, the builder's N/8; the paper's
-20-step table is for 256 tokens), PAR 4 + 49 - 1 = 52 (4 regions), MaskGIT 8 (cosine). NAR
-is not trained here: its right/below heads (arjax.models.nar) do not exist yet, and
-ordered_ar refuses the order.
+20-step table is for 256 tokens), PAR 4 + 49 - 1 = 52 (4 regions), MaskGIT 8 (cosine), NAR
+31 (the anti-diagonals), ARPG 49 (arccos groups, 4x fewer; the paper uses 64 or 32 of 256).
+ARPG and NAR use their own models (`arpg`, `nar`) on the same backbone settings, except that
+ARPG's two stacks need an even depth: 2 causal + 2 query blocks (its query blocks have no K/V
+projections, so its parameter count stays close to the others').
 """
 from arjax.config import base_config, parse_arg
 
@@ -35,20 +37,22 @@ ORDER_SETTINGS = {
     # ARPG (arjax.models.arpg, when registered): random order, parallel arccos groups, 4x fewer
     # steps (the paper: 64 or 32 of 256).
     "arpg": lambda c, steps: _set(c, order=dict(schedule="arpg_arccos", num_steps=49),
-                                  model=dict(name="arpg")),
+                                  model=dict(name="arpg", backbone=dict(num_layers=4))),
+    # NAR (arjax.models.nar): the same backbone plus NAR's extra block and lower-neighbour head.
+    "nar": lambda c, steps: _set(c, model=dict(name="nar")),
 }
 
-# Orders an `ordered_ar` model cannot train (with the reason printed in the table).
-UNSUPPORTED = {
-    "nar": "needs NAR's right/below heads (arjax.models.nar, not written yet); ordered_ar "
-           "refuses the order",
-}
+# Orders that cannot take part (with the reason printed in the table); none at present.
+UNSUPPORTED = {}
 
 
 def _set(c, **groups):
   for group, fields in groups.items():
     for k, v in fields.items():
-      c[group][k] = v
+      if isinstance(v, dict):  # a nested group, e.g. model.backbone.
+        _set(c[group], **{k: v})
+      else:
+        c[group][k] = v
 
 
 def get_config(arg=None):
