@@ -64,7 +64,7 @@ def default_config(quantizer: str = "vq", **quantizer_fields) -> ml_collections.
   m.num_groups = 8                # conv: GroupNorm groups (the papers use 32).
   m.dropout = 0.0                 # conv: dropout inside residual blocks.
   m.z_channels = 32               # latent channels the quantizer reads (KL with quant_conv: x2).
-  m.quant_conv = 0                # kernel of the convs around the quantizer (0: none; VAR 3, LDM 1).
+  m.quant_conv = 0                # kernel of convs around the quantizer (0: none; VAR 3, LDM 1).
   m.quantizer = quantizers.default_config(quantizer, **quantizer_fields)
   t = m.titok = ml_collections.ConfigDict()
   t.num_tokens = 32               # titok: N learned latent tokens (a 1 x N token grid).
@@ -173,7 +173,7 @@ class Autoencoder(nnx.Module):
     """Generators and the trainer's input check reach their tokenizer as `model.tokenizer`."""
     return self
 
-  # -- the pipeline ---------------------------------------------------------------------------------
+  # -- the pipeline -------------------------------------------------------------------------------
   def latents(self, x, *, train: bool = False):
     """float [B, H, W, C] -> what the quantizer reads [B, h, w, Zq]."""
     z = self.encoder(x, train=train)
@@ -204,7 +204,7 @@ class Autoencoder(nnx.Module):
   def grid_positions(self) -> np.ndarray:
     return self.quantizer.token_positions(self.grid)
 
-  # -- training ------------------------------------------------------------------------------------
+  # -- training ----------------------------------------------------------------------------------
   def _rec_loss(self, x, x_rec):
     """Weighted reconstruction + perceptual loss (VQGAN's nll_loss), scalar."""
     d = x_rec - x

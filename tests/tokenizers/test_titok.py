@@ -47,7 +47,9 @@ def test_gradients_reach_the_latent_queries_and_mask_tokens():
 
 
 def test_bad_patch_size_and_heads_fail_naming_fields():
-  with pytest.raises(ValueError, match="image size 28x28 is not divisible by the model.titok.patch_size"):
+  with pytest.raises(ValueError,
+                     match="image size 28x28 is not divisible by the model.titok.patch_size"):
     build_model(titok_config(patch_size=5))
-  with pytest.raises(ValueError, match="model.titok.width=16 is not divisible by model.titok.num_heads=3"):
+  with pytest.raises(ValueError,
+                     match="model.titok.width=16 is not divisible by model.titok.num_heads=3"):
     build_model(titok_config(num_heads=3))
