@@ -3,7 +3,8 @@
     images -> encoder -> [quant_conv] -> quantizer -> [post_quant_conv] -> decoder -> images
 
 The encoder/decoder pair is named by `model.encoder` (registry `ENCODERS`: 'conv', the VQGAN CNN
-of `arjax.tokenizers.conv`) and the quantizer by `model.quantizer.name`
+of `arjax.tokenizers.conv`; 'titok', 1D tokens from learned queries, `arjax.tokenizers.titok`)
+and the quantizer by `model.quantizer.name`
 (`arjax.tokenizers.quantizers`: vq, fsq, lfq, multiscale, kl). This one model covers VQGAN /
 LlamaGen VQ-16 (Esser et al. 2021; Sun et al. 2024), VAR's multi-scale VQ-VAE (Tian et al. 2024),
 MAR's KL-16 (Li et al. 2024) and FSQ / LFQ tokenizers.
@@ -53,7 +54,7 @@ def default_config(quantizer: str = "vq", **quantizer_fields) -> ml_collections.
   m.name = "autoencoder"          # registry name in arjax.models.
   m.image_size = 28               # H = W of the training images.
   m.channels = 1                  # C, image channels.
-  m.encoder = "conv"              # encoder/decoder pair, registry ENCODERS: conv (2D grid).
+  m.encoder = "conv"              # encoder/decoder pair: conv (2D grid) | titok (1D tokens).
   m.ch = 32                       # conv: base channels.
   m.ch_mult = [1, 2, 2]           # conv: per-level multipliers; len - 1 halvings (28 -> 7).
   m.num_res_blocks = 1            # conv: residual blocks per level (decoder: one more).
@@ -63,8 +64,14 @@ def default_config(quantizer: str = "vq", **quantizer_fields) -> ml_collections.
   m.num_groups = 8                # conv: GroupNorm groups (the papers use 32).
   m.dropout = 0.0                 # conv: dropout inside residual blocks.
   m.z_channels = 32               # latent channels the quantizer reads (KL with quant_conv: x2).
-  m.quant_conv = 0                # kernel of the convs around the quantizer (0: none; VAR 3, LDM 1).
+  m.quant_conv = 0                # kernel of convs around the quantizer (0: none; VAR 3, LDM 1).
   m.quantizer = quantizers.default_config(quantizer, **quantizer_fields)
+  t = m.titok = ml_collections.ConfigDict()
+  t.num_tokens = 32               # titok: N learned latent tokens (a 1 x N token grid).
+  t.patch_size = 4                # titok: patch side of the grid the queries read.
+  t.width = 64                    # titok: transformer width D.
+  t.depth = 2                     # titok: transformer blocks in the encoder and in the decoder.
+  t.num_heads = 4                 # titok: attention heads.
   lo = m.loss = ml_collections.ConfigDict()
   lo.rec = "l1"                   # reconstruction loss: l1 | l2.
   lo.rec_weight = 1.0             # weight of the reconstruction loss.
@@ -103,6 +110,16 @@ def _conv_pair(m, channels: int, z_in: int, z_out: int, rngs: nnx.Rngs):
   side = m.image_size // cfg.downsample
   return (ConvEncoder(cfg, channels, z_in, rngs=rngs), ConvDecoder(cfg, channels, z_out, rngs=rngs),
           (side, side))
+
+
+@ENCODERS.register("titok")
+def _titok_pair(m, channels: int, z_in: int, z_out: int, rngs: nnx.Rngs):
+  from arjax.tokenizers.titok import TokenDecoder, TokenEncoder
+  t = m.titok
+  kw = dict(num_tokens=t.num_tokens, patch_size=t.patch_size, width=t.width, depth=t.depth,
+            num_heads=t.num_heads, rngs=rngs)
+  return (TokenEncoder(m.image_size, channels, z_in, **kw),
+          TokenDecoder(m.image_size, channels, z_out, **kw), (1, t.num_tokens))
 
 
 class Autoencoder(nnx.Module):
@@ -156,7 +173,7 @@ class Autoencoder(nnx.Module):
     """Generators and the trainer's input check reach their tokenizer as `model.tokenizer`."""
     return self
 
-  # -- the pipeline ---------------------------------------------------------------------------------
+  # -- the pipeline -------------------------------------------------------------------------------
   def latents(self, x, *, train: bool = False):
     """float [B, H, W, C] -> what the quantizer reads [B, h, w, Zq]."""
     z = self.encoder(x, train=train)
@@ -187,7 +204,7 @@ class Autoencoder(nnx.Module):
   def grid_positions(self) -> np.ndarray:
     return self.quantizer.token_positions(self.grid)
 
-  # -- training ------------------------------------------------------------------------------------
+  # -- training ----------------------------------------------------------------------------------
   def _rec_loss(self, x, x_rec):
     """Weighted reconstruction + perceptual loss (VQGAN's nll_loss), scalar."""
     d = x_rec - x

@@ -1,7 +1,8 @@
-"""MNIST tokenizer, quantizer 'fsq' (28x28 -> 7x7 latent grid; shared base arjax.tokenizers.recipe).
+"""MNIST tokenizer, quantizer 'fsq' (28x28 -> 7x7 latent grid;
+shared base arjax.tokenizers.recipe).
 
   python -m arjax.train --config configs/tokenizers/fsq.py --workdir workdirs/tok_fsq
-  python -m arjax.train --config configs/tokenizers/fsq.py:smoke --workdir /tmp/tok_fsq
+  python -m arjax.train --config configs/tokenizers/fsq.py:smoke --workdir /tmp/t_fsq
 
 Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """

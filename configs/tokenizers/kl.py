@@ -1,7 +1,8 @@
-"""MNIST tokenizer, quantizer 'kl' (28x28 -> 7x7 latent grid; shared base arjax.tokenizers.recipe).
+"""MNIST tokenizer, quantizer 'kl' (28x28 -> 7x7 latent grid;
+shared base arjax.tokenizers.recipe).
 
   python -m arjax.train --config configs/tokenizers/kl.py --workdir workdirs/tok_kl
-  python -m arjax.train --config configs/tokenizers/kl.py:smoke --workdir /tmp/tok_kl
+  python -m arjax.train --config configs/tokenizers/kl.py:smoke --workdir /tmp/t_kl
 
 Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """

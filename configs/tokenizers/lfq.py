@@ -1,7 +1,8 @@
-"""MNIST tokenizer, quantizer 'lfq' (28x28 -> 7x7 latent grid; shared base arjax.tokenizers.recipe).
+"""MNIST tokenizer, quantizer 'lfq' (28x28 -> 7x7 latent grid;
+shared base arjax.tokenizers.recipe).
 
   python -m arjax.train --config configs/tokenizers/lfq.py --workdir workdirs/tok_lfq
-  python -m arjax.train --config configs/tokenizers/lfq.py:smoke --workdir /tmp/tok_lfq
+  python -m arjax.train --config configs/tokenizers/lfq.py:smoke --workdir /tmp/t_lfq
 
 Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """

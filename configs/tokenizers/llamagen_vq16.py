@@ -1,8 +1,9 @@
-"""Paper-shape tokenizer 'llamagen_vq16' (ImageNet 256x256, downsampling 16; arjax.tokenizers.recipe).
+"""Paper-shape tokenizer 'llamagen_vq16' (ImageNet 256x256, downsampling 16;
+arjax.tokenizers.recipe).
 
-  python -m arjax.inspect --config configs/tokenizers/llamagen_vq16.py --json     # parameter count
-  python -m arjax.train --config configs/tokenizers/llamagen_vq16.py:smoke --workdir /tmp/llamagen_vq16
-  python -m arjax.train --config configs/tokenizers/llamagen_vq16.py:lpips=lpips_vgg.npz --workdir W \
+  python -m arjax.inspect --config configs/tokenizers/llamagen_vq16.py --json
+  python -m arjax.train --config configs/tokenizers/llamagen_vq16.py:smoke --workdir /tmp/p_vq16
+  python -m arjax.train --config configs/tokenizers/llamagen_vq16.py:lpips=lpips.npz --workdir W \
       --config.data.source=... (256x256 RGB images)
 
 Parameter counts (encoder + quantizer + decoder, discriminator excluded) are checked against the

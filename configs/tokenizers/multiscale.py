@@ -1,7 +1,8 @@
-"""MNIST tokenizer, quantizer 'multiscale' (28x28 -> 7x7 latent grid; shared base arjax.tokenizers.recipe).
+"""MNIST tokenizer, quantizer 'multiscale' (28x28 -> 7x7 latent grid;
+shared base arjax.tokenizers.recipe).
 
   python -m arjax.train --config configs/tokenizers/multiscale.py --workdir workdirs/tok_multiscale
-  python -m arjax.train --config configs/tokenizers/multiscale.py:smoke --workdir /tmp/tok_multiscale
+  python -m arjax.train --config configs/tokenizers/multiscale.py:smoke --workdir /tmp/t_multiscale
 
 Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """

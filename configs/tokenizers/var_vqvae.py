@@ -1,8 +1,9 @@
-"""Paper-shape tokenizer 'var_vqvae' (ImageNet 256x256, downsampling 16; arjax.tokenizers.recipe).
+"""Paper-shape tokenizer 'var_vqvae' (ImageNet 256x256, downsampling 16;
+arjax.tokenizers.recipe).
 
-  python -m arjax.inspect --config configs/tokenizers/var_vqvae.py --json     # parameter count
-  python -m arjax.train --config configs/tokenizers/var_vqvae.py:smoke --workdir /tmp/var_vqvae
-  python -m arjax.train --config configs/tokenizers/var_vqvae.py:lpips=lpips_vgg.npz --workdir W \
+  python -m arjax.inspect --config configs/tokenizers/var_vqvae.py --json
+  python -m arjax.train --config configs/tokenizers/var_vqvae.py:smoke --workdir /tmp/p_var_vqvae
+  python -m arjax.train --config configs/tokenizers/var_vqvae.py:lpips=lpips.npz --workdir W \
       --config.data.source=... (256x256 RGB images)
 
 Parameter counts (encoder + quantizer + decoder, discriminator excluded) are checked against the

@@ -1,7 +1,8 @@
-"""MNIST tokenizer, quantizer 'vq' (28x28 -> 7x7 latent grid; shared base arjax.tokenizers.recipe).
+"""MNIST tokenizer, quantizer 'vq' (28x28 -> 7x7 latent grid;
+shared base arjax.tokenizers.recipe).
 
   python -m arjax.train --config configs/tokenizers/vq.py --workdir workdirs/tok_vq
-  python -m arjax.train --config configs/tokenizers/vq.py:smoke --workdir /tmp/tok_vq
+  python -m arjax.train --config configs/tokenizers/vq.py:smoke --workdir /tmp/t_vq
 
 Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """

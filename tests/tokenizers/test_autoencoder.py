@@ -172,7 +172,8 @@ def test_perceptual_settings_fail_or_disable_clearly(tmp_path, caplog):
   assert "perceptual loss disabled" in caplog.text
   bad = str(tmp_path / "bad.npz")
   np.savez(bad, **{k: np.zeros((1,), np.float32) for k in losses.lpips_expected_shapes()})
-  with pytest.raises(ValueError, match=r"features.0.weight has shape \[1\]; expected \[64, 3, 3, 3\]"):
+  with pytest.raises(ValueError,
+                     match=r"features.0.weight has shape \[1\]; expected \[64, 3, 3, 3\]"):
     losses.load_lpips_weights(bad)
 
 
