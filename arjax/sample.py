@@ -1,5 +1,5 @@
 """python -m arjax.sample --workdir DIR [--num N] [--cfg_scale S] [--temperature T] [--top_k K]
-                         [--top_p P] [--seed X] [--out PREFIX]
+                         [--top_p P] [--seed X] [--out PREFIX] [--resolution R]
 
 Samples class-conditional images from the latest checkpoint of a run (classes cycle 0, 1, ...)
 and writes PREFIX.png (a grid, one column per class) and PREFIX.npz (images, labels, tokens).
@@ -28,6 +28,9 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--out", default=None, help="output prefix (default WORKDIR/samples/sample_SEED)")
+  p.add_argument("--resolution", type=int, default=None,
+                 help="token-grid side to sample at (zero-shot extrapolation, RandAR-style; "
+                 "models whose positions come from 2D RoPE only)")
   args = p.parse_args(argv)
   if args.num <= 0:
     p.error(f"--num must be positive, got {args.num}")
@@ -47,11 +50,22 @@ def main(argv=None):
                             top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p))
   ncls = exp.config.model.num_classes
   labels = jnp.arange(args.num, dtype=jnp.int32) % ncls
-  sampler = build_sampler(exp.fm, sampling, exp.config)  # the sampler the model's order needs.
   params = exp.eval_params(state)
   t0 = time.time()
-  tokens = sampler.sample_tokens(params, labels, jax.random.key(args.seed))
-  images = np.asarray(exp.fm.bind(params).tokenizer.decode(tokens))
+  if args.resolution:
+    from arjax.sampling.extrapolate import model_at_resolution, sample_at_resolution
+    try:
+      _, fm = model_at_resolution(exp.config, params, args.resolution)
+    except ValueError as err:
+      print(f"error: {err}", file=sys.stderr)
+      return 2
+    tokens = sample_at_resolution(exp.config, params, args.resolution, labels,
+                                  jax.random.key(args.seed), sampling)
+  else:
+    fm = exp.fm
+    sampler = build_sampler(fm, sampling, exp.config)  # the sampler the model's order needs.
+    tokens = sampler.sample_tokens(params, labels, jax.random.key(args.seed))
+  images = np.asarray(fm.bind(params).tokenizer.decode(tokens))
   seconds = time.time() - t0
   prefix = args.out or os.path.join(args.workdir, "samples", f"sample_seed{args.seed}")
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
