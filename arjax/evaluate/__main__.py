@@ -1,8 +1,11 @@
-"""python -m arjax.evaluate --workdir DIR [--metrics bpd,fd,prec_rec,fid,sfid,is,iprec_rec] [--num_samples N]
+"""python -m arjax.evaluate --workdir DIR [--metrics bpd,recon,fd,prec_rec,fid,sfid,is,iprec_rec] [--num_samples N]
        [--reference stats.npz] [--inception_weights FILE] [--cfg_scale S] [--temperature T]
        [--top_k K] [--top_p P] [--seed X] [--batch_size B] [--out eval.json]
 
-bpd (the default): test bits/dim of the latest checkpoint and a class-conditional sample grid.
+bpd (the default for generators): test bits/dim of the latest checkpoint and a class-conditional
+sample grid. recon (the default for tokenizers): reconstruction metrics of the split (PSNR, SSIM,
+codebook usage, the VTBench-style detail measures, reconstruction FD and recognition error on
+bundled data; --num_examples, default config.eval.num_examples).
 fd/prec_rec: N balanced class-conditional samples scored in the offline classifier's feature
 space (not comparable with Inception FID); fid/sfid/is/iprec_rec: Flax InceptionV3
 (--inception_weights; --reference for fid (mu, sigma), sfid (mu_s, sigma_s) and iprec_rec
@@ -33,7 +36,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(prog="python -m arjax.evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
-  p.add_argument("--metrics", default="bpd")
+  p.add_argument("--metrics", default=None,
+                 help="comma-separated (default: bpd for generators, recon for tokenizers)")
   p.add_argument("--split", default="test")
   p.add_argument("--num_examples", type=int, default=None,
                  help="examples for bits/dim (default: config.eval.num_examples)")
@@ -53,7 +57,7 @@ def main(argv=None):
 
   from arjax.evaluate import sample_metrics as sm
   try:
-    names = sm.parse_metrics(args.metrics)
+    names = sm.parse_metrics(args.metrics or "bpd")
   except ValueError as e:
     p.error(str(e))
   want_samples = [m for m in names if m in sm.SAMPLE_METRICS]
@@ -76,9 +80,17 @@ def main(argv=None):
   from arjax.sampling import SamplingConfig
   from arjax.train.restore import load_run
 
-  # Only bits/dim and the offline metrics read the data set; Inception metrics need none.
-  exp, state, step = load_run(args.workdir, args.step,
-                              check_data=any(m in names for m in ("bpd", "fd", "prec_rec")))
+  # Only bits/dim, reconstructions and the offline metrics read the data set.
+  reads_data = any(m in names for m in ("bpd", "recon", "fd", "prec_rec"))
+  exp, state, step = load_run(args.workdir, args.step, check_data=reads_data)
+  if exp.evaluation == "tokenizer":
+    if args.metrics is None:
+      names = ["recon"]
+    if [m for m in names if m != "recon"]:
+      p.error(f"--metrics {[m for m in names if m != 'recon']}: {args.workdir} holds a tokenizer "
+              "(model.name=autoencoder); it has only 'recon'")
+  elif "recon" in names:
+    p.error(f"--metrics recon: {args.workdir} holds a generator, not a tokenizer")
   params = exp.eval_params(state)
   e = exp.config.eval
   pick = lambda v, d: d if v is None else v
@@ -91,6 +103,11 @@ def main(argv=None):
     save_grid(images, grid, ncol=e.samples_per_class, scale=2)
     out.update({"split": args.split, "bits_per_dim": bpd["bits_per_dim"], "nll": bpd["nll"],
                 "num_tokens": bpd["num_tokens"], "sample_grid": grid})
+  if "recon" in names:
+    from arjax.train.evaluation import tokenizer_metrics
+    n = e.num_examples if args.num_examples is None else args.num_examples
+    values, _ = tokenizer_metrics(exp, params, args.split, n)
+    out.update({"split": args.split, **values})
   if want_samples:
     sampling = SamplingConfig(cfg_scale=pick(args.cfg_scale, e.cfg_scale),
                               temperature=pick(args.temperature, e.temperature),

@@ -24,7 +24,8 @@ import numpy as np
 SAMPLE_METRICS = ("fd", "prec_rec", "fid", "sfid", "is", "iprec_rec")
 # Metrics in InceptionV3 space (need --inception_weights); iprec_rec is ADM's precision/recall.
 INCEPTION_METRICS = ("fid", "sfid", "is", "iprec_rec")
-METRICS = ("bpd",) + SAMPLE_METRICS
+# recon: a tokenizer's reconstruction metrics (arjax.train.evaluation.tokenizer_metrics).
+METRICS = ("bpd", "recon") + SAMPLE_METRICS
 
 
 def parse_metrics(spec: str) -> list:

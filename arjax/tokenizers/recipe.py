@@ -8,6 +8,9 @@ The five quantizers are set up at about the same bits per image (K codes, N toke
   lfq         9 bits = 512 codes, 49 tokens                              441 bits
   multiscale  K = 32, scales (1, 2, 3, 5, 7) = 88 tokens (VAR)           440 bits
   kl          4 continuous channels per position (MAR-style KL-VAE)      continuous
+  titok       fsq's levels behind the 1D-token encoder: 49 learned queries   441 bits
+              read the 7x7 grid of 4x4 patches (TiTok-style, no 2D latent grid);
+              L2 loss and 1000 steps (see TITOK)
 
 `smoke` shrinks a config to a few CPU steps (under a minute) running the same code.
 """
@@ -27,8 +30,20 @@ QUANTIZERS = {  # name -> (quantizer fields, model overrides)
 }
 
 
-def tokenizer_config(quantizer: str, *, smoke: bool = False) -> ml_collections.ConfigDict:
-  """The MNIST tokenizer config for `quantizer` (one of QUANTIZERS)."""
+# The 1D-token encoder/decoder: as many tokens (49) and bits as the conv rows, a transformer of
+# width 64 and depth 2 each side (0.22M parameters; conv fsq: 0.26M). Measured on this recipe
+# (docs/tokenizers.md): with the L1 loss the transformer sat at the all-background image (the
+# median pixel) and with vq's L2-normalised codebook the 49 tokens stopped depending on the
+# image (one code per query); fsq with the L2 loss leaves the mean image after ~150 steps, so
+# the 1D row trains 1000 steps (5x the conv rows; a titok step costs about half a conv step).
+TITOK = dict(num_tokens=49, patch_size=4, width=64, depth=2, num_heads=4)
+TITOK_STEPS = 1000
+
+
+def tokenizer_config(quantizer: str, *, smoke: bool = False, encoder: str = "conv"
+                     ) -> ml_collections.ConfigDict:
+  """The MNIST tokenizer config for `quantizer` (one of QUANTIZERS) behind `encoder` ('conv'
+  or 'titok')."""
   from arjax.models import autoencoder
   if quantizer not in QUANTIZERS:
     raise ValueError(f"tokenizer recipe: unknown quantizer {quantizer!r}; expected one of "
@@ -40,10 +55,17 @@ def tokenizer_config(quantizer: str, *, smoke: bool = False) -> ml_collections.C
   c.model = autoencoder.default_config(quantizer, **fields)
   for key, value in model.items():
     c.model[key] = value
+  if encoder == "titok":
+    c.model.encoder = "titok"
+    for key, value in TITOK.items():
+      c.model.titok[key] = value
+    c.model.loss.rec = "l2"
+  elif encoder != "conv":
+    raise ValueError(f"tokenizer recipe: unknown encoder {encoder!r}; expected 'conv' or 'titok'")
   t = c.train
   c.model.ch = 16               # small enough for a few hundred steps on a 2-core CPU.
   t.batch_size = 32
-  t.num_steps = 200
+  t.num_steps = TITOK_STEPS if encoder == "titok" else 200
   t.lr = 2e-3
   t.warmup_steps = 50
   t.weight_decay = 0.0          # no decay on codebooks (taming / MAR train with plain Adam).
@@ -63,6 +85,7 @@ def tokenizer_config(quantizer: str, *, smoke: bool = False) -> ml_collections.C
     e.num_examples = 64
     c.model.ch = 8
     c.model.mid_attn = False    # halves the compile time of the train step on a CPU.
+    c.model.titok.width, c.model.titok.depth = 16, 1
   return c
 
 

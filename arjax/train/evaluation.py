@@ -4,9 +4,12 @@ A model class says what it is with a class attribute `evaluation` (absent: 'gene
 
   generator  test bits/dim and a class-conditional sample grid (arjax.train.loop).
   tokenizer  reconstructions of the test split: PSNR, SSIM, codebook usage and perplexity
-             (discrete tokens), reconstruction Fréchet distance in the offline classifier's
-             feature space (bundled 28x28 data), and a PNG grid of originals (odd rows) over
-             reconstructions (even rows) next to the metrics.
+             (discrete tokens); VTBench-style detail measures (edge F1, high-band PSNR and
+             energy ratio, PSNR/SSIM on the most detailed quarter of the images); on bundled
+             28x28 data, reconstruction Fréchet distance in the offline classifier's feature
+             space and the classifier's error reading the reconstructed digits (VTBench's text
+             preservation, with a digit classifier for the OCR); and a PNG grid of originals
+             (odd rows) over reconstructions (even rows) next to the metrics.
 
 Every entry is `fn(exp, state, writer, workdir, step) -> dict of results`.
 
@@ -36,14 +39,15 @@ def evaluation_kind(model) -> str:
 def reconstruct_split(exp, params, split: str = "test", num_examples: int = -1
                       ) -> Dict[str, np.ndarray]:
   """Runs the autoencoder over a split (in order). Returns uint8 'images' and 'reconstructions'
-  [M, H, W, C] and 'tokens' [M, N(, D)] of the first `num_examples` examples (-1: all)."""
+  [M, H, W, C], 'tokens' [M, N(, D)] and int 'labels' [M] (-1 where the data has none) of the
+  first `num_examples` examples (-1: all)."""
   from arjax import data as data_lib
   e = exp.config.eval
   fm = exp.fm
   run = jax.jit(lambda p, images: fm.bind(p).reconstruct(images))
   it = data_lib.make_iterator(exp.config.data, split=split, global_batch_size=e.batch_size,
                               seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
-  out = {"images": [], "reconstructions": [], "tokens": []}
+  out = {"images": [], "reconstructions": [], "tokens": [], "labels": []}
   seen = 0
   for batch in it:
     if 0 <= num_examples <= seen:
@@ -54,7 +58,9 @@ def reconstruct_split(exp, params, split: str = "test", num_examples: int = -1
     if num_examples >= 0:
       keep &= seen + np.arange(len(images)) < num_examples
     seen += int(keep.sum())
-    for key, value in (("images", images), ("reconstructions", rec), ("tokens", tokens)):
+    labels = batch.get("label", np.full(len(images), -1))
+    for key, value in (("images", images), ("reconstructions", rec), ("tokens", tokens),
+                       ("labels", labels)):
       out[key].append(np.asarray(value)[keep])
   return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -69,16 +75,19 @@ def codebook_statistics(tokens: np.ndarray, vocab_size: int) -> Dict[str, float]
           "perplexity": float(np.exp(-np.sum(nz * np.log(nz))))}
 
 
-def reconstruction_fd(data_source: str, images: np.ndarray, reconstructions: np.ndarray
-                      ) -> Optional[float]:
-  """FD between the offline classifier's features of reconstructions and of the originals, for
-  bundled 28x28 data with more examples than feature dimensions; None otherwise."""
+def _offline_evaluator(data_source: str, images: np.ndarray):
+  """The offline classifier of bundled 28x28 data, or None for other data."""
   from arjax.data.idx import BUNDLED
   if data_source not in BUNDLED or images.shape[1:] != (28, 28, 1):
     return None
-  from arjax.evaluate import metrics
   from arjax.evaluate.offline import OfflineEvaluator
-  ev = OfflineEvaluator(data_source)
+  return OfflineEvaluator(data_source)
+
+
+def reconstruction_fd(ev, images: np.ndarray, reconstructions: np.ndarray) -> Optional[float]:
+  """FD between the offline classifier `ev`'s features of reconstructions and of the
+  originals; None with more feature dimensions than examples (a rank-deficient covariance)."""
+  from arjax.evaluate import metrics
   if len(images) <= ev.feature_dim:
     _log.info("reconstruction FD skipped: %d examples <= %d feature dimensions", len(images),
               ev.feature_dim)
@@ -86,11 +95,25 @@ def reconstruction_fd(data_source: str, images: np.ndarray, reconstructions: np.
   return metrics.frechet_distance_from_features(ev.features(reconstructions), ev.features(images))
 
 
+def recognition_error(ev, images: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray
+                      ) -> Dict[str, float]:
+  """VTBench's text preservation with a digit classifier for the OCR: the fraction of
+  reconstructions the offline classifier `ev` reads as another class than the label, next to
+  its error on the originals (the recogniser's own floor) and the fraction whose reading
+  changed between original and reconstruction."""
+  if np.any(labels < 0):
+    raise ValueError("recognition_error: the data has no labels for some images")
+  on_rec, on_orig = ev.predict(reconstructions), ev.predict(images)
+  return {"recognition_error": float(np.mean(on_rec != labels)),
+          "recognition_error_originals": float(np.mean(on_orig != labels)),
+          "recognition_changed": float(np.mean(on_rec != on_orig))}
+
+
 def tokenizer_metrics(exp, params, split: str = "test", num_examples: int = -1
                       ) -> Dict[str, Any]:
-  """PSNR, SSIM (means over images), codebook usage/perplexity, reconstruction FD, plus the
-  arrays (for grids)."""
-  from arjax.evaluate.tokenizer_metrics import psnr, ssim
+  """PSNR, SSIM (means over images), codebook usage/perplexity, the detail measures,
+  reconstruction FD and recognition error (bundled 28x28 data), plus the arrays (for grids)."""
+  from arjax.evaluate.tokenizer_metrics import detail_metrics, psnr, ssim
   r = reconstruct_split(exp, params, split, num_examples)
   values: Dict[str, Any] = {
       "psnr": float(np.mean(np.minimum(psnr(r["images"], r["reconstructions"]), 100.0))),
@@ -99,9 +122,13 @@ def tokenizer_metrics(exp, params, split: str = "test", num_examples: int = -1
   vocab = int(getattr(exp.abstract_model, "vocab_size", 0))
   if vocab:
     values.update(codebook_statistics(r["tokens"], vocab))
-  fd = reconstruction_fd(exp.config.data.source, r["images"], r["reconstructions"])
-  if fd is not None:
-    values["reconstruction_fd"] = fd
+  values.update(detail_metrics(r["images"], r["reconstructions"]))
+  ev = _offline_evaluator(exp.config.data.source, r["images"])
+  if ev is not None:
+    fd = reconstruction_fd(ev, r["images"], r["reconstructions"])
+    if fd is not None:
+      values["reconstruction_fd"] = fd
+    values.update(recognition_error(ev, r["images"], r["reconstructions"], r["labels"]))
   return values, r
 
 

@@ -194,3 +194,86 @@ def test_psnr_and_ssim():
   assert tokenizer_metrics.ssim(a, a) == pytest.approx([1.0, 1.0])
   with pytest.raises(ValueError, match="uint8"):
     tokenizer_metrics.psnr(a, b / 255.0)
+
+
+# -- detail measures (VTBench-style), each against a pixel loop or a closed form ---------------
+
+def _sobel_loop(img):
+  """Sobel magnitude of one [H, W] float image with replicated borders, by explicit loops."""
+  h, w = img.shape
+  p = np.pad(img, 1, mode="edge")
+  kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], float) / 4
+  out = np.zeros((h, w))
+  for i in range(h):
+    for j in range(w):
+      win = p[i:i + 3, j:j + 3]
+      out[i, j] = np.hypot((win * kx).sum(), (win * kx.T).sum())
+  return out
+
+
+def test_gradient_magnitude_matches_sobel_loop_and_unit_step():
+  rng = np.random.default_rng(3)
+  a = rng.integers(0, 256, (2, 9, 11, 2), dtype=np.uint8)
+  got = tokenizer_metrics.gradient_magnitude(a)
+  for b in range(2):
+    for c in range(2):
+      np.testing.assert_allclose(got[b, :, :, c], _sobel_loop(a[b, :, :, c] / 255.0), atol=1e-12)
+  # A full-range vertical step: magnitude 1 on the two columns beside it, 0 elsewhere.
+  step = np.zeros((1, 6, 6, 1), np.uint8)
+  step[:, :, 3:] = 255
+  g = tokenizer_metrics.gradient_magnitude(step)[0, :, :, 0]
+  np.testing.assert_allclose(g[:, 2:4], 1.0)
+  np.testing.assert_allclose(np.delete(g, [2, 3], axis=1), 0.0)
+
+
+def test_edge_f1_counts_pixels():
+  step = np.zeros((1, 8, 8, 1), np.uint8)
+  step[:, :, 4:] = 255                          # edge pixels: columns 3 and 4 (16 pixels).
+  moved = np.zeros_like(step)
+  moved[:, :, 5:] = 255                         # columns 4 and 5: 8 shared, 8 missed, 8 extra.
+  blank = np.zeros_like(step)
+  f1 = tokenizer_metrics.edge_f1(np.concatenate([step, step, step, blank]),
+                                 np.concatenate([step, moved, blank, blank]))
+  np.testing.assert_allclose(f1, [1.0, 2 * 8 / (2 * 8 + 16), 0.0, 1.0])
+
+
+def test_high_band_ignores_offsets_and_sees_blur():
+  rng = np.random.default_rng(4)
+  a = rng.uniform(0.2, 0.8, (3, 16, 16, 1))
+  shifted = a + 0.1                             # smooth error only: the high band is unchanged.
+  # (Rounding leaves ~1e-17 of high band: above 300 dB, where PSNR itself is 20 dB.)
+  assert np.all(tokenizer_metrics.high_frequency_psnr(a, shifted) > 250)
+  np.testing.assert_allclose(tokenizer_metrics.psnr(a, shifted), 20.0)
+  blurred = scipy.ndimage.gaussian_filter(a, (0, 1.5, 1.5, 0))
+  # Against the definition, computed independently: high band = x - G_1 * x (edge-replicated).
+  hp = lambda x: x - np.stack([scipy.ndimage.gaussian_filter(x[i, :, :, 0], 1.0, mode="nearest")
+                               for i in range(len(x))])[..., None]
+  mse = ((hp(a) - hp(blurred)) ** 2).mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(tokenizer_metrics.high_frequency_psnr(a, blurred),
+                             10 * np.log10(1.0 / mse), rtol=1e-12)
+  ratio = tokenizer_metrics.high_frequency_energy_ratio(a, blurred)
+  np.testing.assert_allclose(ratio, (hp(blurred) ** 2).sum() / (hp(a) ** 2).sum(), rtol=1e-12)
+  assert ratio < 0.5                            # blur removes most of the high band.
+  with pytest.raises(ValueError, match="no high-frequency energy"):
+    tokenizer_metrics.high_frequency_energy_ratio(np.zeros_like(a), a)
+
+
+def test_detail_subset_and_metrics():
+  rng = np.random.default_rng(5)
+  # Image i has i * 2 + 1 random pixels on a blank field: more pixels, more edges.
+  imgs = np.zeros((8, 12, 12, 1), np.uint8)
+  for i in range(8):
+    imgs[i].flat[rng.choice(144, 2 * i + 1, replace=False)] = 255
+  score = [_sobel_loop(im[:, :, 0] / 255.0).mean() for im in imgs]
+  assert np.all(np.diff(score) > 0)
+  np.testing.assert_array_equal(tokenizer_metrics.detail_subset(imgs), [7, 6])
+  np.testing.assert_array_equal(tokenizer_metrics.detail_subset(imgs, 0.5), [7, 6, 5, 4])
+  noisy = np.clip(imgs.astype(int) + rng.integers(-30, 31, imgs.shape), 0, 255).astype(np.uint8)
+  m = tokenizer_metrics.detail_metrics(imgs, noisy)
+  np.testing.assert_allclose(m["detail_psnr"], tokenizer_metrics.psnr(imgs[[7, 6]],
+                                                                    noisy[[7, 6]]).mean())
+  np.testing.assert_allclose(m["edge_f1"], tokenizer_metrics.edge_f1(imgs, noisy).mean())
+  same = tokenizer_metrics.detail_metrics(imgs, imgs)
+  assert same["edge_f1"] == 1.0 and same["hf_psnr"] == 100.0 and same["hf_energy_ratio"] == 1.0
+  with pytest.raises(ValueError, match="fraction"):
+    tokenizer_metrics.detail_subset(imgs, 0.0)

@@ -103,3 +103,38 @@ def test_token_cache_round_trip_and_cached_generator(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match=f"tokenizer.checkpoint='{missing}'"):
     build_model(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16,
                             tokenizer__grid=14, tokenizer__checkpoint=missing))
+
+
+def test_detail_and_recognition_measures_and_evaluate_cli(trained, tmp_path, capsys):
+  """The trainer's evaluation reports the VTBench-style measures; they equal the metric
+  functions applied to the reconstructions, and `arjax.evaluate` recomputes them from the
+  checkpoint (its default for a tokenizer workdir)."""
+  from arjax.evaluate import tokenizer_metrics as tm
+  from arjax.evaluate.__main__ import main as evaluate_main
+  from arjax.evaluate.offline import OfflineEvaluator
+  from arjax.train.restore import load_run
+  workdir, config, final = trained
+  exp, state, _ = load_run(workdir)
+  values, r = tokenizer_metrics(exp, exp.eval_params(state), "test", 40)
+  labels = np.asarray(next(data_lib.make_iterator(config.data, split="test",
+                                                  global_batch_size=40, seed=0, shuffle=False,
+                                                  num_epochs=1))["label"])
+  np.testing.assert_array_equal(r["labels"], labels)
+  pred = OfflineEvaluator("mnist").predict(r["reconstructions"])
+  assert values["recognition_error"] == np.mean(pred != labels)
+  np.testing.assert_allclose(values["edge_f1"], tm.edge_f1(r["images"], r["reconstructions"]).mean())
+  keep = tm.detail_subset(r["images"])
+  assert len(keep) == 10
+  np.testing.assert_allclose(values["detail_ssim"],
+                             tm.ssim(r["images"][keep], r["reconstructions"][keep]).mean())
+  for key in ("edge_f1", "hf_psnr", "hf_energy_ratio", "detail_psnr", "recognition_error"):
+    assert final[f"test_{key}"] == values[key]
+
+  out = tmp_path / "eval.json"
+  assert evaluate_main(["--workdir", workdir, "--out", str(out)]) == 0
+  got = json.load(open(out))
+  assert got["num_examples"] == 40 and got["psnr"] == final["test_psnr"]
+  assert got["recognition_error"] == final["test_recognition_error"]
+  with pytest.raises(SystemExit):
+    evaluate_main(["--workdir", workdir, "--metrics", "bpd"])
+  assert "holds a tokenizer" in capsys.readouterr().err
