@@ -35,7 +35,7 @@ QUANTIZERS = {  # name -> (quantizer fields, model overrides)
 # (docs/tokenizers.md): with the L1 loss the transformer sat at the all-background image (the
 # median pixel) and with vq's L2-normalised codebook the 49 tokens stopped depending on the
 # image (one code per query); fsq with the L2 loss leaves the mean image after ~150 steps, so
-# the 1D row trains 1000 steps (5x the conv rows; a titok step costs about half a conv step).
+# the 1D row trains 1000 steps (5x the conv rows).
 TITOK = dict(num_tokens=49, patch_size=4, width=64, depth=2, num_heads=4)
 TITOK_STEPS = 1000
 
