@@ -41,8 +41,15 @@ def write_workdir(config, params: Dict, workdir: str, source: Optional[str] = No
   abstract, shardings = exp.abstract_state()
   ema = config.train.ema_decay > 0
   params = jax.tree.map(lambda v, a: np.asarray(v, a.dtype), params, exp.fm.abstract_params)
-  state = jax.jit(lambda p: initial_state(p, exp.tx, config.seed, ema),
-                  out_shardings=shardings)(params)
+  # Converted weights are parameters; model state (a VQ EMA codebook's statistics) starts as
+  # the model builds it.
+  model_state = {}
+  if exp.fm.has_model_state:
+    from arjax.models import build_model
+    from arjax.train.functional import FunctionalModel
+    model_state = FunctionalModel(build_model(config, seed=config.seed)).initial_model_state()
+  state = jax.jit(lambda p, s: initial_state(p, exp.tx, config.seed, ema, s),
+                  out_shardings=shardings)(params, model_state)
   ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
   try:
     if ckpt.latest_step() is not None:

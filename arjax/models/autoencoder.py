@@ -21,8 +21,12 @@ grid_positions) over uint8 images, so generators and the token cache use it dire
 class attribute `evaluation = 'tokenizer'` makes the trainer evaluate reconstructions
 (arjax.train.evaluation) instead of bits/dim and samples.
 
-The trainer carries parameters only, so quantizer state updated in place (EMA codebooks,
-dead-code restart statistics) would be lost between steps: such quantizer settings are refused.
+Quantizer state updated in place by a train=True forward pass (VQ EMA codebook and counts,
+dead-code usage averages) is model state: the trainer carries it between steps beside the
+parameters (`TrainState.model_state`, arjax.train.functional), checkpoints it, and evaluation,
+sampling and the token cache read the trained values. Dead-code restart needs the EMA codebook
+(`ema_decay > 0`): a restart writes codebook rows, and a gradient codebook belongs to the
+optimizer.
 
 Legend: B batch, H/W image size (model.image_size), C image channels, h/w latent grid,
 Z latent channels, N tokens per image, K codebook size.
@@ -130,10 +134,12 @@ class Autoencoder(nnx.Module):
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     m = config.model
     qc = m.quantizer
-    if qc.get("ema_decay", 0.0) > 0 or qc.get("dead_code_threshold", 0.0) > 0:
-      raise ValueError("model.quantizer.ema_decay and model.quantizer.dead_code_threshold must be "
-                       "0 for trainer-built autoencoders: the trainer carries parameters only, so "
-                       "in-place codebook statistics would not persist between steps")
+    if qc.get("dead_code_threshold", 0.0) > 0 and qc.get("ema_decay", 0.0) == 0:
+      # The restart would write rows of an nnx.Param that the optimizer owns: the trainer takes
+      # parameters from the optimizer only, so the restarted rows would be dropped.
+      raise ValueError(f"model.quantizer.dead_code_threshold={qc.dead_code_threshold} needs "
+                       "model.quantizer.ema_decay > 0: restarts write codebook rows, which only "
+                       "an EMA codebook (model state) carries between steps")
     lo = m.loss
     if lo.rec not in ("l1", "l2"):
       raise ValueError(f"model.loss.rec={lo.rec!r}; expected 'l1' or 'l2'")

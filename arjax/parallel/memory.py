@@ -160,8 +160,8 @@ class TrainStepParts:
     checks.check_fsdp_layout(self.fm.abstract_params, self.fm.axes, mesh, rules)
     self.tx = make_optimizer(t)
     ema = t.ema_decay > 0
-    self.abstract = jax.eval_shape(lambda p: initial_state(p, self.tx, config.seed, ema),
-                                   self.fm.abstract_params)
+    self.abstract = jax.eval_shape(lambda p, s: initial_state(p, self.tx, config.seed, ema, s),
+                                   self.fm.abstract_params, self.fm.abstract_model_state)
     self.shardings = parallel.state_shardings(self.abstract, self.fm.axes, mesh, rules)
     self.state_spec = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract,
@@ -174,8 +174,9 @@ class TrainStepParts:
                         donate_argnums=(0,))
 
     def init():
-      params = FunctionalModel(build_model(config, seed=config.seed)).initial_params()
-      return initial_state(params, self.tx, config.seed, ema)
+      fm = FunctionalModel(build_model(config, seed=config.seed))
+      return initial_state(fm.initial_params(), self.tx, config.seed, ema,
+                           fm.initial_model_state())
 
     self.init = jax.jit(init, out_shardings=self.shardings)
 

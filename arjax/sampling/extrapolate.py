@@ -51,7 +51,9 @@ def model_at_resolution(config, params, resolution: int):
                      "(extrapolation needs model.backbone.position='rope2d')")
   big = config_at_resolution(config, resolution)
   fm = FunctionalModel.abstract(lambda: build_model(big, seed=big.seed))
-  trained, needed = _shapes(params), _shapes(fm.abstract_params)
+  # `params` as Experiment.eval_params gives them: any model state merged in.
+  trained = _shapes(params)
+  needed = _shapes(fm.merge_model_state(fm.abstract_params, fm.abstract_model_state))
   differ = [f"{k}: trained {trained.get(k)}, at resolution {resolution} {needed.get(k)}"
             for k in sorted(set(trained) | set(needed)) if trained.get(k) != needed.get(k)]
   if differ:

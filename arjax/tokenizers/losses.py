@@ -5,8 +5,8 @@ adaptive weight, and the LPIPS-VGG perceptual distance from a user-supplied weig
     Adversarial Networks") as VQGAN (Esser et al. 2021) and LlamaGen use it: conv4x4 stride 2,
     LeakyReLU(0.2), `num_layers` - 1 more conv4x4 stride-2 layers doubling the channels (up to
     8x), one stride-1 conv4x4, and a 1-channel stride-1 conv4x4 giving one logit per patch.
-    VQGAN normalises with BatchNorm; the functional trainer carries parameters only (no
-    running statistics), so GroupNorm is used instead.
+    VQGAN normalises with BatchNorm; GroupNorm is used instead (no running statistics, so
+    train and eval behave alike; the trainer would carry BatchNorm's as model state).
   * Hinge loss (Lim & Ye 2017): D minimises mean(relu(1 - D(x))) + mean(relu(1 + D(x_rec)))
     (halved, as VQGAN); the generator minimises -mean(D(x_rec)).
   * Adaptive weight (VQGAN eq. 7): lambda = ||grad_W L_rec|| / (||grad_W L_G|| + 1e-4),

@@ -4,10 +4,12 @@ Resume order (documented in README): the latest complete checkpoint in `workdir/
 then `config.init_checkpoint`-style explicit restores by the caller, then scratch. Orbax writes
 each step into a temporary directory and renames it when complete, so a crash mid-save never
 leaves a checkpoint that `latest_step` would pick up. Restoring checks the saved parameter
-shapes against the model first and names every tensor that differs.
+and model-state shapes (model-state tensors named `model_state/...`) against the model first
+and names every tensor that differs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,12 +22,27 @@ import orbax.checkpoint as ocp
 _log = logging.getLogger(__name__)
 
 
-def _flat_shapes(tree) -> Dict[str, Tuple[list, str]]:
+def _flat_shapes(tree, prefix: str = "") -> Dict[str, Tuple[list, str]]:
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    key = prefix + "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
     out[key] = [list(leaf.shape), str(np.dtype(leaf.dtype))]
   return out
+
+
+MODEL_STATE_PREFIX = "model_state/"
+
+
+def _state_shapes(state) -> Dict[str, Tuple[list, str]]:
+  """Shapes of parameters and (prefixed) model state: what a restore must agree on."""
+  return {**_flat_shapes(state.params), **_flat_shapes(state.model_state, MODEL_STATE_PREFIX)}
+
+
+def _saved_shapes(meta: Dict[str, Any]) -> Dict[str, Tuple[list, str]]:
+  # Checkpoints written before model state was carried have no model_state_shapes: they hold
+  # none, which is what a model without model state expects.
+  return {**meta.get("param_shapes", {}), **{MODEL_STATE_PREFIX + k: v for k, v in
+                                             meta.get("model_state_shapes", {}).items()}}
 
 
 class CheckpointMismatchError(ValueError):
@@ -83,7 +100,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_state: Dict[str, Any], meta: Dict[str, Any],
            *, force: bool = False) -> bool:
-    meta = dict(meta, param_shapes=_flat_shapes(state.params))
+    meta = dict(meta, param_shapes=_flat_shapes(state.params),
+                model_state_shapes=_flat_shapes(state.model_state))
     self.wait()  # [scale] an earlier asynchronous save's failure names that earlier step.
     if step in self.manager.all_steps():  # [scale] a restarted finished (or killed after its
       return False                        # final save) run: that step is on disk already.
@@ -103,12 +121,16 @@ class Checkpointer:
   def restore(self, step: int, abstract_state) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
     """abstract_state: TrainState of jax.ShapeDtypeStruct with the target shardings."""
     meta = self.read_meta(step)
-    check_shapes(meta.get("param_shapes", {}), _flat_shapes(abstract_state.params),
-                 f"{self.directory}/{step}")
+    check_shapes(_saved_shapes(meta), _state_shapes(abstract_state), f"{self.directory}/{step}")
+    carries_model_state = "model_state_shapes" in meta
+    item = abstract_state if carries_model_state else _without_model_state(abstract_state)
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        state=ocp.args.StandardRestore(item), data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
-    return out["state"], out["data"], out["meta"]
+    state = out["state"]
+    if not carries_model_state:
+      state = type(abstract_state)(**state, model_state={})
+    return state, out["data"], out["meta"]
 
   def wait(self):
     try:  # [scale] a failed asynchronous save surfaces here or at the next save.
@@ -129,6 +151,13 @@ class Checkpointer:
         if not self._failed:
           raise
         _log.warning("checkpoint save failure (reported above): %s", _reason(e))
+
+
+def _without_model_state(abstract_state) -> Dict[str, Any]:
+  """The train state as a dict of its fields less `model_state`: the tree of a checkpoint
+  written before model state was carried (the shape check has made sure the model has none)."""
+  return {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+          if f.name != "model_state"}
 
 
 def check_shapes(saved: Dict[str, Any], expected: Dict[str, Any], where: str) -> None:

@@ -84,11 +84,12 @@ class Experiment:
     if self.info["image_shape"] is None:  # a token cache: no images to tokenize.
       return
     shape = tuple(self.info["image_shape"])
-    # Parameters go in as eval_shape arguments (tracers), so a learned tokenizer's weights are
-    # never read as concrete arrays.
-    encode = lambda params, x: self.fm.bind(params).tokenizer.encode(x)
+    # Parameters (and model state) go in as eval_shape arguments (tracers), so a learned
+    # tokenizer's weights are never read as concrete arrays.
+    encode = lambda variables, x: self.fm.bind(variables).tokenizer.encode(x)
     try:
-      jax.eval_shape(encode, self.fm.abstract_params,
+      jax.eval_shape(encode, self.fm.merge_model_state(self.fm.abstract_params,
+                                                       self.fm.abstract_model_state),
                      jax.ShapeDtypeStruct((1,) + shape, jnp.uint8))
     except ValueError as e:
       raise ValueError(f"data {self.config.data.source!r} gives images {shape} that the "
@@ -103,8 +104,8 @@ class Experiment:
   def abstract_state(self):
     t = self.config.train
     abstract = jax.eval_shape(
-        lambda p: initial_state(p, self.tx, self.config.seed, t.ema_decay > 0),
-        self.fm.abstract_params)
+        lambda p, s: initial_state(p, self.tx, self.config.seed, t.ema_decay > 0, s),
+        self.fm.abstract_params, self.fm.abstract_model_state)
     shardings = parallel.state_shardings(abstract, self.fm.axes, self.mesh, self.rules)
     return abstract, shardings
 
@@ -114,8 +115,9 @@ class Experiment:
     config, t = self.config, self.config.train
 
     def init():
-      params = FunctionalModel(build_model(config, seed=config.seed)).initial_params()
-      return initial_state(params, self.tx, config.seed, t.ema_decay > 0)
+      fm = FunctionalModel(build_model(config, seed=config.seed))
+      return initial_state(fm.initial_params(), self.tx, config.seed, t.ema_decay > 0,
+                           fm.initial_model_state())
 
     return jax.jit(init, out_shardings=shardings)()
 
@@ -133,7 +135,10 @@ class Experiment:
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
 
   def eval_params(self, state: TrainState):
-    return state.ema_params if self.config.train.ema_decay > 0 else state.params
+    """What evaluation binds (`fm.bind`): the parameters (their EMA when train.ema_decay > 0)
+    with the carried model state merged in (the trained EMA codebook, not the initial one)."""
+    params = state.ema_params if self.config.train.ema_decay > 0 else state.params
+    return self.fm.merge_model_state(params, state.model_state)
 
   # -- evaluation ------------------------------------------------------------------------------
   def bits_per_dim(self, params, split: str = "test", num_examples: int = -1) -> Dict[str, float]:

@@ -1,7 +1,12 @@
 """The jitted, pure train and eval steps.
 
-A step whose loss or gradient norm is not finite is rejected: parameters, optimizer state and
-EMA stay unchanged, the rejection is counted, and no NaN can reach a checkpoint.
+A step whose loss or gradient norm is not finite is rejected: parameters, optimizer state, EMA
+and model state stay unchanged, the rejection is counted, and no NaN can reach a checkpoint.
+
+Model state (`TrainState.model_state`: the VQ EMA codebook and its statistics, any BatchStat)
+is what the forward pass with train=True leaves in the module's non-parameter variables; it
+comes out of the loss function as auxiliary output, never differentiated, and the optimizer
+never sees it.
 """
 # (no `from __future__ import annotations`: clu reads the metric annotations at runtime)
 
@@ -56,21 +61,26 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
     batch = dict(batch, step=state.step)
 
     def loss_fn(params):
-      loss, metrics = fm.bind(params, rng).loss(batch, train=True)
-      return loss, metrics
+      model = fm.bind(params, rng, state.model_state)
+      loss, metrics = model.loss(batch, train=True)
+      return loss, (metrics, jax.lax.stop_gradient(fm.model_state_of(model)))
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     grad_norm = optax.tree_utils.tree_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # [scale] Finite gradients can still give a non-finite update (lr=inf, overflow in the
     # optimizer): reject those steps too, so no NaN/Inf reaches the parameters or a checkpoint.
-    finite = finite & jnp.all(jnp.stack([jnp.isfinite(p).all() for p in jax.tree.leaves(params)]))
+    new = jax.tree.leaves(params) + [x for x in jax.tree.leaves(model_state)
+                                     if jnp.issubdtype(x.dtype, jnp.inexact)]
+    finite = finite & jnp.all(jnp.stack([jnp.isfinite(p).all() for p in new]))
     # One conditional, not a select per leaf: with per-leaf selects on a predicate computed from
     # every new parameter, XLA's CPU compiler took minutes on conv tokenizers (48s vs 260s).
-    params, opt_state = jax.lax.cond(finite, lambda: (params, opt_state),
-                                     lambda: (state.params, state.opt_state))
+    params, opt_state, model_state = jax.lax.cond(
+        finite, lambda: (params, opt_state, model_state),
+        lambda: (state.params, state.opt_state, state.model_state))
     ema = state.ema_params
     if ema_decay > 0:
       ema = jax.tree.map(lambda e, p: jnp.where(finite, ema_decay * e + (1 - ema_decay) * p, e),
@@ -78,7 +88,8 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
     nonfinite = jnp.where(finite, 0, state.nonfinite + 1)
     rejected = state.rejected + (~finite).astype(jnp.int32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema, nonfinite=nonfinite, rejected=rejected)
+                              ema_params=ema, model_state=model_state, nonfinite=nonfinite,
+                              rejected=rejected)
     out = collect(dict(metrics, grad_norm=grad_norm), finite, schedule(state.step), rejected)
     return new_state, out
 
@@ -86,7 +97,9 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
 
 
 def make_eval_step(fm: FunctionalModel):
-  """(params, batch) -> (sum of token NLL in nats, number of tokens) over real examples."""
+  """(params, batch) -> (sum of token NLL in nats, number of tokens) over real examples.
+
+  params: `Experiment.eval_params`, parameters with the carried model state merged in."""
 
   def eval_step(params, batch):
     _, metrics = fm.bind(params).loss(batch, train=False)

@@ -183,8 +183,8 @@ def test_bad_shapes_and_settings_fail_naming_values():
   with pytest.raises(ValueError, match="image size 17x17 is not divisible by .* factor 2"):
     build_model(c)
   c = small_config()
-  c.model.quantizer.ema_decay = 0.99
-  with pytest.raises(ValueError, match="ema_decay"):
+  c.model.quantizer.dead_code_threshold = 1.0  # restarts need the EMA codebook (model state).
+  with pytest.raises(ValueError, match=r"dead_code_threshold=1.0 needs model.quantizer.ema_decay"):
     build_model(c)
   fm, params = init(small_config())
   model = fm.bind(params)

@@ -20,10 +20,9 @@
     random latents of the current batch.
 
 EMA statistics, the EMA codebook and the usage averages are `nnx.BatchStat`-like variables that
-the module updates in place when called with train=True; a training loop must carry the
-module's non-parameter state between steps for them to persist (a loop that only carries
-`nnx.Param` leaves them at their initial values). `ema_codebook_update` and
-`restart_dead_codes` are also pure functions for such loops.
+the module updates in place when called with train=True; arjax's trainer carries them between
+steps as model state (`TrainState.model_state`, arjax.train.functional). `ema_codebook_update`
+and `restart_dead_codes` are also pure functions for other loops.
 
 Legend: B batch, h/w latent grid, C encoder channels, D code dim, K codebook size, M = B*h*w.
 """
@@ -130,12 +129,15 @@ class VectorQuantizer(nnx.Module):
       # Counts start at one with sums equal to the codes, so the first updates move codes
       # gradually instead of dividing a sum by a near-zero count.
       self.ema_count = nnx.BatchStat(jnp.ones((codebook_size,), jnp.float32))
-      self.ema_sum = nnx.BatchStat(table)
+      self.ema_sum = nnx.BatchStat(table, logical_axes=axes)  # sharded like the codebook.
     else:
       self.codebook = nnx.Param(table, logical_axes=axes)
       self.ema_count = self.ema_sum = None
     if dead_code_threshold > 0:
-      self.usage = nnx.BatchStat(jnp.full((codebook_size,), float(dead_code_threshold) * 2.0))
+      # An explicit dtype: a weak-typed float32 here would make the train step compile twice
+      # (the first step's output is strongly typed).
+      self.usage = nnx.BatchStat(jnp.full((codebook_size,), float(dead_code_threshold) * 2.0,
+                                          jnp.float32))
       self.rngs = rngs
     else:
       self.usage = None
@@ -187,16 +189,16 @@ class VectorQuantizer(nnx.Module):
     if self.ema_decay > 0:
       count, embed_sum, table = ema_codebook_update(
           self.ema_count[...], self.ema_sum[...], flat, idx, self.ema_decay, self.ema_eps)
-      self.ema_count.value, self.ema_sum.value, self.codebook.value = count, embed_sum, table
+      self.ema_count[...], self.ema_sum[...], self.codebook[...] = count, embed_sum, table
     if self.usage is not None:
       hits = jnp.bincount(idx.reshape(-1), length=self.codebook_size).astype(jnp.float32)
       usage = self.usage_decay * self.usage[...] + (1.0 - self.usage_decay) * hits
       table, usage, dead = restart_dead_codes(self.codebook[...], usage, flat,
                                               self.rngs.sample(), self.dead_code_threshold)
-      self.codebook.value, self.usage.value = table, usage
+      self.codebook[...], self.usage[...] = table, usage
       if self.ema_decay > 0:
-        self.ema_count.value = jnp.where(dead, 1.0, self.ema_count[...])
-        self.ema_sum.value = jnp.where(dead[:, None], table, self.ema_sum[...])
+        self.ema_count[...] = jnp.where(dead, 1.0, self.ema_count[...])
+        self.ema_sum[...] = jnp.where(dead[:, None], table, self.ema_sum[...])
       out["dead_codes"] = dead.sum().astype(jnp.float32)
     return out
 
