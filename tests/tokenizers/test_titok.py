@@ -53,3 +53,23 @@ def test_bad_patch_size_and_heads_fail_naming_fields():
   with pytest.raises(ValueError,
                      match="model.titok.width=16 is not divisible by model.titok.num_heads=3"):
     build_model(titok_config(num_heads=3))
+
+
+def test_mnist_recipe_configs_titok_and_vq_ema():
+  """configs/tokenizers/titok.py is FSQ behind the 1D encoder at the conv rows' 441 bits, and
+  vq.py:ema gives a VQ whose codebook is model state (not a parameter the optimizer sees)."""
+  from arjax.config import load_config
+  c = load_config("configs/tokenizers/titok.py")
+  assert (c.model.encoder, c.model.quantizer.name, c.model.loss.rec) == ("titok", "fsq", "l2")
+  assert c.train.num_steps == 1000 and c.model.titok.num_tokens == 49
+  fm = FunctionalModel.abstract(lambda: build_model(c))
+  model = fm.bind(fm.abstract_params)
+  bits = model.tokens_per_image * np.log2(model.vocab_size)
+  assert model.tokens_per_image == 49 and bits == 441
+  assert fm.param_count() == 219_283                     # docs/tokenizers.md: 0.22M.
+  ema = load_config("configs/tokenizers/vq.py:ema:smoke".replace(":smoke", ",smoke", 1))
+  q = ema.model.quantizer
+  assert (q.ema_decay, q.dead_code_threshold) == (0.99, 1.0)
+  fm = FunctionalModel.abstract(lambda: build_model(ema))
+  assert "codebook" in fm.abstract_model_state["quantizer"]
+  assert "codebook" not in fm.abstract_params["quantizer"]
