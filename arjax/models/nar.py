@@ -78,22 +78,10 @@ class NAR(OrderedAR):
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    tokens = batch["tokens"] if "tokens" in batch else self.tokenizer.encode(batch["image"])
-    labels = batch["label"].astype(jnp.int32)
-    b = tokens.shape[0]
-    if train and self.class_dropout > 0:
-      labels = self.drop_labels(labels)
-    layout = self.order.train_layout(jax.random.key(0), b, batch.get("step"), train)
+    tokens, labels = self.tokens_and_labels(batch, train)
+    layout = self.order.train_layout(jax.random.key(0), tokens.shape[0], batch.get("step"), train)
     logits = self.grid_logits_of_layout(tokens, labels, layout, train=train)
-    w = jnp.ones(tokens.shape, jnp.float32)
-    if "mask" in batch:  # padded evaluation batches
-      w = w * batch["mask"][:, None].astype(jnp.float32)
-    loss, nll = self.head.loss(logits, tokens, w)
-    denom = jnp.maximum(w.sum(), 1.0)
-    nll_mean = (nll * w).sum() / denom
-    acc = ((jnp.argmax(logits, -1) == tokens) * w).sum() / denom
-    return loss, {"loss": loss, "nll": nll_mean, "bits_per_dim": nll_mean / jnp.log(2.0),
-                  "accuracy": acc, "num_tokens": w.sum()}
+    return self.weighted_loss(batch, logits, tokens, jnp.ones(tokens.shape, jnp.float32))
 
   def grid_logits(self, tokens, labels, known, plan):
     """Logits [B, N, V] of every cell; the sampler keeps those of the step's anti-diagonal."""

@@ -184,27 +184,36 @@ class OrderedAR(nnx.Module):
     keep = jax.random.uniform(self.rngs.dropout(), labels.shape) >= self.class_dropout
     return jnp.where(keep, labels, self.null_class)
 
-  def loss(self, batch: Dict[str, jax.Array], *, train: bool
-           ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  def tokens_and_labels(self, batch: Dict[str, jax.Array], train: bool):
+    """(tokens int32 [B, N], labels int32 [B]) of a batch; labels dropped to the null class at
+    rate class_dropout when training (classifier-free guidance)."""
     tokens = batch["tokens"] if "tokens" in batch else self.tokenizer.encode(batch["image"])
     labels = batch["label"].astype(jnp.int32)
-    b = tokens.shape[0]
     if train and self.class_dropout > 0:
       labels = self.drop_labels(labels)
-    # Evaluation draws its order from a fixed key, so the test NLL is deterministic.
-    key = self.rngs.sample() if train else jax.random.key(0)
-    layout = self.order.train_layout(key, b, batch.get("step"), train)
-    logits, layout = self.layout_logits(tokens, labels, layout, train=train)
-    targets = gather_cells(tokens, layout.tgt)
-    w = (layout.tgt >= 0).astype(jnp.float32)
+    return tokens, labels
+
+  def weighted_loss(self, batch, logits, targets, w):
+    """(loss, metrics) of logits [B, T, V] against targets [B, T] with weights w [B, T]
+    (padded evaluation rows, batch['mask'], weigh zero)."""
     if "mask" in batch:  # padded evaluation batches
       w = w * batch["mask"][:, None].astype(jnp.float32)
     loss, nll = self.head.loss(logits, targets, w)
     denom = jnp.maximum(w.sum(), 1.0)
     nll_mean = (nll * w).sum() / denom
     acc = ((jnp.argmax(logits, -1) == targets) * w).sum() / denom
-    metrics = {"loss": loss, "nll": nll_mean, "bits_per_dim": nll_mean / jnp.log(2.0),
-               "accuracy": acc, "num_tokens": w.sum()}
+    return loss, {"loss": loss, "nll": nll_mean, "bits_per_dim": nll_mean / jnp.log(2.0),
+                  "accuracy": acc, "num_tokens": w.sum()}
+
+  def loss(self, batch: Dict[str, jax.Array], *, train: bool
+           ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    tokens, labels = self.tokens_and_labels(batch, train)
+    # Evaluation draws its order from a fixed key, so the test NLL is deterministic.
+    key = self.rngs.sample() if train else jax.random.key(0)
+    layout = self.order.train_layout(key, tokens.shape[0], batch.get("step"), train)
+    logits, layout = self.layout_logits(tokens, labels, layout, train=train)
+    loss, metrics = self.weighted_loss(batch, logits, gather_cells(tokens, layout.tgt),
+                                       (layout.tgt >= 0).astype(jnp.float32))
     if hasattr(self.order, "random_ratio") and self.order.anneals:
       metrics["random_ratio"] = self.order.random_ratio(batch.get("step"), train)
     return loss, metrics
