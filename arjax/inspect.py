@@ -37,7 +37,7 @@ def inspect_config(config, mesh=None, hbm_gib: Optional[float] = None,
   import jax
   from arjax.models import build_model
   from arjax.train.flops import model_flops
-  from arjax.train.functional import FunctionalModel
+  from arjax.core.functional import FunctionalModel
 
   fm = FunctionalModel.abstract(lambda: build_model(config, seed=0))
   groups: Dict[str, int] = {}

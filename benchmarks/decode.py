@@ -21,7 +21,7 @@ from benchmarks.common import hardware, time_interleaved
 def build(args):
   from arjax.config import base_config
   from arjax.models import build_model
-  from arjax.train.functional import FunctionalModel
+  from arjax.core.functional import FunctionalModel
   c = base_config()
   grid = int(round(args.tokens ** 0.5))
   c.tokenizer.name, c.tokenizer.vocab_size, c.tokenizer.grid = "cached", 512, grid

@@ -109,7 +109,7 @@ def main(argv=None):
   from arjax.models import build_model
   from arjax.nn.transformer import TransformerConfig
   from arjax.train.flops import model_flops
-  from arjax.train.functional import FunctionalModel
+  from arjax.core.functional import FunctionalModel
   from arjax.train.optim import make_optimizer, learning_rate_schedule
   from arjax.train.state import initial_state
   from arjax.train.step import make_train_step

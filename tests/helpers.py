@@ -7,7 +7,7 @@ import jax
 
 from arjax.config import apply_override, base_config
 from arjax.models import build_model
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 
 def tiny_config(**overrides: Any):

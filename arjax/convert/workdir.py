@@ -46,7 +46,7 @@ def write_workdir(config, params: Dict, workdir: str, source: Optional[str] = No
   model_state = {}
   if exp.fm.has_model_state:
     from arjax.models import build_model
-    from arjax.train.functional import FunctionalModel
+    from arjax.core.functional import FunctionalModel
     model_state = FunctionalModel(build_model(config, seed=config.seed)).initial_model_state()
   state = jax.jit(lambda p, s: initial_state(p, exp.tx, config.seed, ema, s),
                   out_shardings=shardings)(params, model_state)

@@ -23,7 +23,7 @@ class attribute `evaluation = 'tokenizer'` makes the trainer evaluate reconstruc
 
 Quantizer state updated in place by a train=True forward pass (VQ EMA codebook and counts,
 dead-code usage averages) is model state: the trainer carries it between steps beside the
-parameters (`TrainState.model_state`, arjax.train.functional), checkpoints it, and evaluation,
+parameters (`TrainState.model_state`, arjax.core.functional), checkpoints it, and evaluation,
 sampling and the token cache read the trained values. Dead-code restart needs the EMA codebook
 (`ema_decay > 0`): a restart writes codebook rows, and a gradient codebook belongs to the
 optimizer.

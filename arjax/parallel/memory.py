@@ -147,7 +147,7 @@ class TrainStepParts:
     from arjax.models import build_model
     from arjax.parallel import checks
     from arjax.parallel.activations import with_activation_sharding
-    from arjax.train.functional import FunctionalModel
+    from arjax.core.functional import FunctionalModel
     from arjax.train.optim import learning_rate_schedule, make_optimizer
     from arjax.train.state import initial_state
     from arjax.train.step import make_train_step

@@ -1,6 +1,6 @@
 """Shardings for model state, derived from the parameters' logical axes and the rules.
 
-Parameters live as plain nested dicts (see `arjax.train.functional`); `logical_axes_tree` reads
+Parameters live as plain nested dicts (see `arjax.core.functional`); `logical_axes_tree` reads
 each parameter's `logical_axes` metadata. Optimizer states (optax) mirror the parameter tree,
 so their leaves inherit the sharding of the parameter whose path they end with.
 """

@@ -28,7 +28,7 @@ from arjax.sampling.decode import SamplingConfig
 from arjax.sampling.guidance import double_labels
 from arjax.sampling.guidance_schedule import GuidanceSchedule
 from arjax.sampling.orders import _PLAN_KEY
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 
 class CachedGroupSampler:

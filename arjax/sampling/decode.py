@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from arjax.heads.categorical import sample_tokens
 from arjax.sampling.guidance import cfg_logits, double_labels
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 
 @dataclasses.dataclass(frozen=True)

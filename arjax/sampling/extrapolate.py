@@ -21,7 +21,7 @@ import numpy as np
 
 from arjax.models import build_model
 from arjax.sampling.orders import build_sampler
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 
 def config_at_resolution(config, resolution: int):

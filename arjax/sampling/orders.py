@@ -28,7 +28,7 @@ from arjax.orders.base import check_known
 from arjax.sampling.decode import SamplingConfig, SequentialSampler
 from arjax.sampling.guidance import double_labels
 from arjax.sampling.guidance_schedule import GuidanceSchedule, from_config
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 _PLAN_KEY = 1 << 30  # fold_in index of the plan's key: distinct from every step index.
 

@@ -28,7 +28,7 @@ from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
 from arjax.train.checkpoint import Checkpointer
 from arjax.train.evaluation import EVALUATIONS, evaluation_kind
-from arjax.train.functional import FunctionalModel, abstract_module
+from arjax.core.functional import FunctionalModel, abstract_module
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
 from arjax.train.step import make_eval_step, make_train_step

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 from arjax.train.state import TrainState
 
 

@@ -19,7 +19,7 @@ from arjax.config import load_config
 from arjax.convert.llamagen import llamagen_params
 from arjax.convert.workdir import write_workdir
 from arjax.models import build_model
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAYERS, HEADS, DIM, VOCAB, GRID, CLASSES = 2, 2, 32, 16, 4, 10

@@ -11,7 +11,7 @@ import pytest
 
 from arjax.config import load_config
 from arjax.models import build_model
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 PAPER = {  # method -> size -> the figure as the paper writes it.
     "rar": {"B": "261M", "L": "461M", "XL": "955M", "XXL": "1.5B"},

@@ -47,7 +47,7 @@ def test_inspect_cli_starts_the_devices_the_mesh_needs(compile_cache):
   # Exactly the bytes the shardings give (params: 'embed' dims halved).
   config = load_config(RUN_CONFIG)
   from arjax.models import build_model
-  from arjax.train.functional import FunctionalModel
+  from arjax.core.functional import FunctionalModel
   fm = FunctionalModel.abstract(lambda: build_model(config, seed=0))
   expected = sum(4 * leaf.size // (2 if "embed" in (a.axes or ()) else 1) for leaf, a in zip(
       jax.tree.leaves(fm.abstract_params),

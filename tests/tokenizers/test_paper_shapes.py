@@ -6,7 +6,7 @@ import pytest
 
 from arjax.config import load_config
 from arjax.models import build_model
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 
 def conv(k, cin, cout):

@@ -7,7 +7,7 @@ import pytest
 
 from arjax.models import build_model
 from arjax.tokenizers.recipe import tokenizer_config
-from arjax.train.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel
 
 
 def titok_config(quantizer="vq", **fields):

@@ -21,7 +21,7 @@
 
 EMA statistics, the EMA codebook and the usage averages are `nnx.BatchStat`-like variables that
 the module updates in place when called with train=True; arjax's trainer carries them between
-steps as model state (`TrainState.model_state`, arjax.train.functional). `ema_codebook_update`
+steps as model state (`TrainState.model_state`, arjax.core.functional). `ema_codebook_update`
 and `restart_dead_codes` are also pure functions for other loops.
 
 Legend: B batch, h/w latent grid, C encoder channels, D code dim, K codebook size, M = B*h*w.
