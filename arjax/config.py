@@ -97,6 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
   b.bias = False                  # biases in attention, MLP and adaLN (ViT).
   b.dtype = "float32"             # compute dtype: float32 | bfloat16.
   b.attention_impl = "auto"       # auto | xla | pallas | cudnn.
+  b.scan_layers = False           # stacked block params under one lax.scan (fast compile).
+  b.remat = "none"                # per-block jax.checkpoint policy: none | nothing_saveable | ...
 
   t = c.train = ml_collections.ConfigDict()
   t.batch_size = 64               # global batch size (examples).
@@ -115,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.keep_checkpoints = 3          # checkpoints kept (older ones deleted).
   t.async_checkpointing = True    # save in the background while training continues.
   t.max_nonfinite_steps = 5       # stop after this many consecutive non-finite steps.
+  t.grad_accum_steps = 1          # micro-batches per step (batch_size must be divisible by it).
 
   e = c.eval = ml_collections.ConfigDict()
   e.batch_size = 500              # evaluation batch size.

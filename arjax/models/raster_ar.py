@@ -93,11 +93,13 @@ class RasterAR(nnx.Module):
   def decode_tokens(self, tokens, token_index, caches):
     """Feeds tokens int32 [B, T] = x_i ... x_{i+T-1} (i = token_index, cache slots i+1 ...).
 
+    token_index: a scalar, or int32 [B] when rows have been fed different numbers of tokens.
     Returns (logits [B, T, V] predicting x_{i+1} ... x_{i+T}, caches).
     """
     b, t = tokens.shape
-    pos = jax.lax.dynamic_slice_in_dim(self.order.grid_positions, token_index, t, axis=0)
-    pos = jnp.broadcast_to(pos, (b, t, 2))
+    token_index = jnp.asarray(token_index, jnp.int32)
+    pos = jax.vmap(lambda i: jax.lax.dynamic_slice_in_dim(self.order.grid_positions, i, t, 0))(
+        jnp.broadcast_to(token_index, (b,)))
     slot = token_index + 1
     h, caches = self.backbone(self.token_embed(tokens), positions=pos,
                               mask=self.order.decode_mask(slot, t), caches=caches,

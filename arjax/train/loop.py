@@ -129,7 +129,8 @@ class Experiment:
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
   def jit_train_step(self, state_shardings):
-    step = make_train_step(self.fm, self.tx, self.schedule, self.config.train.ema_decay)
+    step = make_train_step(self.fm, self.tx, self.schedule, self.config.train.ema_decay,
+                           self.config.train.grad_accum_steps)
     step = with_activation_sharding(step, self.mesh, self.rules)
     return jax.jit(step, in_shardings=(state_shardings, None),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
