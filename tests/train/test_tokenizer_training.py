@@ -153,3 +153,34 @@ def test_detail_and_recognition_measures_and_evaluate_cli(trained, tmp_path, cap
   with pytest.raises(SystemExit):
     evaluate_main(["--workdir", workdir, "--metrics", "bpd"])
   assert "holds a tokenizer" in capsys.readouterr().err
+
+
+def test_generator_on_the_cache_trains_samples_and_loads(trained, tmp_path):
+  """A raster generator on the token cache, end to end: the trainer hands it the frozen
+  tokenizer run (tokenizer.checkpoint), its sample grid decodes to 28x28 pixels through it,
+  and `arjax.load` + `python -m arjax.sample` decode the same way without the trainer."""
+  import arjax
+  from arjax.sample import main as sample_main
+  from tests.helpers import tiny_config
+  tok_workdir, _, _ = trained
+  out = str(tmp_path / "cache" / "{split}.array_record")
+  write_token_cache(tok_workdir, "mnist", out, ["train", "test"], batch_size=16,
+                    num_examples=16)
+  gen = tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16, tokenizer__grid=14,
+                    tokenizer__checkpoint=tok_workdir, train__num_steps=2)
+  gen.data.source, gen.data.pp = f"array_record:{out}", ""
+  workdir = str(tmp_path / "gen")
+  final = train_and_evaluate(gen, workdir)
+  grid = np.asarray(Image.open(final["sample_grid"]))
+  assert grid.shape[:2] == (2 * (10 * 30 + 2), 2 * (30 + 2))  # 10 classes x 1 of 28+2 px, x2
+  fm, variables, config = arjax.load(workdir)
+  assert config.tokenizer.checkpoint == tok_workdir
+  tokens = np.arange(2 * 196, dtype=np.int32).reshape(2, 196) % 16
+  np.testing.assert_array_equal(np.asarray(fm.bind(variables).tokenizer.decode(tokens)),
+                                np.asarray(load_tokenizer(tok_workdir).decode(tokens)))
+  prefix = str(tmp_path / "s")
+  assert sample_main(["--workdir", workdir, "--num", "2", "--out", prefix]) == 0
+  saved = np.load(prefix + ".npz")
+  assert saved["images"].shape == (2, 28, 28, 1) and saved["images"].dtype == np.uint8
+  np.testing.assert_array_equal(saved["images"],
+                                np.asarray(load_tokenizer(tok_workdir).decode(saved["tokens"])))
