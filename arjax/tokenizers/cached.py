@@ -1,13 +1,17 @@
 """Pre-tokenized data: tokens come in the batch (`batch['tokens']`), written once by a
-learned tokenizer's token cache (`python -m arjax.tokenize`, arjax.tokenizers.cache). The config
+learned tokenizer's token cache (`python -m arjax.tokenize`, arjax.train.token_cache). The config
 states the vocabulary and grid; `tokenizer.checkpoint` names the tokenizer run that wrote the
-tokens, which must agree with them and decodes sampled tokens to pixels.
+tokens. That run is restored by the entry point, never here: `arjax.load` and the trainer hand
+the model a copy of this tokenizer with the run's frozen autoencoder as its decoder
+(`arjax.loading.generator_tokenizer`, `with_decoder`), which checks the vocabulary and grid and
+decodes sampled tokens to pixels.
 
-Legend: B batch, N = grid*grid tokens.
+Legend: B batch, N = grid*grid tokens, H/W image size, C channels.
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
+from typing import Any, Optional
+
 import numpy as np
 
 from arjax.tokenizers.base import TOKENIZERS
@@ -15,30 +19,41 @@ from arjax.tokenizers.base import TOKENIZERS
 
 class CachedTokens:
 
-  def __init__(self, vocab_size: int, grid: int, checkpoint: str = ""):
+  def __init__(self, vocab_size: int, grid: int, checkpoint: str = "",
+               decoder: Optional[Any] = None):
+    """decoder: an object with `vocab_size`, `grid` (h, w) and a jax `decode(tokens)` (int32
+    [B, N] -> uint8 [B, H, W, C]), e.g. `arjax.loading.TrainedTokenizer`; None: tokens only."""
     if vocab_size <= 1 or grid <= 0:
       raise ValueError(f"tokenizer 'cached' needs tokenizer.vocab_size > 1 and tokenizer.grid > 0, "
                        f"got vocab_size={vocab_size}, grid={grid}")
     self.vocab_size = vocab_size
     self.grid = (grid, grid)
     self.tokens_per_image = grid * grid
-    self.checkpoint = checkpoint
-    if checkpoint:  # Fails at build time on a missing run or a disagreeing vocabulary/grid.
-      from arjax.tokenizers.cache import check_cached_tokenizer
-      check_cached_tokenizer(checkpoint, vocab_size, grid)
+    self.checkpoint = checkpoint  # the run named by the config (restored by the entry point).
+    self.decoder = decoder
+
+  def with_decoder(self, decoder) -> "CachedTokens":
+    """This tokenizer decoding through `decoder` (a trained tokenizer with frozen parameters),
+    which must have this vocabulary and grid."""
+    if int(decoder.vocab_size) != self.vocab_size or tuple(decoder.grid) != self.grid:
+      where = f" {self.checkpoint!r}" if self.checkpoint else ""
+      raise ValueError(f"tokenizer.vocab_size={self.vocab_size}, tokenizer.grid={self.grid[0]} "
+                       f"disagree with the tokenizer checkpoint{where}: vocab_size="
+                       f"{decoder.vocab_size}, grid={decoder.grid[0]}x{decoder.grid[1]}")
+    return CachedTokens(self.vocab_size, self.grid[0], self.checkpoint, decoder)
 
   def encode(self, images):
     raise ValueError("tokenizer 'cached' takes pre-tokenized data: the batch must carry "
                      "'tokens' (build them with `python -m arjax.tokenize`)")
 
   def decode(self, tokens):
-    """int32 [B, N] -> uint8 [B, H, W, C] through the tokenizer run `tokenizer.checkpoint`
-    (restored once per process; called eagerly by the samplers)."""
-    if not self.checkpoint:
-      raise ValueError("tokenizer 'cached' cannot decode tokens to pixels: set "
-                       "tokenizer.checkpoint to the workdir of the tokenizer that wrote them")
-    from arjax.tokenizers.cache import load_tokenizer
-    return jnp.asarray(load_tokenizer(self.checkpoint).decode(tokens))
+    """int32 [B, N] -> uint8 [B, H, W, C] through the decoder handed in (`with_decoder`)."""
+    if self.decoder is None:
+      raise ValueError("tokenizer 'cached' cannot decode tokens to pixels: it was built without "
+                       "the tokenizer run that wrote them. Set tokenizer.checkpoint to that "
+                       "run's workdir and load the generator with arjax.load (or pass "
+                       "tokenizer=arjax.loading.generator_tokenizer(config) to build_model)")
+    return self.decoder.decode(tokens)
 
   def grid_positions(self):
     r = np.arange(self.grid[0])

@@ -10,27 +10,20 @@ and names every tensor that differs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+# The read side of the format (shape records, the shape check, finished steps) lives with the
+# loader (arjax.loading), which must not import the trainer; re-exported here.
+from arjax.loading import (CHECKPOINT_DIR, ITEM_NAMES, MODEL_STATE_PREFIX,  # noqa: F401
+                           CheckpointMismatchError, check_shapes, complete_steps)
+from arjax.loading import flat_shapes as _flat_shapes
+from arjax.loading import saved_shapes as _saved_shapes
+
 _log = logging.getLogger(__name__)
-
-
-def _flat_shapes(tree, prefix: str = "") -> Dict[str, Tuple[list, str]]:
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    key = prefix + "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-    out[key] = [list(leaf.shape), str(np.dtype(leaf.dtype))]
-  return out
-
-
-MODEL_STATE_PREFIX = "model_state/"
 
 
 def _state_shapes(state) -> Dict[str, Tuple[list, str]]:
@@ -38,26 +31,9 @@ def _state_shapes(state) -> Dict[str, Tuple[list, str]]:
   return {**_flat_shapes(state.params), **_flat_shapes(state.model_state, MODEL_STATE_PREFIX)}
 
 
-def _saved_shapes(meta: Dict[str, Any]) -> Dict[str, Tuple[list, str]]:
-  # Checkpoints written before model state was carried have no model_state_shapes: they hold
-  # none, which is what a model without model state expects.
-  return {**meta.get("param_shapes", {}), **{MODEL_STATE_PREFIX + k: v for k, v in
-                                             meta.get("model_state_shapes", {}).items()}}
-
-
-class CheckpointMismatchError(ValueError):
-  pass
-
-
 # -- [scale] save failures (disk full, unwritable) ---------------------------------------------
 class CheckpointSaveError(OSError):
   """A checkpoint could not be written; earlier complete checkpoints are left intact."""
-
-
-def complete_steps(directory: str):
-  """Steps with a finished checkpoint: Orbax renames STEP.orbax-checkpoint-tmp* when done."""
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
-      directory) else []
 
 
 def _reason(error: BaseException) -> str:
@@ -81,11 +57,11 @@ def _reason(error: BaseException) -> str:
 class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "meta"))
+                                         item_names=ITEM_NAMES)
     self._pending: Optional[int] = None  # [scale] step of the save that may still be writing.
     self._failed = False                 # [scale] a CheckpointSaveError was raised already.
 
@@ -158,20 +134,3 @@ def _without_model_state(abstract_state) -> Dict[str, Any]:
   written before model state was carried (the shape check has made sure the model has none)."""
   return {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
           if f.name != "model_state"}
-
-
-def check_shapes(saved: Dict[str, Any], expected: Dict[str, Any], where: str) -> None:
-  """Raises CheckpointMismatchError naming every tensor whose shape or dtype differs."""
-  fmt = lambda v: f"{list(v[0])} {v[1]}"
-  problems = []
-  for key in sorted(set(saved) | set(expected)):
-    if key not in saved:
-      problems.append(f"  {key}: missing in checkpoint (model expects {fmt(expected[key])})")
-    elif key not in expected:
-      problems.append(f"  {key}: in checkpoint {fmt(saved[key])} but not in the model")
-    elif list(saved[key]) != list(expected[key]):
-      problems.append(f"  {key}: checkpoint {fmt(saved[key])} vs model {fmt(expected[key])}")
-  if problems:
-    raise CheckpointMismatchError(
-        f"checkpoint {where} does not match the model ({len(problems)} tensors differ):\n"
-        + "\n".join(problems))

@@ -22,11 +22,13 @@ import ml_collections
 import numpy as np
 
 from arjax import data as data_lib
+from arjax import loading
 from arjax import parallel
-from arjax.parallel import checks, memory  # [scale] layout checks, memory report, fault hook
+from arjax.parallel import checks  # [scale] layout checks, fault hook
 from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
 from arjax.train.checkpoint import Checkpointer
+from arjax.train import memory  # [scale] per-device memory report of the first step
 from arjax.train.evaluation import EVALUATIONS, evaluation_kind
 from arjax.core.functional import FunctionalModel, abstract_module
 from arjax.train.optim import learning_rate_schedule, make_optimizer
@@ -65,8 +67,13 @@ class Experiment:
     self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
     self.rules = [tuple(r) for r in config.sharding_rules]
     from flax import nnx
+    # A generator on a token cache decodes its samples through the tokenizer run named by
+    # tokenizer.checkpoint: restored here (parameters only, frozen) and handed to the model,
+    # which never restores a run itself. None for every other tokenizer.
+    self.tokenizer = loading.generator_tokenizer(config)
     # Built under eval_shape (no allocation); kept for static attributes (vocab_size, kind).
-    self.abstract_model = abstract_module(lambda: build_model(config, seed=config.seed))
+    self.abstract_model = abstract_module(
+        lambda: build_model(config, seed=config.seed, tokenizer=self.tokenizer))
     self.fm = FunctionalModel(self.abstract_model)
     self.evaluation = evaluation_kind(self.abstract_model)  # which EVALUATIONS entry runs.
     # Sampling a converted or trained model needs no data set (check_data=False, e.g. ImageNet
@@ -115,7 +122,7 @@ class Experiment:
     config, t = self.config, self.config.train
 
     def init():
-      fm = FunctionalModel(build_model(config, seed=config.seed))
+      fm = FunctionalModel(build_model(config, seed=config.seed, tokenizer=self.tokenizer))
       return initial_state(fm.initial_params(), self.tx, config.seed, t.ema_decay > 0,
                            fm.initial_model_state())
 
