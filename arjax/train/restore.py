@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import jax
 import ml_collections
 
+from arjax.config import upgrade_saved
 from arjax.train.checkpoint import Checkpointer
 from arjax.train.loop import Experiment
 from arjax.train.state import TrainState
@@ -18,7 +19,8 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an arjax.train run?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  return upgrade_saved(config)  # runs saved before the parts declared their fields.
 
 
 def load_run(workdir: str, step: Optional[int] = None, check_data: bool = True
