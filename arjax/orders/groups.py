@@ -11,7 +11,9 @@ Training uses uniformly random orders, as LPD does.
 'par' (PAR, Wang et al. 2025): the grid is split into n = `order.regions` regions; first the
 first token of every region, one per step, then groups of n tokens sharing an in-region
 position. Sequence [class, initial n tokens, n-1 transition queries, groups 2..G-1]; causal,
-with full visibility inside a group (block-causal). Steps: n + N/n - 1.
+with full visibility inside a group (block-causal). Steps: n + N/n - 1. The transition slots are
+SRC_QUERY slots, so they all carry the model's one learned query vector (each at its target's
+position), where PAR learns n - 1 distinct transition tokens.
 
 'nar' (NAR, He et al. 2025): next-neighbour prediction. Slots [class, x_0 ... x_(N-1)] in
 raster order; cell (h, w) sees every cell with h' + w' <= h + w (block-causal on the
