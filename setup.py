@@ -7,7 +7,6 @@ INSTALL_REQUIRES = [
     "flax>=0.12,<0.14",
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.11,<0.13",
-    "chex>=0.1.90,<0.2",
     "grain>=0.2.12,<0.3",
     "ml-collections>=1.0,<2",
     "clu>=0.0.12,<0.1",
