@@ -41,17 +41,13 @@ def main(argv):
   # Orbax and grain log every save at INFO through absl; keep arjax's own progress lines.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("arjax").setLevel(logging.INFO)
-<<<<<<< HEAD
   from arjax.config import load_config
   config = load_config(_CONFIG.value, argv[1:])
-  from arjax.train.loop import train_and_evaluate
-  results = train_and_evaluate(config, _WORKDIR.value)
-=======
   from arjax.train.checkpoint import CheckpointCorruptError, CheckpointSaveError
   from arjax.train.lock import WorkdirLockedError
   from arjax.train.loop import train_and_evaluate
   try:
-    results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = train_and_evaluate(config, _WORKDIR.value)
   except WorkdirLockedError as e:  # another trainer runs there: nothing was touched.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -61,7 +57,6 @@ def main(argv):
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
->>>>>>> trainer
   print({k: v for k, v in results.items()})
 
 
