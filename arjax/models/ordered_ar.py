@@ -33,8 +33,7 @@ from flax import nnx
 
 from arjax.heads.categorical import HEADS
 from arjax.kernels.masks import MaskSpec
-from arjax.models.raster_ar import GeneratorFields, model_fields
-from arjax.models.registry import MODELS
+from arjax.models.registry import MODELS, GeneratorFields, model_fields
 from arjax.nn.layers import AdaLNModulation, Embed, LayerNorm, modulate, make_param
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import SRC_CLASS, SRC_QUERY, SRC_START, build_order, register_support

@@ -8,7 +8,6 @@ Legend: B batch, N tokens per image, D width, V vocabulary, T tokens fed in one 
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Dict, Tuple
 
 import jax
@@ -17,30 +16,11 @@ import ml_collections
 from flax import nnx
 
 from arjax.heads.categorical import HEADS
-from arjax.models.registry import MODELS
+from arjax.models.registry import MODELS, GeneratorFields, model_fields
 from arjax.nn.layers import Embed
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import build_order
-from arjax.registry import read_fields
 from arjax.tokenizers import build_tokenizer
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneratorFields:
-  """`config.model` of the class-conditional generators (raster_ar; ordered_ar adds its own).
-  Sub-node `model.backbone`: the fields of TransformerConfig."""
-  SUBNODES = {"backbone": TransformerConfig}
-  num_classes: int = 10           # class-conditional; index num_classes is the null class.
-  class_dropout: float = 0.1      # probability of the null class in training (for CFG).
-  token_dropout: float = 0.0      # dropout on input embeddings.
-  head: str = "categorical"       # registry name in arjax.heads.
-  label_smoothing: float = 0.0    # cross-entropy label smoothing.
-
-
-def model_fields(fields_cls, config):
-  """The fields the model `config.model.name` declares (`fields_cls`), read from config.model."""
-  m = config.model
-  return read_fields(fields_cls, m, f"model {m.name!r} (config.model)")
 
 
 class RasterAR(nnx.Module):

@@ -2,15 +2,18 @@
 
 Every registered builder is called as `builder(config, rngs=nnx.Rngs(...))` and returns an
 `nnx.Module` that implements the `TrainableModel` protocol below, which is all the trainer
-knows about a model.
+knows about a model. Every model registers the fields it reads from `config.model`
+(`MODELS.register(name, fields=...)`; `GeneratorFields` is the generators' shared base).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Protocol, Tuple
 
 import jax
 
-from arjax.registry import Registry
+from arjax.nn.transformer import TransformerConfig
+from arjax.registry import Registry, read_fields
 
 MODELS: Registry = Registry("model")
 
@@ -51,3 +54,21 @@ def build_model(config, *, seed: int = 0, tokenizer=None):
                          f"config's tokenizer {config.tokenizer.name!r} has {field}={want}")
     model.tokenizer = tokenizer
   return model
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorFields:
+  """`config.model` of the class-conditional generators (raster_ar; ordered_ar adds its own).
+  Sub-node `model.backbone`: the fields of TransformerConfig."""
+  SUBNODES = {"backbone": TransformerConfig}
+  num_classes: int = 10           # class-conditional; index num_classes is the null class.
+  class_dropout: float = 0.1      # probability of the null class in training (for CFG).
+  token_dropout: float = 0.0      # dropout on input embeddings.
+  head: str = "categorical"       # registry name in arjax.heads.
+  label_smoothing: float = 0.0    # cross-entropy label smoothing.
+
+
+def model_fields(fields_cls, config):
+  """The fields the model `config.model.name` declares (`fields_cls`), read from config.model."""
+  m = config.model
+  return read_fields(fields_cls, m, f"model {m.name!r} (config.model)")
