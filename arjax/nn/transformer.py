@@ -314,10 +314,11 @@ class Transformer(nnx.Module):
     if self.rngs is not None and not kw["deterministic"]:
       keys = jax.random.split(self.rngs.dropout(), n)
     if caches is not None:
-      shapes = {k: v.shape[0] for k, v in caches.items()}
+      shapes = ({k: getattr(v, "shape", (None,))[0] for k, v in caches.items()}
+                if isinstance(caches, dict) else {type(caches).__name__: len(caches)})
       if set(shapes) != {"k", "v"} or set(shapes.values()) != {n}:
-        raise ValueError(f"scan_layers caches must be {{'k', 'v'}} of [{n}, B, S, Hkv, K]; got "
-                         f"leading sizes {shapes} (a loop-layout cache list?)")
+        raise ValueError(f"scan_layers caches must be {{'k', 'v'}} of [{n}, B, S, Hkv, K] "
+                         f"(Transformer.init_cache); got {shapes}")
 
     def body(carry, xs):
       h, kv = carry

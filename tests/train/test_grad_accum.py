@@ -49,3 +49,18 @@ def test_batch_not_divisible_and_bad_k_are_refused():
   batch = {"tokens": jnp.zeros((8, n), jnp.int32), "label": jnp.zeros((8,), jnp.int32)}
   with pytest.raises(ValueError, match="train.batch_size must be a multiple of 3"):
     jax.eval_shape(step, initial_state(params, tx, 0, False), batch)
+
+
+def test_scan_remat_and_accumulation_train_under_fsdp(tmp_path):
+  """The deep-model options together in the real loop on 8 fake devices (data 2 x fsdp 4): the
+  stacked parameters keep their leading 'layers' axis unsplit and 'embed' over fsdp."""
+  from arjax.train.loop import Experiment, train_and_evaluate
+  config = tiny_config(model__backbone__scan_layers=True,
+                       model__backbone__remat="nothing_saveable", train__grad_accum_steps=2,
+                       train__batch_size=16, mesh__data=2, mesh__fsdp=4,
+                       train__checkpoint_every=100)
+  _, shardings = Experiment(config).abstract_state()
+  spec = shardings.params["backbone"]["blocks"]["mlp"]["w1"]["kernel"].spec
+  assert spec[0] is None and spec[1] == "fsdp", spec
+  out = train_and_evaluate(config, str(tmp_path / "run"))
+  assert np.isfinite(float(out["test_bits_per_dim"])), out
