@@ -86,7 +86,9 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an arjax.train run?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.load(f))
+  from arjax.config import upgrade_saved
+  return upgrade_saved(config)  # runs saved before the parts declared their fields.
 
 
 def resolve_step(workdir: str, step: Optional[int] = None) -> int:

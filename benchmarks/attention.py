@@ -82,7 +82,13 @@ def _mib(x):
   return "n/a" if x is None else f"{x / 2 ** 20:.1f}"
 
 
-def run(args):
+HEADER = ["L", "K", "BxH", "mask", "pass", "pallas TF/s", "xla TF/s", "cudnn TF/s",
+          "jax-ops TF/s", "pallas/xla", "pallas/cudnn", "xla temp MiB", "pallas temp MiB",
+          "LxL f32 MiB"]
+
+
+def run(args, quiet: bool = False):
+  """Returns (rows, mem_rows): lists of string cells, rows in the order of HEADER."""
   platform = jax.default_backend()
   dtype = jnp.dtype(args.dtype)
   impls = _impls(platform)
@@ -93,8 +99,8 @@ def run(args):
       b = max(1, args.tokens // l)
       ks = jax.random.split(jax.random.PRNGKey(0), 3)
       q, k, v = (jax.random.normal(kk, (b, l, h, d), dtype) for kk in ks)
-      for causal in (True, False):
-        for bwd in (False, True):
+      for causal in getattr(args, "masks", (True, False)):
+        for bwd in getattr(args, "passes", (False, True)):
           fns, mem = {}, {}
           for name, fn in impls.items():
             f = _make(fn, causal, bwd)
@@ -117,9 +123,9 @@ def run(args):
               ratio("pallas", "xla"), ratio("pallas", "cudnn"),
               _mib(mem.get("xla")), _mib(mem.get("pallas")), _mib(b * h * l * l * 4)])
   mem_rows = _memory_rows(args, impls, dtype) if args.mem_seqs else []
-  header = ["L", "K", "BxH", "mask", "pass", "pallas TF/s", "xla TF/s", "cudnn TF/s",
-            "jax-ops TF/s", "pallas/xla", "pallas/cudnn", "xla temp MiB", "pallas temp MiB",
-            "LxL f32 MiB"]
+  if quiet:
+    return rows, mem_rows
+  header = HEADER
   print(f"\nattention benchmark on {hardware()}, dtype {dtype.name}"
         + (" (smoke: Pallas interpreted on CPU, ratios are not GPU ratios)" if args.smoke else ""))
   print("ratios are time(baseline) / time(pallas): > 1 means Pallas is faster\n")

@@ -1,13 +1,15 @@
 """Train-step throughput and MFU, and the overhead of arjax's step over a bare-jax transformer.
 
   python benchmarks/train_step.py [--layers 4 --dim 256 --tokens 196 --batch 16]
-                                  [--peak_tflops P] [--dtype bfloat16] [--smoke]
+                                  [--peak_tflops P] [--dtype bfloat16] [--scan] [--remat R]
+                                  [--smoke]
 
 Both steps have the same shapes and analytic FLOPs (arjax.train.flops) and the same optax
 AdamW; the bare one is plain jnp functions over a dict of arrays (no Flax, no sharding
 annotations). They are timed interleaved in one process. Prints tokens/s, achieved TFLOP/s, MFU
 (when --peak_tflops is given, e.g. 989 for an H100's dense bf16) and the time ratio
-arjax / bare (goal <= 1.05).
+arjax / bare (goal <= 1.05). --scan runs arjax's blocks as one lax.scan over stacked layers
+(`model.backbone.scan_layers`) against the same bare loop; --remat sets `model.backbone.remat`.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ def make_config(args):
   b = c.model.backbone
   b.num_layers, b.dim, b.num_heads, b.multiple_of = args.layers, args.dim, args.heads, 64
   b.dtype = args.dtype
+  b.scan_layers, b.remat = args.scan, args.remat
   b.rope_null = "identity"
   c.model.class_dropout = 0.0
   c.train.batch_size = args.batch
@@ -100,6 +103,8 @@ def main(argv=None):
   ap.add_argument("--steps_per_call", type=int, default=3)
   ap.add_argument("--peak_tflops", type=float, default=0.0,
                   help="device peak for MFU (e.g. 989 for H100 bf16 dense)")
+  ap.add_argument("--scan", action="store_true", help="model.backbone.scan_layers=True")
+  ap.add_argument("--remat", default="none", help="model.backbone.remat policy")
   ap.add_argument("--smoke", action="store_true")
   args = ap.parse_args(argv)
   if args.smoke:
@@ -153,8 +158,9 @@ def main(argv=None):
   flops = model_flops(config)
   per_step = flops["train_flops_per_step"]
   print(f"hardware: {hardware()}")
-  print(f"model: {args.layers} layers, width {args.dim}, {fm.param_count():,} params, "
-        f"{n} tokens x batch {args.batch}, {args.dtype}; analytic train FLOPs/step {per_step:.3e}")
+  print(f"model: {args.layers} layers ({'scan' if args.scan else 'loop'}, remat {args.remat}), "
+        f"width {args.dim}, {fm.param_count():,} params, {n} tokens x batch {args.batch}, "
+        f"{args.dtype}; analytic train FLOPs/step {per_step:.3e}")
   for k, t in times.items():
     step_s = t / args.steps_per_call
     tflops = per_step / step_s / 1e12

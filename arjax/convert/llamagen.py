@@ -16,6 +16,9 @@ LlamaGen's names (PyTorch `nn.Linear` weights are [out, in]; arjax kernels are [
   norm.weight                           [D]          -> backbone.norm.scale
   output.weight                         [V, D]       -> head.proj.kernel [D, V]
 
+With `model.backbone.scan_layers=True` the blocks are stacked into the scan layout
+(`arjax.nn.transformer.stack_block_params`: blocks.{attn,mlp,...} with a leading [N] axis).
+
 The forward pass then matches LlamaGen's, including its 2D RoPE layout and the zero rotary
 table at the class position (`backbone.rope_null = 'zero'`): tests/convert compare logits with
 a float64 numpy transcription of LlamaGen's forward.
@@ -46,7 +49,8 @@ def _expect(sd: Mapping[str, np.ndarray], key: str, shape) -> np.ndarray:
 
 
 def llamagen_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
-  """LlamaGen GPT state dict -> arjax RasterAR parameters (nested dict of float32 numpy arrays).
+  """LlamaGen GPT state dict -> arjax RasterAR parameters (nested dict of float32 numpy arrays),
+  in the loop or the scan layout as `config.model.backbone.scan_layers` says.
 
   Every tensor of the arjax model is filled and checked; a LlamaGen tensor left over (e.g. a
   text-conditional model's caption projection) is an error naming it.
@@ -97,6 +101,9 @@ def llamagen_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
     raise ValueError(f"LlamaGen checkpoint has tensors the arjax model has no place for: "
                      f"{leftover[:8]}{' ...' if len(leftover) > 8 else ''} (a t2i model, or "
                      f"more layers than --size gives?)")
+  if b.scan_layers:
+    from arjax.nn.transformer import stack_block_params
+    params = stack_block_params(params)
   return params
 
 

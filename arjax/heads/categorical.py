@@ -23,7 +23,7 @@ class CategoricalHead(nnx.Module):
   def __init__(self, dim: int, vocab_size: int, *, rngs: nnx.Rngs, dtype=None,
                label_smoothing: float = 0.0):
     self.proj = Dense(dim, vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype,
-                      init=nnx.initializers.normal(stddev=0.02))
+                      init=nnx.initializers.normal(stddev=0.02), preferred_element_type=jnp.float32)
     self.vocab_size = vocab_size
     self.label_smoothing = label_smoothing
 

@@ -6,9 +6,12 @@ register in `IMPLS`:
   'pallas'  arjax's Pallas kernels: `flash_gpu` (Triton) on GPU, or `decode` (split-K) there
             when a few queries meet a long KV cache; `flash_tpu` (Mosaic) on TPU; on CPU the
             Triton kernels run in the Pallas interpreter (slow: for tests only);
-  'cudnn'   `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, f16/bf16), a baseline.
-'auto' picks 'pallas' on GPU and TPU and 'xla' on CPU; whenever it does not take the Pallas
-kernel on an accelerator (dtype, head dim) it logs why.
+  'cudnn'   `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, f16/bf16);
+  'splash'  JAX's bundled splash attention (TPU; `arjax.kernels.splash`).
+'auto' picks 'cudnn' on GPU and 'splash' on TPU where the call allows it (dtype, head dim, mask
+kind, lengths), else 'xla'; on CPU always 'xla'. Whenever it falls back on an accelerator it
+logs why. arjax's own Pallas kernels are opt-in (impl='pallas') until `benchmarks/attention.py`
+has passed its correctness check on the device (docs/benchmarks.md records that; none yet).
 
 Layout (that of `jax.nn.dot_product_attention`): q [B, Lq, H, K], k and v [B, Lk, Hkv, K] with
 H a multiple of Hkv. Legend: B batch, L length, H heads, K head dim.
@@ -65,6 +68,40 @@ def pallas_attention(q, k, v, spec: MaskSpec, *, scale: Optional[float] = None):
 CUDNN_DTYPES = (jnp.float16, jnp.bfloat16)
 
 
+def cudnn_mask_args(spec: MaskSpec, b: int, lq: int, lk: int) -> Optional[dict]:
+  """The MaskSpec as cuDNN's own mask arguments, or None when it needs a dense mask.
+
+  Causal (aligned: q_offset 0, Lq == Lk), sliding-window and kv_length map onto cuDNN's masks.
+  """
+  aligned = isinstance(spec.q_offset, int) and spec.q_offset == 0 and lq == lk
+  simple = spec.q_segment_ids is None and spec.dense is None
+  kw = {}
+  if spec.kv_length is not None:
+    kw["key_value_seq_lengths"] = jnp.broadcast_to(jnp.asarray(spec.kv_length, jnp.int32), (b,))
+  if spec.kind == "causal" and aligned and simple:
+    kw["is_causal"] = True
+  elif spec.kind == "sliding_window" and aligned and simple:
+    kw.update(is_causal=True, local_window_size=(spec.window - 1, 0))
+  elif spec.kind == "bidirectional" and simple:
+    pass
+  else:
+    return None
+  return kw
+
+
+def cudnn_unsupported_reason(q, k, spec: MaskSpec) -> Optional[str]:
+  """None when cuDNN takes this call with its own masks, else why not (one line)."""
+  if q.dtype not in [jnp.dtype(d) for d in CUDNN_DTYPES] or k.dtype != q.dtype:
+    return f"dtype {q.dtype} (k {k.dtype}); cuDNN takes float16 / bfloat16"
+  d = q.shape[-1]
+  if d > 128 or d % 8:
+    return f"head dim {d} (cuDNN: a multiple of 8, <= 128)"
+  if cudnn_mask_args(spec, q.shape[0], q.shape[1], k.shape[1]) is None:
+    return (f"mask kind {spec.kind!r} with offset/segments/dense fields needs a dense mask "
+            "(e.g. a decode step)")
+  return None
+
+
 @IMPLS.register("cudnn")
 def cudnn_attention(q, k, v, spec: MaskSpec, *, scale: Optional[float] = None):
   """`jax.nn.dot_product_attention(implementation='cudnn')` with the MaskSpec mapped onto it.
@@ -85,40 +122,43 @@ def cudnn_attention(q, k, v, spec: MaskSpec, *, scale: Optional[float] = None):
                      "<= 128)")
   b, lq, _, _ = q.shape
   lk = k.shape[1]
-  aligned = isinstance(spec.q_offset, int) and spec.q_offset == 0 and lq == lk
-  simple = spec.q_segment_ids is None and spec.dense is None
-  kw = {}
-  if spec.kv_length is not None:
-    kw["key_value_seq_lengths"] = jnp.broadcast_to(
-        jnp.asarray(spec.kv_length, jnp.int32), (b,))
-  if spec.kind == "causal" and aligned and simple:
-    kw["is_causal"] = True
-  elif spec.kind == "sliding_window" and aligned and simple:
-    kw.update(is_causal=True, local_window_size=(spec.window - 1, 0))
-  elif spec.kind == "bidirectional" and simple:
-    pass
-  else:
+  kw = cudnn_mask_args(spec, b, lq, lk)
+  if kw is None:
     kw = {"mask": spec.materialize(b, lq, lk)}
   return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn", **kw)
 
 
-def _auto_impl(q, k, v) -> str:
+@IMPLS.register("splash")
+def splash_attention(q, k, v, spec: MaskSpec, *, scale: Optional[float] = None):
+  """JAX's bundled splash attention (TPU; interpreted elsewhere, for tests)."""
+  from arjax.kernels import splash
   platform = jax.default_backend()
-  if platform not in ("gpu", "tpu"):
-    _log_once(logging.INFO, f"attention impl 'auto' -> 'xla': platform {platform!r} has no "
-              "Pallas backend (Pallas runs on GPU and TPU)")
+  if platform != "tpu":
+    _log_once(logging.WARNING, f"attention impl 'splash' on platform {platform!r}: running the "
+              "TPU kernel in the Pallas interpreter (correct but slow; use 'xla' or 'auto')")
+  return splash.splash_attention(q, k, v, spec, scale=scale)
+
+
+def _auto_impl(q, k, v, spec: Optional[MaskSpec] = None) -> str:
+  """The implementation 'auto' takes for this call on the current backend (module docstring)."""
+  spec = spec or MaskSpec(kind="causal")
+  platform = jax.default_backend()
+  if platform == "gpu":
+    reason = cudnn_unsupported_reason(q, k, spec)
+    choice = "cudnn"
+  elif platform == "tpu":
+    from arjax.kernels import splash
+    reason = splash.unsupported_reason(q, k, v, spec)
+    choice = "splash"
+  else:
+    _log_once(logging.INFO, f"attention impl 'auto' -> 'xla': platform {platform!r} (cuDNN "
+              "and splash attention run on GPU and TPU)")
     return "xla"
-  try:
-    if platform == "tpu":
-      from arjax.kernels import flash_tpu
-      flash_tpu.check_supported(q, k, v)
-    else:
-      from arjax.kernels import flash_gpu
-      flash_gpu.check_supported(q, k, v)
-  except ValueError as e:
-    _log_once(logging.WARNING, f"attention impl 'auto' -> 'xla' on {platform}: {e}")
+  if reason is not None:
+    _log_once(logging.WARNING, f"attention impl 'auto' -> 'xla' on {platform}: {choice} cannot "
+              f"take {reason}")
     return "xla"
-  return "pallas"
+  return choice
 
 
 def attention(q, k, v, mask: Union[str, MaskSpec, None] = "causal", *, impl: str = "auto",
@@ -128,8 +168,8 @@ def attention(q, k, v, mask: Union[str, MaskSpec, None] = "causal", *, impl: str
   Args:
     q: [B, Lq, H, K]; k, v: [B, Lk, Hkv, K], H % Hkv == 0.
     mask: a MaskSpec, or 'causal' / 'bidirectional'.
-    impl: 'auto' (Pallas on GPU/TPU, XLA on CPU), or a registered name: 'xla', 'pallas',
-      'cudnn'.
+    impl: 'auto' (cuDNN on GPU, splash on TPU where the call allows, else XLA; XLA on CPU),
+      or a registered name: 'xla', 'pallas', 'cudnn', 'splash'.
     scale: logits scale, default K ** -0.5.
   Returns: [B, Lq, H, K].
   Raises:
@@ -139,7 +179,7 @@ def attention(q, k, v, mask: Union[str, MaskSpec, None] = "causal", *, impl: str
   check_shapes(q, k, v)
   spec = as_mask_spec(mask)
   spec.validate(q.shape[0], q.shape[1], k.shape[1])
-  name = _auto_impl(q, k, v) if impl == "auto" else impl
+  name = _auto_impl(q, k, v, spec) if impl == "auto" else impl
   fn = IMPLS.get(name, field="attention impl")
   return fn(q, k, v, spec, scale=scale)
 

@@ -2,7 +2,8 @@
 
 Layout (that of `jax.nn.dot_product_attention`):
   q [B, Lq, H, K], k and v [B, Lk, Hkv, K] with H a multiple of Hkv (grouped-query heads).
-Returns [B, Lq, H, K] in q's dtype. Rows whose keys are all hidden return zeros.
+Returns [B, Lq, H, K] in q's dtype. Rows whose keys are all hidden return zeros. Low-precision
+operands stay low-precision; the contractions accumulate in float32.
 """
 from __future__ import annotations
 
@@ -29,7 +30,13 @@ def check_shapes(q, k, v) -> None:
 
 def attention_reference(q, k, v, spec: MaskSpec, *, scale: Optional[float] = None,
                         precision=None, accum_dtype=jnp.float32):
-  """Softmax(q k^T * scale + mask) v, computed densely in `accum_dtype`."""
+  """Softmax(q k^T * scale + mask) v with the matmuls accumulated in `accum_dtype`.
+
+  The operands keep their dtype (bf16 q, k, v go into the MXU/tensor cores as bf16) and
+  `preferred_element_type` makes both contractions accumulate and return `accum_dtype`; the
+  softmax runs in `accum_dtype`, and its probabilities are cast back to v's dtype for the second
+  matmul, as flash-attention kernels do. For float32 inputs this is plain float32 attention.
+  """
   check_shapes(q, k, v)
   b, lq, h, d = q.shape
   lk, hkv = k.shape[1], k.shape[2]
@@ -38,21 +45,26 @@ def attention_reference(q, k, v, spec: MaskSpec, *, scale: Optional[float] = Non
   g = h // hkv
   mask = spec.materialize(b, lq, lk)  # [B or 1, 1 or H, Lq, Lk]
   big_neg = jnp.finfo(accum_dtype).min
+  # Operands in one dtype (the wider of q's and k's), never wider than the accumulator.
+  out_dtype = q.dtype
+  op_dtype = jnp.promote_types(q.dtype, k.dtype)
+  if jnp.finfo(op_dtype).bits > jnp.finfo(accum_dtype).bits:
+    op_dtype = accum_dtype
+  q, k, v = q.astype(op_dtype), k.astype(op_dtype), v.astype(op_dtype)
+  acc = dict(precision=precision, preferred_element_type=accum_dtype)
   if g == 1:  # plain multi-head: 4-D contractions, which XLA:CPU runs much faster than 5-D.
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(accum_dtype), k.astype(accum_dtype),
-                        precision=precision) * scale
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, **acc) * scale
   else:
-    qg = q.reshape(b, lq, hkv, g, d).astype(accum_dtype)
-    logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k.astype(accum_dtype), precision=precision)
+    qg = q.reshape(b, lq, hkv, g, d)
+    logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, **acc)
     logits = logits.reshape(b, h, lq, lk) * scale
   logits = jnp.where(mask, logits, big_neg)
   # Masked logits sit at the dtype's minimum, so exp() sends them to 0 whenever a row has one
   # visible key; rows with none are zeroed explicitly below.
   p = jax.nn.softmax(logits, axis=-1)
-  p = jnp.where(jnp.any(mask, axis=-1, keepdims=True), p, 0.0)
+  p = jnp.where(jnp.any(mask, axis=-1, keepdims=True), p, 0.0).astype(op_dtype)
   if g == 1:
-    out = jnp.einsum("bhqk,bkhd->bqhd", p, v.astype(accum_dtype), precision=precision)
+    out = jnp.einsum("bhqk,bkhd->bqhd", p, v, **acc)
   else:
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", p.reshape(b, hkv, g, lq, lk), v.astype(accum_dtype),
-                     precision=precision)
-  return out.reshape(b, lq, h, d).astype(q.dtype)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", p.reshape(b, hkv, g, lq, lk), v, **acc)
+  return out.reshape(b, lq, h, d).astype(out_dtype)

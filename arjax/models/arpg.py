@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arjax.kernels.masks import MaskSpec
-from arjax.models.ordered_ar import OrderedAR
+from arjax.models.ordered_ar import OrderedAR, OrderedFields
 from arjax.models.registry import MODELS
 from arjax.nn.cross_attention import CrossBlock
 from arjax.nn.layers import DenseGeneral, make_norm
@@ -129,6 +129,6 @@ class ARPG(OrderedAR):
     return self.head(self.out_norm(q))
 
 
-@MODELS.register("arpg")
+@MODELS.register("arpg", fields=OrderedFields)
 def _build(config, *, rngs):
   return ARPG(config, rngs=rngs)

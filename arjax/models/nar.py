@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arjax.heads.categorical import HEADS
-from arjax.models.ordered_ar import OrderedAR
+from arjax.models.ordered_ar import OrderedAR, OrderedFields
 from arjax.models.registry import MODELS
 from arjax.nn.layers import make_norm
 from arjax.nn.transformer import Block
@@ -89,6 +89,6 @@ class NAR(OrderedAR):
     return self.grid_logits_of_layout(tokens, labels, layout)
 
 
-@MODELS.register("nar")
+@MODELS.register("nar", fields=OrderedFields)
 def _build(config, *, rngs):
   return NAR(config, rngs=rngs)

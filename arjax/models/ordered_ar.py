@@ -23,6 +23,7 @@ Legend: B batch, N tokens, L slots, P start slots, D width, V vocabulary, T toke
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Tuple
 
 import jax
@@ -32,6 +33,7 @@ from flax import nnx
 
 from arjax.heads.categorical import HEADS
 from arjax.kernels.masks import MaskSpec
+from arjax.models.raster_ar import GeneratorFields, model_fields
 from arjax.models.registry import MODELS
 from arjax.nn.layers import AdaLNModulation, Embed, LayerNorm, modulate, make_param
 from arjax.nn.transformer import Transformer, TransformerConfig
@@ -42,20 +44,17 @@ from arjax.tokenizers import build_tokenizer
 register_support("raster_ar", orders=("raster",))  # RasterAR reads RasterOrder's own API.
 register_support("ordered_ar", mask_kinds=("causal", "bidirectional", "block"))
 
-MODEL_DEFAULTS = dict(
-    learned_pos=False,       # add a learned table indexed by the slot's grid cell.
-    target_aware=False,      # RAR: add a second table indexed by the cell the slot predicts.
-    start_token=False,       # RAR: a learned [cls] slot before the class token.
-    timestep_cond=False,     # RAR: adaLN condition = class embedding + per-slot embedding.
-    final_adaln=False,       # RAR: adaLN (shift, scale) before the head.
-    pos_table_extra=0,       # extra rows of the position tables (RAR's released layout: 1024).
-    slot_table_extra=0,      # extra rows of the per-slot table (RAR: 100).
-    input_norm=False,        # LPD: LayerNorm on the slot embeddings (its `z_proj_ln`).
-)
-
-
-def model_option(m: ml_collections.ConfigDict, key: str):
-  return m.get(key, MODEL_DEFAULTS[key])
+@dataclasses.dataclass(frozen=True)
+class OrderedFields(GeneratorFields):
+  """`config.model` of 'ordered_ar' (and of 'arpg' and 'nar', built on it)."""
+  learned_pos: bool = False       # add a learned table indexed by the slot's grid cell.
+  target_aware: bool = False      # RAR: add a second table indexed by the cell the slot predicts.
+  start_token: bool = False       # RAR: a learned [cls] slot before the class token.
+  timestep_cond: bool = False     # RAR: adaLN condition = class embedding + per-slot embedding.
+  final_adaln: bool = False       # RAR: adaLN (shift, scale) before the head.
+  pos_table_extra: int = 0        # extra rows of the position tables (RAR's released layout: 1024).
+  slot_table_extra: int = 0       # extra rows of the per-slot table (RAR: 100).
+  input_norm: bool = False        # LPD: LayerNorm on the slot embeddings (its `z_proj_ln`).
 
 
 def gather_cells(x, idx):
@@ -78,21 +77,21 @@ class OrderedAR(nnx.Module):
   target_queries = False
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = config.model
-    self.config_name = m.name
+    m = model_fields(OrderedFields, config)
+    self.config_name = config.model.name
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
-    self.backbone_cfg = TransformerConfig.from_config(m.backbone)
+    self.backbone_cfg = TransformerConfig.from_config(config.model.backbone)
     cfg = self.backbone_cfg
     dim, dt = cfg.dim, cfg.compute_dtype
     n = self.tokenizer.tokens_per_image
     self.num_tokens = n
     self.num_classes, self.null_class = m.num_classes, m.num_classes
     self.class_dropout = m.class_dropout
-    self.learned_pos = model_option(m, "learned_pos")
-    self.target_aware = model_option(m, "target_aware")
-    self.start_slots = 1 if model_option(m, "start_token") else 0
-    self.timestep_cond = model_option(m, "timestep_cond")
+    self.learned_pos = m.learned_pos
+    self.target_aware = m.target_aware
+    self.start_slots = 1 if m.start_token else 0
+    self.timestep_cond = m.timestep_cond
     if self.timestep_cond and not cfg.adaln:
       raise ValueError("model.timestep_cond=True conditions adaLN: set model.backbone.adaln=True")
     if cfg.adaln and not self.timestep_cond:
@@ -112,19 +111,19 @@ class OrderedAR(nnx.Module):
     init = nnx.initializers.normal(stddev=0.02)
     self.query = make_param(rngs, init, (dim,), ("embed",))
     self.start = make_param(rngs, init, (dim,), ("embed",)) if self.start_slots else None
-    rows = n + model_option(m, "pos_table_extra")
+    rows = n + m.pos_table_extra
     self.pos_table = (Embed(rows, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
                       if self.learned_pos else None)
     self.target_table = (Embed(rows, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
                          if self.target_aware else None)
     self.max_slots = self._max_slots() + self.start_slots
-    self.slot_table = (Embed(self.max_slots + model_option(m, "slot_table_extra"), dim, rngs=rngs,
+    self.slot_table = (Embed(self.max_slots + m.slot_table_extra, dim, rngs=rngs,
                              axes=(None, "embed"), dtype=dt) if self.timestep_cond else None)
     self.backbone = Transformer(cfg, rngs=rngs)
     self.final_ada = (AdaLNModulation(dim, dim, 2, rngs=rngs, dtype=dt, use_bias=cfg.bias)
-                      if model_option(m, "final_adaln") else None)
+                      if m.final_adaln else None)
     self.input_norm = (LayerNorm(dim, rngs=rngs, eps=cfg.norm_eps)
-                       if model_option(m, "input_norm") else None)
+                       if m.input_norm else None)
     self.head = HEADS.get(m.head, field="model.head")(dim, self.tokenizer.vocab_size, rngs=rngs,
                                                       dtype=dt, label_smoothing=m.label_smoothing)
     self.drop = nnx.Dropout(m.token_dropout, rngs=rngs) if m.token_dropout > 0 else None
@@ -293,6 +292,6 @@ class OrderedAR(nnx.Module):
                         pos, tgt, pos)
 
 
-@MODELS.register("ordered_ar")
+@MODELS.register("ordered_ar", fields=OrderedFields)
 def _build(config, *, rngs):
   return OrderedAR(config, rngs=rngs)

@@ -8,6 +8,7 @@ Legend: B batch, N tokens per image, D width, V vocabulary, T tokens fed in one 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Tuple
 
 import jax
@@ -20,16 +21,35 @@ from arjax.models.registry import MODELS
 from arjax.nn.layers import Embed
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import build_order
+from arjax.registry import read_fields
 from arjax.tokenizers import build_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorFields:
+  """`config.model` of the class-conditional generators (raster_ar; ordered_ar adds its own).
+  Sub-node `model.backbone`: the fields of TransformerConfig."""
+  SUBNODES = {"backbone": TransformerConfig}
+  num_classes: int = 10           # class-conditional; index num_classes is the null class.
+  class_dropout: float = 0.1      # probability of the null class in training (for CFG).
+  token_dropout: float = 0.0      # dropout on input embeddings.
+  head: str = "categorical"       # registry name in arjax.heads.
+  label_smoothing: float = 0.0    # cross-entropy label smoothing.
+
+
+def model_fields(fields_cls, config):
+  """The fields the model `config.model.name` declares (`fields_cls`), read from config.model."""
+  m = config.model
+  return read_fields(fields_cls, m, f"model {m.name!r} (config.model)")
 
 
 class RasterAR(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = config.model
+    m = model_fields(GeneratorFields, config)
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
-    self.backbone_cfg = TransformerConfig.from_config(m.backbone)
+    self.backbone_cfg = TransformerConfig.from_config(config.model.backbone)
     dim = self.backbone_cfg.dim
     dt = self.backbone_cfg.compute_dtype
     self.num_classes = m.num_classes
@@ -93,11 +113,13 @@ class RasterAR(nnx.Module):
   def decode_tokens(self, tokens, token_index, caches):
     """Feeds tokens int32 [B, T] = x_i ... x_{i+T-1} (i = token_index, cache slots i+1 ...).
 
+    token_index: a scalar, or int32 [B] when rows have been fed different numbers of tokens.
     Returns (logits [B, T, V] predicting x_{i+1} ... x_{i+T}, caches).
     """
     b, t = tokens.shape
-    pos = jax.lax.dynamic_slice_in_dim(self.order.grid_positions, token_index, t, axis=0)
-    pos = jnp.broadcast_to(pos, (b, t, 2))
+    token_index = jnp.asarray(token_index, jnp.int32)
+    pos = jax.vmap(lambda i: jax.lax.dynamic_slice_in_dim(self.order.grid_positions, i, t, 0))(
+        jnp.broadcast_to(token_index, (b,)))
     slot = token_index + 1
     h, caches = self.backbone(self.token_embed(tokens), positions=pos,
                               mask=self.order.decode_mask(slot, t), caches=caches,
@@ -105,6 +127,6 @@ class RasterAR(nnx.Module):
     return self.head(h), caches
 
 
-@MODELS.register("raster_ar")
+@MODELS.register("raster_ar", fields=GeneratorFields)
 def _build(config, *, rngs):
   return RasterAR(config, rngs=rngs)

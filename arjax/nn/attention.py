@@ -5,7 +5,8 @@ projects, rotates and caches. The mask is a `MaskSpec` chosen by the generation 
 
 KV cache: a dict {'k': [B, S, Hkv, K], 'v': [B, S, Hkv, K]} passed in and returned, so the
 decode loop stays a pure function (the sampler donates it). New keys are written at
-`cache_index` (a scalar shared by the batch).
+`cache_index`: a scalar shared by the batch, or int32 [B], one slot per sequence, so rows can
+advance by different amounts (speculative decoding, continuous batching).
 
 Legend: B batch, L length, S cache length, D width, H heads, Hkv key/value heads, K head dim.
 """
@@ -29,6 +30,23 @@ def init_cache(batch: int, length: int, num_kv_heads: int, head_dim: int, dtype=
                ) -> Cache:
   shape = (batch, length, num_kv_heads, head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+  """cache [B, S, ...] with new [B, T, ...] written at slots index ... index + T - 1.
+
+  index: int32 scalar (every row) or int32 [B] (one slot per row). As with
+  `lax.dynamic_update_slice`, a write that would run past S is moved back to end at S.
+  """
+  new = new.astype(cache.dtype)
+  if index.ndim == 0:
+    starts = (jnp.zeros((), jnp.int32), index) + (jnp.zeros((), jnp.int32),) * (cache.ndim - 2)
+    return jax.lax.dynamic_update_slice(cache, new, starts)
+  if index.shape != (cache.shape[0],):
+    raise ValueError(f"cache_index has shape {index.shape}; expected a scalar or "
+                     f"[{cache.shape[0]}] (one slot per row of the batch)")
+  return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, 0)
+                  )(cache, new, index)
 
 
 class Attention(nnx.Module):
@@ -70,11 +88,7 @@ class Attention(nnx.Module):
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     if cache is not None:
       idx = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
-      zero = jnp.zeros((), jnp.int32)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
-                                       (zero, idx, zero, zero))
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
-                                       (zero, idx, zero, zero))
+      k, v = write_cache(cache["k"], k, idx), write_cache(cache["v"], v, idx)
       cache = {"k": k, "v": v}
       k, v = k.astype(q.dtype), v.astype(q.dtype)
     out = kernels.attention(q, k, v, mask, impl=self.impl)

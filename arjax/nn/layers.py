@@ -27,21 +27,27 @@ def make_param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Axes,
 
 
 class Dense(nnx.Module):
-  """y = x W (+ b with use_bias; Llama has none), W [in, out] with logical axes `axes`."""
+  """y = x W (+ b with use_bias; Llama has none), W [in, out] with logical axes `axes`.
+
+  `dtype` is the compute dtype of the operands; `preferred_element_type` the dtype the matmul
+  accumulates and returns in (float32 for logits over a large vocabulary from bf16 operands).
+  """
 
   def __init__(self, in_features: int, out_features: int, *, axes: Axes, rngs: nnx.Rngs,
-               init=None, param_dtype=jnp.float32, dtype=None, use_bias: bool = False):
+               init=None, param_dtype=jnp.float32, dtype=None, use_bias: bool = False,
+               preferred_element_type=None):
     init = init or nnx.initializers.normal(stddev=in_features ** -0.5)
     self.kernel = make_param(rngs, init, (in_features, out_features), axes, param_dtype)
     self.bias = (make_param(rngs, nnx.initializers.zeros, (out_features,), axes[-1:], param_dtype)
                  if use_bias else None)
     self.dtype = dtype
+    self.preferred_element_type = preferred_element_type
 
   def __call__(self, x):
     w = self.kernel[...]
     if self.dtype is not None:
       x, w = x.astype(self.dtype), w.astype(self.dtype)
-    y = jnp.dot(x, w)
+    y = jnp.dot(x, w, preferred_element_type=self.preferred_element_type)
     if self.bias is not None:
       y = y + self.bias[...].astype(y.dtype)
     return y
@@ -147,23 +153,31 @@ def swiglu_hidden_dim(dim: int, multiple_of: int = 256, ffn_dim_multiplier: Opti
   return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+def _dropout(rate: float, rngs: nnx.Rngs, stream: bool) -> Optional[nnx.Dropout]:
+  """Dropout drawing from the module's own RNG stream, or (stream=False) from a key given at
+  call time: stacked (scanned) blocks hold no RNG state, their keys come in per layer."""
+  if rate <= 0:
+    return None
+  return nnx.Dropout(rate, rngs=rngs) if stream else nnx.Dropout(rate)
+
+
 class SwiGLU(nnx.Module):
   """w2(silu(w1 x) * w3 x) (Shazeer 2020), no biases. x [B, L, D] -> [B, L, D]."""
 
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=None,
-               param_dtype=jnp.float32, dropout: float = 0.0):
+               param_dtype=jnp.float32, dropout: float = 0.0, dropout_stream: bool = True):
     self.w1 = Dense(dim, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype,
                     param_dtype=param_dtype)
     self.w3 = Dense(dim, hidden, axes=("embed", "mlp"), rngs=rngs, dtype=dtype,
                     param_dtype=param_dtype)
     self.w2 = Dense(hidden, dim, axes=("mlp", "embed"), rngs=rngs, dtype=dtype,
                     param_dtype=param_dtype)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+    self.dropout = _dropout(dropout, rngs, dropout_stream)
 
-  def __call__(self, x, *, deterministic: bool = True):
+  def __call__(self, x, *, deterministic: bool = True, dropout_key=None):
     h = jax.nn.silu(self.w1(x)) * self.w3(x)
     if self.dropout is not None:
-      h = self.dropout(h, deterministic=deterministic)
+      h = self.dropout(h, deterministic=deterministic, rngs=dropout_key)
     return self.w2(h)
 
 
@@ -171,16 +185,17 @@ class GeluMLP(nnx.Module):
   """fc2(gelu(fc1 x)) (ViT / timm `Mlp`, exact erf GELU). x [B, L, D] -> [B, L, D]."""
 
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=None,
-               param_dtype=jnp.float32, dropout: float = 0.0, use_bias: bool = True):
+               param_dtype=jnp.float32, dropout: float = 0.0, use_bias: bool = True,
+               dropout_stream: bool = True):
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, use_bias=use_bias)
     self.fc1 = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
     self.fc2 = Dense(hidden, dim, axes=("mlp", "embed"), **kw)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+    self.dropout = _dropout(dropout, rngs, dropout_stream)
 
-  def __call__(self, x, *, deterministic: bool = True):
+  def __call__(self, x, *, deterministic: bool = True, dropout_key=None):
     h = jax.nn.gelu(self.fc1(x), approximate=False)
     if self.dropout is not None:
-      h = self.dropout(h, deterministic=deterministic)
+      h = self.dropout(h, deterministic=deterministic, rngs=dropout_key)
     return self.fc2(h)
 
 

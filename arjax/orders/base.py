@@ -12,6 +12,7 @@ Legend: B batch, N tokens per image, L slots in the layout.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 from flax import struct
 
 from arjax.kernels.masks import MaskSpec
-from arjax.registry import Registry
+from arjax.registry import Registry, read_fields
 
 ORDERS: Registry = Registry("order")
 
@@ -56,6 +57,18 @@ def check_support(order, model_name: str) -> None:
   if kinds and order.mask_kind not in kinds:
     raise ValueError(f"order.name={order.name!r} needs a {order.mask_kind!r} attention mask, "
                      f"but model.name={model_name!r} supports only {list(kinds)}")
+
+
+def order_fields(fields_cls, config, name: str):
+  """The fields order `name` declares (`fields_cls`), read from `config.order` (the declared
+  defaults where it sets none); an undeclared field fails naming the order and the field."""
+  node = config["order"] if "order" in config else None
+  return read_fields(fields_cls, node, f"order {name!r} (config.order)")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoFields:
+  """The fields of an order that reads none from `config.order` (raster, NAR)."""
 
 
 def build_order(config, tokenizer):

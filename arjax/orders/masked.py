@@ -14,6 +14,7 @@ Legend: B batch, N tokens, L = N + 1 slots.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -22,8 +23,18 @@ import numpy as np
 
 from arjax.kernels.masks import MaskSpec
 from arjax.orders import schedules
-from arjax.orders.base import ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm
-from arjax.orders.random import _get
+from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm,
+                               order_fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedFields:
+  """`config.order` of order 'masked' (MaskGIT's defaults; MaskGIL: arccos, all, maskgil)."""
+  mask_schedule: str = "cosine"   # training mask ratio gamma(r): cosine | arccos | linear | square.
+  loss_on: str = "masked"         # masked (MaskGIT) | all (MaskGIL's code).
+  num_steps: int = 8              # sampling steps.
+  reveal: str = "maskgit"         # how many tokens a step reveals: maskgit | maskgil.
+  gumbel_temperature: float = 4.5  # initial temperature of the Gumbel noise on confidences.
 
 
 class MaskedOrder(Order):
@@ -97,11 +108,10 @@ class MaskedOrder(Order):
                                                 kind=self.reveal)
 
 
-@ORDERS.register("masked")
+@ORDERS.register("masked", fields=MaskedFields)
 def _build_masked(config, tokenizer):
+  f = order_fields(MaskedFields, config, "masked")
   return MaskedOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid,
-                     mask_schedule=_get(config, "mask_schedule", "cosine"),
-                     loss_on=_get(config, "loss_on", "masked"),
-                     num_steps=_get(config, "num_steps", 8) or 8,
-                     reveal=_get(config, "reveal", "maskgit"),
-                     gumbel_temperature=_get(config, "gumbel_temperature", 4.5))
+                     mask_schedule=f.mask_schedule, loss_on=f.loss_on,
+                     num_steps=f.num_steps or 8, reveal=f.reveal,
+                     gumbel_temperature=f.gumbel_temperature)

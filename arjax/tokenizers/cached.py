@@ -10,11 +10,21 @@ Legend: B batch, N = grid*grid tokens, H/W image size, C channels.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import numpy as np
 
+from arjax.registry import read_fields
 from arjax.tokenizers.base import TOKENIZERS
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedFields:
+  """`config.tokenizer` of tokenizer 'cached'."""
+  vocab_size: int = 0             # codebook size of the pre-tokenized data (must be set: > 1).
+  grid: int = 0                   # token grid side, grid*grid tokens (must be set: > 0).
+  checkpoint: str = ""            # workdir of the tokenizer run that decodes samples ('': none).
 
 
 class CachedTokens:
@@ -60,7 +70,7 @@ class CachedTokens:
     return np.stack([np.repeat(r, self.grid[1]), np.tile(r, self.grid[0])], -1).astype(np.int32)
 
 
-@TOKENIZERS.register("cached")
+@TOKENIZERS.register("cached", fields=CachedFields)
 def _build_cached(config):
-  t = config.tokenizer
-  return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.get("checkpoint", ""))
+  t = read_fields(CachedFields, config.tokenizer, "tokenizer 'cached' (config.tokenizer)")
+  return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.checkpoint)

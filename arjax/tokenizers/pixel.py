@@ -9,12 +9,22 @@ Legend: B batch, H/W image size, C channels, R resolution, N = R*R*C tokens.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Tuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from arjax.registry import read_fields
 from arjax.tokenizers.base import TOKENIZERS
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelFields:
+  """`config.tokenizer` of tokenizer 'pixel'."""
+  levels: int = 8                 # grey levels per sub-pixel (the vocabulary).
+  resolution: int = 14            # token grid side (images are area-downsampled to it).
+  channels: int = 1               # image channels.
 
 
 class PixelTokenizer:
@@ -67,7 +77,7 @@ class PixelTokenizer:
     return np.stack([rows, cols], -1).astype(np.int32)
 
 
-@TOKENIZERS.register("pixel")
+@TOKENIZERS.register("pixel", fields=PixelFields)
 def _build_pixel(config):
-  t = config.tokenizer
+  t = read_fields(PixelFields, config.tokenizer, "tokenizer 'pixel' (config.tokenizer)")
   return PixelTokenizer(levels=t.levels, resolution=t.resolution, channels=t.channels)

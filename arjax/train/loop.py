@@ -27,9 +27,10 @@ from arjax import parallel
 from arjax.parallel import checks  # [scale] layout checks, fault hook
 from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
-from arjax.train.checkpoint import Checkpointer
+from arjax.train.checkpoint import Checkpointer, check_keep
 from arjax.train import memory  # [scale] per-device memory report of the first step
 from arjax.train.evaluation import EVALUATIONS, evaluation_kind
+from arjax.train.lock import WorkdirLock
 from arjax.core.functional import FunctionalModel, abstract_module
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
@@ -136,7 +137,8 @@ class Experiment:
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
   def jit_train_step(self, state_shardings):
-    step = make_train_step(self.fm, self.tx, self.schedule, self.config.train.ema_decay)
+    step = make_train_step(self.fm, self.tx, self.schedule, self.config.train.ema_decay,
+                           self.config.train.grad_accum_steps)
     step = with_activation_sharding(step, self.mesh, self.rules)
     return jax.jit(step, in_shardings=(state_shardings, None),
                    out_shardings=(state_shardings, None), donate_argnums=(0,))
@@ -214,10 +216,18 @@ def _meta(config) -> Dict[str, Any]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
 
-  Returns the final metrics (test bits/dim, steps, paths of the sample grid).
+  Returns the final metrics (test bits/dim, steps, paths of the sample grid). Holds the workdir
+  lock (arjax.train.lock) for the whole run: a second trainer on the workdir is refused.
   """
+  check_keep(config.train.keep_checkpoints)
   parallel.maybe_initialize_distributed()
   check_workdir(workdir)
+  with WorkdirLock(workdir, process_index=jax.process_index(),
+                   process_count=jax.process_count()):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   t = config.train
   exp = Experiment(config)
   checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
@@ -225,11 +235,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
   it = data_lib.make_iterator(config.data, split="train", global_batch_size=t.batch_size,
                               seed=config.seed, shuffle=True, num_epochs=None)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    state, data_state, _ = ckpt.restore(latest, target)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  # The newest intact step (digests verified; corrupt newer steps are named and moved aside).
+  restored = ckpt.restore_latest(target)
+  if restored is not None:
+    latest, state, data_state = restored
     if data_state:  # a converted checkpoint (arjax.convert) has no iterator state yet.
       it.set_state(data_state)
     _log.info("resumed from %s/%d", ckpt.directory, latest)

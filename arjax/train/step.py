@@ -7,6 +7,14 @@ Model state (`TrainState.model_state`: the VQ EMA codebook and its statistics, a
 is what the forward pass with train=True leaves in the module's non-parameter variables; it
 comes out of the loss function as auxiliary output, never differentiated, and the optimizer
 never sees it.
+
+Gradient accumulation (`train.grad_accum_steps` = k > 1): the batch is cut into k micro-batches
+inside the jitted step (row j goes to micro-batch j mod k, so each device's shard of a
+data-parallel batch feeds every micro-batch), a `lax.scan` computes each one's loss and
+gradient, and the update uses their mean: for a loss that is a mean over equally sized
+micro-batches this is the gradient of the whole batch, at 1/k of the activation memory. Model
+state (VQ EMA statistics) is carried from one micro-batch to the next; micro-batch i draws its
+randomness from the step key folded with i.
 """
 # (no `from __future__ import annotations`: clu reads the metric annotations at runtime)
 
@@ -51,22 +59,60 @@ def step_key(state: TrainState):
   return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
+def split_micro_batches(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
+  """[B, ...] arrays -> [k, B / k, ...]; row j of the batch goes to micro-batch j mod k."""
+  def split(name, x):
+    if x.ndim == 0 or x.shape[0] % k:
+      raise ValueError(f"train.grad_accum_steps={k} does not divide the batch: batch[{name!r}] "
+                       f"has shape {x.shape}; train.batch_size must be a multiple of {k}")
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return {name: split(name, x) for name, x in batch.items()}
+
+
 def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, schedule,
-                    ema_decay: float):
+                    ema_decay: float, grad_accum_steps: int = 1):
+  if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+    raise ValueError(f"train.grad_accum_steps={grad_accum_steps!r}; expected an integer >= 1")
+  k = grad_accum_steps
+
+  def grads_of(params, batch, rng, model_state):
+    def loss_fn(params):
+      model = fm.bind(params, rng, model_state)
+      loss, metrics = model.loss(batch, train=True)
+      return loss, (metrics, jax.lax.stop_gradient(fm.model_state_of(model)))
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  def accumulated(params, batch, rng, model_state, step):
+    micro = split_micro_batches(batch, k)
+
+    def body(carry, xs):
+      grads, model_state = carry
+      i, mb = xs
+      (loss, (metrics, model_state)), g = grads_of(params, dict(mb, step=step),
+                                                   jax.random.fold_in(rng, i), model_state)
+      grads = jax.tree.map(lambda a, b: a + b.astype(a.dtype), grads, g)
+      return (grads, model_state), (loss, metrics)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.result_type(p.dtype, jnp.float32)),
+                         params)
+    (grads, model_state), (losses, metrics) = jax.lax.scan(
+        body, (zeros, model_state), (jnp.arange(k), micro))
+    grads = jax.tree.map(lambda g, p: (g / k).astype(p.dtype), grads, params)
+    # Means over micro-batches, except token counts, which add up.
+    metrics = {name: (m.sum(0) if name == "num_tokens" else m.mean(0))
+               for name, m in metrics.items()}
+    return (losses.mean(), (metrics, model_state)), grads
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array]
                  ) -> Tuple[TrainState, Any]:
     rng = step_key(state)
-    # Models that schedule something over training (RAR's order annealing) read batch['step'].
-    batch = dict(batch, step=state.step)
-
-    def loss_fn(params):
-      model = fm.bind(params, rng, state.model_state)
-      loss, metrics = model.loss(batch, train=True)
-      return loss, (metrics, jax.lax.stop_gradient(fm.model_state_of(model)))
-
-    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    if k == 1:
+      # Models that schedule something over training (RAR's order annealing) read batch['step'].
+      (loss, (metrics, model_state)), grads = grads_of(
+          state.params, dict(batch, step=state.step), rng, state.model_state)
+    else:
+      (loss, (metrics, model_state)), grads = accumulated(
+          state.params, batch, rng, state.model_state, state.step)
     grad_norm = optax.tree_utils.tree_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

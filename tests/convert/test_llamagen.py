@@ -116,6 +116,21 @@ def test_converted_logits_equal_llamagens_forward():
   assert np.abs(np.asarray(other.logits(tokens, labels)) - want).max() > 1e-2
 
 
+def test_scan_layout_conversion_matches_llamagens_forward():
+  cfg = load_config(os.path.join(ROOT, "configs/imagenet256/llamagen.py:size=B"),
+                    OVERRIDES + ["model.backbone.scan_layers=True"])
+  sd = random_state_dict()
+  params = llamagen_params(sd, cfg)
+  assert params["backbone"]["blocks"]["attn"]["wq"]["kernel"].shape == (LAYERS, DIM, HEADS,
+                                                                        DIM // HEADS)
+  model = FunctionalModel.abstract(lambda: build_model(cfg)).bind(jax.tree.map(np.asarray, params))
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(0, VOCAB, (2, GRID * GRID)).astype(np.int32)
+  labels = np.array([0, CLASSES], np.int32)
+  np.testing.assert_allclose(np.asarray(model.logits(tokens, labels)),
+                             llamagen_forward(sd, tokens, labels), rtol=2e-4, atol=2e-4)
+
+
 def test_bad_checkpoints_are_refused_by_name():
   cfg = config()
   sd = random_state_dict()
