@@ -189,6 +189,8 @@ class TrainedTokenizer:
     self.grid = tuple(int(g) for g in m.grid)
     self.tokens_per_image = int(m.tokens_per_image)
     self.continuous = self.vocab_size == 0
+    q = config.model.get("quantizer", {})
+    self.latent_dim = int(q.get("latent_dim", 0)) if q.get("name") == "kl" else 0  # D, or 0.
     self.image_shape = (m.image_size, m.image_size, m.channels)
     fm = self.fm
     self._encode = jax.jit(lambda v, images: fm.bind(v).encode(images))
@@ -205,7 +207,8 @@ class TrainedTokenizer:
   def describe(self) -> Dict[str, Any]:
     return {"workdir": os.path.abspath(self.workdir), "step": int(self.step),
             "vocab_size": self.vocab_size, "grid": list(self.grid),
-            "tokens_per_image": self.tokens_per_image, "continuous": self.continuous}
+            "tokens_per_image": self.tokens_per_image, "continuous": self.continuous,
+            "latent_dim": self.latent_dim}
 
 
 _LOADED: Dict[Tuple[str, Optional[int]], TrainedTokenizer] = {}
