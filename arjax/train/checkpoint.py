@@ -177,6 +177,10 @@ class Checkpointer:
   def _write_digests(self):
     """Orbax's post-finalization callback: runs on the primary process once every process has
     written the step, in the step's temporary directory, before the rename that completes it."""
+    if self._pending is None:  # `manager.save` called directly, bypassing `save`: no digests,
+      _log.warning("a step saved through Checkpointer.manager directly gets no %s",  # so it
+                   DIGESTS_FILE)                                     # restores unverified.
+      return
     tmp = os.path.join(self.directory, f"{self._pending}{ocp.path.atomicity_types.TMP_DIR_SUFFIX}")
     if not os.path.isdir(tmp):  # an Orbax layout change must fail the save, not skip digests.
       raise FileNotFoundError(f"temporary checkpoint directory {tmp} not found for digests")
@@ -319,6 +323,7 @@ class Checkpointer:
         _log.warning("checkpoint save failure (reported above): %s", _reason(e))
         return
       raise self._save_error(self._pending, e) from e
+    self._pending = None  # finished: the digest callback belongs to no step until the next save.
 
   def close(self):
     try:

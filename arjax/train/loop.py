@@ -214,7 +214,7 @@ def _meta(config) -> Dict[str, Any]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
+  """Trains `config` in `workdir` (resuming from its newest intact checkpoint) and evaluates.
 
   Returns the final metrics (test bits/dim, steps, paths of the sample grid). Holds the workdir
   lock (arjax.train.lock) for the whole run: a second trainer on the workdir is refused.
