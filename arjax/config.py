@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.tokenizer.vocab_size = 0      # cached: codebook size of the pre-tokenized data.
   c.tokenizer.grid = 0            # cached: token grid side (grid*grid tokens).
   c.tokenizer.checkpoint = ""     # cached: workdir of the tokenizer run (decodes samples).
+  c.tokenizer.latent_dim = 0      # cached: channels C of continuous latents (0: discrete tokens).
 
   c.order = ml_collections.ConfigDict()
   c.order.name = "raster"         # registry name in arjax.orders.
@@ -74,8 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 10        # class-conditional; index num_classes is the null class.
   c.model.class_dropout = 0.1     # probability of the null class in training (for CFG).
   c.model.token_dropout = 0.0     # dropout on input embeddings.
-  c.model.head = "categorical"    # registry name in arjax.heads.
-  c.model.label_smoothing = 0.0   # cross-entropy label smoothing.
+  h = c.model.head = ml_collections.ConfigDict()
+  h.name = "categorical"          # registry name in arjax.heads (fields: that head's declared ones).
+  h.label_smoothing = 0.0         # categorical: cross-entropy label smoothing.
   b = c.model.backbone = ml_collections.ConfigDict()
   b.num_layers = 4                # transformer blocks.
   b.num_heads = 4                 # query heads.
@@ -124,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   e.temperature = 1.0             # sampling temperature (0: greedy).
   e.top_k = 0                     # top-k filtering (0: off).
   e.top_p = 1.0                   # nucleus filtering (1: off).
+
+  s = c.sampling = ml_collections.ConfigDict()
+  s.name = "auto"                 # sampler registry name (arjax.sampling); auto: the model's default.
+  # The sampling options (cfg_scale, temperature, top_k, top_p) are the eval.* fields above.
 
   m = c.mesh = ml_collections.ConfigDict()
   m.data = -1                     # data-parallel degree (-1: the remaining devices).
