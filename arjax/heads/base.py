@@ -119,13 +119,16 @@ def build_head(config, dim: int, tokenizer, *, rngs, dtype=None, where: str = "c
 
 def token_metrics(dist: Distribution, loss, per_token, targets, weights):
   """The generators' metrics of one batch: loss, nll (nats per token), bits_per_dim (bits per
-  token channel: per token for categorical heads, per latent channel for continuous ones),
-  accuracy (categorical heads) and num_tokens. per_token [B, L] from `dist.loss`."""
+  token, as the trainer's evaluation reports it), bits_per_channel (continuous tokens of C
+  channels: bits per channel, a density that can be negative), accuracy (categorical heads)
+  and num_tokens. per_token [B, L] from `dist.loss`."""
   w = weights
   denom = jnp.maximum(w.sum(), 1.0)
   nll = (per_token * w).sum() / denom
-  dims = max(int(math.prod(targets.shape[2:])), 1)
-  out = {"loss": loss, "nll": nll, "bits_per_dim": nll / (dims * jnp.log(2.0))}
+  out = {"loss": loss, "nll": nll, "bits_per_dim": nll / jnp.log(2.0)}
+  dims = int(math.prod(targets.shape[2:]))
+  if dims > 1:
+    out["bits_per_channel"] = nll / (dims * jnp.log(2.0))
   if hasattr(dist, "argmax"):
     out["accuracy"] = ((dist.argmax() == targets) * w).sum() / denom
   out["num_tokens"] = w.sum()

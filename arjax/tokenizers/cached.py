@@ -61,4 +61,5 @@ class CachedTokens:
 @TOKENIZERS.register("cached")
 def _build_cached(config):
   t = config.tokenizer
-  return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.get("checkpoint", ""))
+  return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.get("checkpoint", ""),
+                      latent_dim=t.get("latent_dim", 0))

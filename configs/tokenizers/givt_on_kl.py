@@ -10,8 +10,8 @@ The token cache stores the KL posterior MEAN of each image times the quantizer's
 latent_dim = 4 floats. The generator embeds each token with a Dense projection (no vocabulary)
 and predicts a 16-component diagonal GMM per token (arjax.heads.gmm, GIVT: Tschannen et al.
 2023); samples are guided with GIVT's density CFG and decoded to pixels through the tokenizer
-run `tokenizer=WORKDIR`. bits_per_dim is the NLL in bits per latent channel (a density: it can
-be negative). Results: docs/heads.md.
+run `tokenizer=WORKDIR`. bits_per_dim is the NLL in bits per token (4 channels; training also
+logs bits_per_channel); both are densities and can be negative. Results: docs/heads.md.
 
 Arguments: tokenizer=WORKDIR, cache=PATH with '{split}', latent_dim and grid of that tokenizer
 (checked against its checkpoint at start), smoke (a few steps, under a minute).
