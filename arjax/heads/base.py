@@ -109,7 +109,7 @@ def broadcast_scale(scale, like):
 def build_head(config, dim: int, tokenizer, *, rngs, dtype=None, where: str = "config.model.head"):
   """The head named by config.model.head.name with its declared fields, for a tokenizer with
   `vocab_size` (categorical) or `token_dim` (continuous tokens)."""
-  node = config.model.head
+  node = head_node(config)
   name = node["name"]
   cls = HEADS.get(name, field=f"{where}.name")
   fields_cls = HEADS.fields(name)
@@ -135,9 +135,20 @@ def token_metrics(dist: Distribution, loss, per_token, targets, weights):
   return out
 
 
+def head_node(config):
+  """config.model.head; a run written before heads had their own node (model.head = 'name',
+  model.label_smoothing beside it) reads as that node, so its config.json still restores."""
+  node = config.model.head
+  if isinstance(node, str):
+    node = {"name": node}
+    if node["name"] == "categorical":
+      node["label_smoothing"] = float(config.model.get("label_smoothing", 0.0))
+  return node
+
+
 def head_is_continuous(config) -> bool:
   """Whether the head named by config.model.head.name produces continuous (float) tokens."""
-  cls = HEADS.get(config.model.head["name"], field="config.model.head.name")
+  cls = HEADS.get(head_node(config)["name"], field="config.model.head.name")
   return not jnp.issubdtype(cls.token_dtype, jnp.integer)
 
 

@@ -32,11 +32,11 @@ def get_config(arg=None):
   h.name = "gmm"                    # registry name in arjax.heads.
   h.num_components = 16             # K mixture components per token (GIVT: 16).
   h.cfg_proposals = 1000            # rejection-sampling proposals per channel under CFG.
-  c.train.num_steps = 1500
+  c.train.num_steps = 800
   c.train.lr = 1e-3
   c.train.warmup_steps = 100
   c.train.log_every = 100
-  c.train.checkpoint_every = 1500
+  c.train.checkpoint_every = 400
   c.eval.cfg_scale = 2.0            # arjax scale s = 1 + GIVT's w.
   c.eval.temperature = 0.95         # GIVT's sampling temperature on the scales.
   if args.smoke:

@@ -169,3 +169,9 @@ def test_build_head_reads_declared_fields_and_rejects_bad_names():
   with pytest.raises(ValueError, match="head 'categorical' needs a discrete tokenizer"):
     build_head(_config(name="categorical"), 8, _Continuous(), rngs=nnx.Rngs(0))
   assert HEADS.names() == ["categorical", "gmm"]
+
+
+def test_a_run_written_with_the_string_head_field_still_builds():
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict({"head": "categorical", "label_smoothing": 0.3})
+  assert build_head(c, 8, _Discrete(), rngs=nnx.Rngs(0)).label_smoothing == 0.3
