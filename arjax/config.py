@@ -80,8 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 10        # class-conditional; index num_classes is the null class.
   c.model.class_dropout = 0.1     # probability of the null class in training (for CFG).
   c.model.token_dropout = 0.0     # dropout on input embeddings.
-  c.model.head = "categorical"    # registry name in arjax.heads.
-  c.model.label_smoothing = 0.0   # cross-entropy label smoothing.
+  h = c.model.head = ml_collections.ConfigDict()
+  h.name = "categorical"          # registry name in arjax.heads (fields: that head's declared ones).
+  h.label_smoothing = 0.0         # categorical: cross-entropy label smoothing.
   b = c.model.backbone = ml_collections.ConfigDict()
   b.num_layers = 4                # transformer blocks.
   b.num_heads = 4                 # query heads.
@@ -134,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
   e.top_k = 0                     # top-k filtering (0: off).
   e.top_p = 1.0                   # nucleus filtering (1: off).
 
+  s = c.sampling = ml_collections.ConfigDict()
+  s.name = "auto"                 # sampler registry name (arjax.sampling); auto: the model's default.
+  # The sampling options (cfg_scale, temperature, top_k, top_p) are the eval.* fields above.
+
   m = c.mesh = ml_collections.ConfigDict()
   m.data = -1                     # data-parallel degree (-1: the remaining devices).
   m.fsdp = 1                      # FSDP degree: parameters and optimizer state sharded.
@@ -170,6 +175,8 @@ PARTS = (
     ("tokenizer", "arjax.tokenizers:TOKENIZERS"),
     ("order", "arjax.orders:ORDERS"),
     ("model", "arjax.models:MODELS"),
+    ("model.head", "arjax.heads:HEADS"),
+    ("sampling", "arjax.sampling.config:SamplingFields"),
 )
 
 
@@ -234,6 +241,17 @@ def upgrade_saved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   config without the other tokenizer's fields that base_config used to add at their defaults
   (a value that differs from that default stays, and fails in the check as any undeclared
   field). Returns `config`, changed in place."""
+  model = _node(config, "model")
+  if model is not None and isinstance(model.get("head"), str):
+    # Before heads had their own node: model.head = 'name', model.label_smoothing beside it.
+    name = model.head
+    smoothing = float(model.get("label_smoothing", 0.0))
+    del model["head"]
+    if "label_smoothing" in model:
+      del model["label_smoothing"]
+    model.head = ml_collections.ConfigDict({"name": name})
+    if name == "categorical":
+      model.head.label_smoothing = smoothing
   node = _node(config, "tokenizer")
   if node is None or "name" not in node:
     return config

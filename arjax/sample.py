@@ -26,6 +26,8 @@ def main(argv=None):
   p.add_argument("--temperature", type=float, default=None)
   p.add_argument("--top_k", type=int, default=None)
   p.add_argument("--top_p", type=float, default=None)
+  p.add_argument("--sampler", default=None,
+                 help="sampler registry name (default: config.sampling.name, else the model's)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--out", default=None, help="output prefix (default WORKDIR/samples/sample_SEED)")
@@ -40,8 +42,7 @@ def main(argv=None):
   import jax.numpy as jnp
   from arjax import loading
   from arjax.evaluate.images import save_grid
-  from arjax.sampling import SamplingConfig
-  from arjax.sampling.orders import build_sampler
+  from arjax.sampling import SamplingConfig, build_sampler
 
   # Parameters and model state only: no optimizer, no data set (arjax.load).
   step = loading.resolve_step(args.workdir, args.step)
@@ -50,7 +51,8 @@ def main(argv=None):
   pick = lambda v, d: d if v is None else v
   sampling = SamplingConfig(cfg_scale=pick(args.cfg_scale, e.cfg_scale),
                             temperature=pick(args.temperature, e.temperature),
-                            top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p))
+                            top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p),
+                            name=args.sampler or "auto")
   ncls = config.model.num_classes
   labels = jnp.arange(args.num, dtype=jnp.int32) % ncls
   t0 = time.time()

@@ -59,13 +59,12 @@ def build_model(config, *, seed: int = 0, tokenizer=None):
 @dataclasses.dataclass(frozen=True)
 class GeneratorFields:
   """`config.model` of the class-conditional generators (raster_ar; ordered_ar adds its own).
-  Sub-node `model.backbone`: the fields of TransformerConfig."""
-  SUBNODES = {"backbone": TransformerConfig}
+  Sub-nodes: `model.backbone` (the fields of TransformerConfig) and `model.head` (the head's
+  own declared fields, completed through arjax.config.PARTS)."""
+  SUBNODES = {"backbone": TransformerConfig, "head": None}
   num_classes: int = 10           # class-conditional; index num_classes is the null class.
   class_dropout: float = 0.1      # probability of the null class in training (for CFG).
   token_dropout: float = 0.0      # dropout on input embeddings.
-  head: str = "categorical"       # registry name in arjax.heads.
-  label_smoothing: float = 0.0    # cross-entropy label smoothing.
 
 
 def model_fields(fields_cls, config):

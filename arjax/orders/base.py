@@ -235,6 +235,18 @@ class Order:
   def num_steps(self) -> int:
     raise NotImplementedError
 
+  # -- the reveal rule (every sampler asks the order which cells a step fixes) ----------------
+  def reveal_cells(self, step, known, plan: Plan, *, key=None, confidence=None,
+             num_unknown_start=None):
+    """bool [B, N]: the cells sampling step `step` reveals, given the cells already known
+    [B, N] and the plan. Fixed-group orders (raster: the next cell; random / RandAR / ARPG /
+    LPD / PAR / NAR: the next group) reveal the unknown cells with plan.step_of == step.
+    Confidence orders override this and call `confidence()` -> [B, N] scores of the step's
+    draws (key: their tie-breaking noise; num_unknown_start [B]: unknown cells before step 0).
+    A scale or a block of cells is one more rule returning its cells."""
+    del key, confidence, num_unknown_start
+    return (plan.step_of == step) & ~known
+
 
 def perm_layout(perm, mask: MaskSpec) -> Layout:
   """[class, x_perm0 ... x_perm(N-2)] predicting x_perm0 ... x_perm(N-1): next-token layout."""

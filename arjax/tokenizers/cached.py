@@ -6,7 +6,11 @@ the model a copy of this tokenizer with the run's frozen autoencoder as its deco
 (`arjax.loading.generator_tokenizer`, `with_decoder`), which checks the vocabulary and grid and
 decodes sampled tokens to pixels.
 
-Legend: B batch, N = grid*grid tokens, H/W image size, C channels.
+Continuous latents (a KL-VAE's token cache, records {"latents": float32 [N, C]}): set
+`tokenizer.latent_dim` = C and `tokenizer.vocab_size` = 0; the generator then needs a
+continuous head (model.head.name='gmm').
+
+Legend: B batch, N = grid*grid tokens, H/W image size, C channels (latent or image).
 """
 from __future__ import annotations
 
@@ -25,18 +29,25 @@ class CachedFields:
   vocab_size: int = 0             # codebook size of the pre-tokenized data (must be set: > 1).
   grid: int = 0                   # token grid side, grid*grid tokens (must be set: > 0).
   checkpoint: str = ""            # workdir of the tokenizer run that decodes samples ('': none).
+  latent_dim: int = 0             # channels C of continuous latents (0: discrete tokens).
 
 
 class CachedTokens:
 
-  def __init__(self, vocab_size: int, grid: int, checkpoint: str = "",
+  def __init__(self, vocab_size: int, grid: int, checkpoint: str = "", latent_dim: int = 0,
                decoder: Optional[Any] = None):
-    """decoder: an object with `vocab_size`, `grid` (h, w) and a jax `decode(tokens)` (int32
-    [B, N] -> uint8 [B, H, W, C]), e.g. `arjax.loading.TrainedTokenizer`; None: tokens only."""
-    if vocab_size <= 1 or grid <= 0:
-      raise ValueError(f"tokenizer 'cached' needs tokenizer.vocab_size > 1 and tokenizer.grid > 0, "
-                       f"got vocab_size={vocab_size}, grid={grid}")
+    """decoder: an object with `vocab_size`, `grid` (h, w), `latent_dim` and a jax
+    `decode(tokens)` (int32 [B, N] or float [B, N, C] -> uint8 [B, H, W, C]), e.g.
+    `arjax.loading.TrainedTokenizer`; None: tokens only."""
+    if latent_dim > 0 and vocab_size != 0:
+      raise ValueError(f"tokenizer 'cached' with tokenizer.latent_dim={latent_dim} holds "
+                       f"continuous latents: set tokenizer.vocab_size=0, got {vocab_size}")
+    if (latent_dim <= 0 and vocab_size <= 1) or grid <= 0:
+      raise ValueError(f"tokenizer 'cached' needs tokenizer.vocab_size > 1 (or latent_dim > 0) "
+                       f"and tokenizer.grid > 0, got vocab_size={vocab_size}, "
+                       f"latent_dim={latent_dim}, grid={grid}")
     self.vocab_size = vocab_size
+    self.token_dim = latent_dim  # C of continuous latents; 0 for discrete tokens.
     self.grid = (grid, grid)
     self.tokens_per_image = grid * grid
     self.checkpoint = checkpoint  # the run named by the config (restored by the entry point).
@@ -44,20 +55,23 @@ class CachedTokens:
 
   def with_decoder(self, decoder) -> "CachedTokens":
     """This tokenizer decoding through `decoder` (a trained tokenizer with frozen parameters),
-    which must have this vocabulary and grid."""
-    if int(decoder.vocab_size) != self.vocab_size or tuple(decoder.grid) != self.grid:
+    which must have this vocabulary, grid and latent width."""
+    have = int(getattr(decoder, "latent_dim", 0))
+    if (int(decoder.vocab_size) != self.vocab_size or tuple(decoder.grid) != self.grid
+        or have != self.token_dim):
       where = f" {self.checkpoint!r}" if self.checkpoint else ""
-      raise ValueError(f"tokenizer.vocab_size={self.vocab_size}, tokenizer.grid={self.grid[0]} "
-                       f"disagree with the tokenizer checkpoint{where}: vocab_size="
-                       f"{decoder.vocab_size}, grid={decoder.grid[0]}x{decoder.grid[1]}")
-    return CachedTokens(self.vocab_size, self.grid[0], self.checkpoint, decoder)
+      raise ValueError(f"tokenizer.vocab_size={self.vocab_size}, tokenizer.grid={self.grid[0]}, "
+                       f"tokenizer.latent_dim={self.token_dim} disagree with the tokenizer "
+                       f"checkpoint{where}: vocab_size={decoder.vocab_size}, "
+                       f"grid={decoder.grid[0]}x{decoder.grid[1]}, latent_dim={have}")
+    return CachedTokens(self.vocab_size, self.grid[0], self.checkpoint, self.token_dim, decoder)
 
   def encode(self, images):
     raise ValueError("tokenizer 'cached' takes pre-tokenized data: the batch must carry "
                      "'tokens' (build them with `python -m arjax.tokenize`)")
 
   def decode(self, tokens):
-    """int32 [B, N] -> uint8 [B, H, W, C] through the decoder handed in (`with_decoder`)."""
+    """int32 [B, N] (continuous: float [B, N, C]) -> uint8 [B, H, W, C] through the decoder handed in (`with_decoder`)."""
     if self.decoder is None:
       raise ValueError("tokenizer 'cached' cannot decode tokens to pixels: it was built without "
                        "the tokenizer run that wrote them. Set tokenizer.checkpoint to that "
@@ -73,4 +87,5 @@ class CachedTokens:
 @TOKENIZERS.register("cached", fields=CachedFields)
 def _build_cached(config):
   t = read_fields(CachedFields, config.tokenizer, "tokenizer 'cached' (config.tokenizer)")
-  return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.checkpoint)
+  return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.checkpoint,
+                      latent_dim=t.latent_dim)

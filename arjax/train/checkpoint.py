@@ -24,6 +24,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 # The read side of the format (shape records, the shape check, finished steps) lives with the

@@ -175,7 +175,7 @@ class Experiment:
 
   def sample_grid(self, params, rng, per_class: Optional[int] = None, **overrides):
     from arjax.sampling import SamplingConfig, class_grid_labels
-    from arjax.sampling.orders import build_sampler
+    from arjax.sampling import build_sampler
     e = self.config.eval
     sampling = SamplingConfig(cfg_scale=overrides.get("cfg_scale", e.cfg_scale),
                               temperature=overrides.get("temperature", e.temperature),
