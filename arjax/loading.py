@@ -14,7 +14,8 @@ the trainer. A generator on a token cache (`tokenizer.name='cached'`,
 decoder of its tokenizer (`generator_tokenizer`): parts never restore runs themselves.
 
 This module also holds the read side of the checkpoint format that `arjax.train.checkpoint`
-writes (directory layout, per-tensor shape check). Layer: beside `arjax.data` and
+writes (directory layout, per-tensor shape check, per-file digests): a step whose files differ
+from its digests is refused (CheckpointCorruptError naming the files), as the trainer does. Layer: beside `arjax.data` and
 `arjax.config`, above `arjax.sampling`, below `arjax.train` and `arjax.evaluate`
 (docs/architecture.md).
 
@@ -22,13 +23,17 @@ Legend: B batch, N tokens per image, D latent channels, H/W image size, C channe
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import ml_collections
 import numpy as np
+
+_log = logging.getLogger(__name__)
 
 # -- the checkpoint format (written by arjax.train.checkpoint.Checkpointer) --------------------
 CHECKPOINT_DIR = "checkpoints"          # WORKDIR/checkpoints/STEP/{state,data,meta}
@@ -80,6 +85,73 @@ def complete_steps(directory: str):
       directory) else []
 
 
+# -- integrity: per-file digests written with each step (arjax.train.checkpoint.write_digests) --
+DIGESTS_FILE = "digests.json"
+# Orbax rewrites these two after its post-finalization callback (the commit timestamp, the commit
+# marker), so they cannot be digested there; restoring reads neither (checked: flipping, emptying
+# or deleting them leaves a restore unchanged).
+_WRITTEN_AFTER_DIGESTS = ("_CHECKPOINT_METADATA", "commit_success.txt")
+
+
+class CheckpointCorruptError(ValueError):
+  """A checkpoint step whose files differ from the digests written with it, or that cannot be
+  read; the message names the step, the directory and every file that differs."""
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 22), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def file_digests(step_dir: str) -> Dict[str, List]:
+  """{path relative to step_dir: [size in bytes, sha256 hex]} of every file Orbax wrote."""
+  out = {}
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, step_dir)
+      if rel in _WRITTEN_AFTER_DIGESTS or rel.startswith(DIGESTS_FILE):
+        continue
+      out[rel] = [os.path.getsize(full), _sha256(full)]
+  return out
+
+
+
+def verify_step(step_dir: str) -> Optional[List[str]]:
+  """Checks a step's files against its digests.json.
+
+  Returns None when the step has no digests (written before they existed), [] when every file
+  matches, else one problem per file ('state/d/ab12...: empty (expected 57843 bytes)').
+  Files not listed (Orbax's commit marker and timestamp) are not checked.
+  """
+  path = os.path.join(step_dir, DIGESTS_FILE)
+  if not os.path.lexists(path):
+    return None
+  try:
+    with open(path) as f:
+      files = json.load(f)["files"]
+    files = {str(k): (int(v[0]), str(v[1])) for k, v in files.items()}
+  except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    return [f"{DIGESTS_FILE}: unreadable ({type(e).__name__}: {e})"]
+  problems = []
+  for rel, (size, digest) in sorted(files.items()):
+    full = os.path.join(step_dir, rel)
+    if not os.path.isfile(full):
+      problems.append(f"{rel}: missing")
+      continue
+    actual = os.path.getsize(full)
+    if actual != size:
+      what = "empty" if actual == 0 else f"{actual} bytes"
+      problems.append(f"{rel}: {what} (expected {size} bytes)")
+    elif _sha256(full) != digest:
+      problems.append(f"{rel}: content differs from its sha256 digest")
+  return problems
+
+
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run was trained with (WORKDIR/config.json)."""
   path = os.path.join(workdir, "config.json")
@@ -124,6 +196,14 @@ def restore_variables(workdir: str, fm, config, step: Optional[int] = None, mesh
   rules = [tuple(r) for r in config.sharding_rules]
   manager = _manager(workdir)
   try:
+    # The files must be as the trainer wrote them, as when it resumes (arjax.train.checkpoint).
+    where = f"checkpoint step {step} in {manager.directory}"
+    problems = verify_step(os.path.join(manager.directory, str(step)))
+    if problems:
+      raise CheckpointCorruptError(f"{where} is corrupt: {'; '.join(problems)}")
+    if problems is None:
+      _log.warning("%s has no %s (written before checkpoints carried digests): loading it "
+                   "unverified", where, DIGESTS_FILE)
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     expected = {**flat_shapes(fm.abstract_params),
                 **flat_shapes(fm.abstract_model_state, MODEL_STATE_PREFIX)}

@@ -63,6 +63,26 @@ def test_load_names_a_missing_step_and_workdir(run, tmp_path):
     arjax.load(str(tmp_path / "nothing"))
 
 
+def test_load_refuses_a_damaged_checkpoint(run, tmp_path):
+  """The digests the trainer writes are checked: one damaged array file is named."""
+  import shutil
+  copy = str(tmp_path / "copy")
+  shutil.copytree(run, copy)
+  step_dir = os.path.join(copy, "checkpoints", "2")
+  files = [os.path.relpath(os.path.join(r, f), step_dir)
+           for r, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs]
+  victim = max(files, key=lambda f: os.path.getsize(os.path.join(step_dir, f)))  # array data.
+  with open(os.path.join(step_dir, victim), "r+b") as f:
+    f.seek(10)
+    byte = f.read(1)
+    f.seek(10)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(loading.CheckpointCorruptError,
+                     match=f"step 2 .* is corrupt: {victim}: content differs"):
+    arjax.load(copy)
+  arjax.load(run)  # the original still loads.
+
+
 def test_load_imports_no_trainer_and_builds_no_optimizer(run):
   """In a fresh process (the test process has the trainer loaded already): after arjax.load no
   `arjax.train` module is loaded, and an optax optimizer factory that raises is never hit."""

@@ -17,7 +17,6 @@ and moves corrupt newer ones aside. Steps written before digests existed restore
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -30,8 +29,9 @@ import orbax.checkpoint as ocp
 
 # The read side of the format (shape records, the shape check, finished steps) lives with the
 # loader (arjax.loading), which must not import the trainer; re-exported here.
-from arjax.loading import (CHECKPOINT_DIR, ITEM_NAMES, MODEL_STATE_PREFIX,  # noqa: F401
-                           CheckpointMismatchError, check_shapes, complete_steps)
+from arjax.loading import (CHECKPOINT_DIR, DIGESTS_FILE, ITEM_NAMES,  # noqa: F401
+                           MODEL_STATE_PREFIX, CheckpointCorruptError, CheckpointMismatchError,
+                           check_shapes, complete_steps, file_digests, verify_step)
 from arjax.loading import flat_shapes as _flat_shapes
 from arjax.loading import saved_shapes as _saved_shapes
 
@@ -67,45 +67,13 @@ def _reason(error: BaseException) -> str:
 
 
 # -- integrity: per-file digests written inside each step, verified before restoring ------------
-DIGESTS_FILE = "digests.json"
-# Orbax rewrites these two after its post-finalization callback (the commit timestamp, the commit
-# marker), so they cannot be digested there; restoring reads neither (checked: flipping, emptying
-# or deleting them leaves a restore unchanged).
-_WRITTEN_AFTER_DIGESTS = ("_CHECKPOINT_METADATA", "commit_success.txt")
-
-
-class CheckpointCorruptError(ValueError):
-  """A checkpoint step whose files differ from the digests written with it, or that cannot be
-  read; the message names the step, the directory and every file that differs."""
-
-
+# The digest format and its check (DIGESTS_FILE, file_digests, verify_step) live with the loader,
+# which verifies too; this module writes the digests and decides what a corrupt step means.
 def check_keep(keep) -> None:
   """`train.keep_checkpoints` must keep at least the checkpoint a run resumes from."""
   if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
     raise ValueError(f"train.keep_checkpoints={keep!r}; expected an integer >= 1 (how many of "
                      "the newest checkpoints to keep; 0 would delete every checkpoint)")
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
-def file_digests(step_dir: str) -> Dict[str, List]:
-  """{path relative to step_dir: [size in bytes, sha256 hex]} of every file Orbax wrote."""
-  out = {}
-  for root, dirs, files in os.walk(step_dir):
-    dirs.sort()
-    for name in sorted(files):
-      full = os.path.join(root, name)
-      rel = os.path.relpath(full, step_dir)
-      if rel in _WRITTEN_AFTER_DIGESTS or rel.startswith(DIGESTS_FILE):
-        continue
-      out[rel] = [os.path.getsize(full), _sha256(full)]
-  return out
 
 
 def write_digests(step_dir: str) -> None:
@@ -119,35 +87,6 @@ def write_digests(step_dir: str) -> None:
   os.replace(tmp, os.path.join(step_dir, DIGESTS_FILE))
 
 
-def verify_step(step_dir: str) -> Optional[List[str]]:
-  """Checks a step's files against its digests.json.
-
-  Returns None when the step has no digests (written before they existed), [] when every file
-  matches, else one problem per file ('state/d/ab12...: empty (expected 57843 bytes)').
-  Files not listed (Orbax's commit marker and timestamp) are not checked.
-  """
-  path = os.path.join(step_dir, DIGESTS_FILE)
-  if not os.path.lexists(path):
-    return None
-  try:
-    with open(path) as f:
-      files = json.load(f)["files"]
-    files = {str(k): (int(v[0]), str(v[1])) for k, v in files.items()}
-  except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-    return [f"{DIGESTS_FILE}: unreadable ({type(e).__name__}: {e})"]
-  problems = []
-  for rel, (size, digest) in sorted(files.items()):
-    full = os.path.join(step_dir, rel)
-    if not os.path.isfile(full):
-      problems.append(f"{rel}: missing")
-      continue
-    actual = os.path.getsize(full)
-    if actual != size:
-      what = "empty" if actual == 0 else f"{actual} bytes"
-      problems.append(f"{rel}: {what} (expected {size} bytes)")
-    elif _sha256(full) != digest:
-      problems.append(f"{rel}: content differs from its sha256 digest")
-  return problems
 # -- [/integrity] -------------------------------------------------------------------------------
 
 
