@@ -99,9 +99,9 @@ def test_scan_cached_decoding_equals_full_recompute(setup):
     model = fm_scan.bind(p)
     caches = model.init_cache(tokens.shape[0])
     assert caches["k"].shape[0] == LAYERS  # one stacked cache, carried through the scan.
-    first, caches = model.decode_prefix(labels, caches)
-    rest, _ = model.decode_tokens(tokens[:, :-1], 0, caches)
-    return jnp.concatenate([first[:, None], rest], 1)
+    first, caches = model.decode_prefix(labels, caches)    # head Distributions [B, 1]
+    rest, _ = model.decode_tokens(tokens[:, :-1], 0, caches)  # and [B, N - 1]
+    return jnp.concatenate([first.logits, rest.logits], 1)
 
   np.testing.assert_allclose(np.asarray(cached(p)), np.asarray(full), atol=1e-5, rtol=1e-5)
 
