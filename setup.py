@@ -7,11 +7,9 @@ INSTALL_REQUIRES = [
     "flax>=0.12,<0.14",
     "optax>=0.2.5,<0.3",
     "orbax-checkpoint>=0.11,<0.13",
-    "chex>=0.1.90,<0.2",
     "grain>=0.2.12,<0.3",
     "ml-collections>=1.0,<2",
     "clu>=0.0.12,<0.1",
-    "einops>=0.8,<0.9",
     "numpy>=1.26,<3",
     "scipy>=1.11,<2",
     "pillow>=10,<14",
@@ -24,8 +22,8 @@ INSTALL_REQUIRES = [
 setuptools.setup(
     name="arjax",
     version="0.1.0",
-    description="Autoregressive generative modelling (raster, random-order, parallel, masked, "
-                "next-scale, continuous) in JAX/Flax.",
+    description="Autoregressive image generation in JAX/Flax: raster, random-order, parallel and "
+                "masked generation of discrete tokens, tokenizers and a shared trainer.",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",

@@ -4,15 +4,24 @@ A config file defines `get_config(arg: str | None) -> ConfigDict`. The argument 
 (`configs/quickstart.py:smoke`, `configs/imagenet256/llamagen.py:size=L,smoke`) is parsed by
 `parse_arg` into a dict. Every config derives from `base_config()` and every field has a
 default, so an unknown field in an override fails with the field's name.
+
+The nodes of the named parts (`config.tokenizer`, `config.order`, `config.model`, ...) hold the
+fields their part declares (`Registry.register(name, fields=...)`): `load_config` completes each
+node with its part's declared defaults before applying overrides, so `--config.order.schedule=`
+works on a config that never set it, and an undeclared (e.g. misspelled) field fails at start
+naming the part and the field.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import os
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 import ml_collections
+
+from arjax.registry import complete_node
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -57,14 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                      # seeds parameters, data order and dropout.
   c.data = data_lib.default_config()
 
+  # The part nodes hold `name` and the fields the named part declares, with their defaults and
+  # comments beside the part (e.g. arjax.tokenizers.pixel.PixelFields: levels 8, resolution 14,
+  # channels 1); `load_config` completes them, so a config sets only what it changes.
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.name = "pixel"      # registry name in arjax.tokenizers.
-  c.tokenizer.levels = 8          # pixel: grey levels per sub-pixel (the vocabulary).
-  c.tokenizer.resolution = 14     # pixel: token grid side (images are area-downsampled).
-  c.tokenizer.channels = 1        # pixel: image channels.
-  c.tokenizer.vocab_size = 0      # cached: codebook size of the pre-tokenized data.
-  c.tokenizer.grid = 0            # cached: token grid side (grid*grid tokens).
-  c.tokenizer.checkpoint = ""     # cached: workdir of the tokenizer run (decodes samples).
 
   c.order = ml_collections.ConfigDict()
   c.order.name = "raster"         # registry name in arjax.orders.
@@ -74,8 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 10        # class-conditional; index num_classes is the null class.
   c.model.class_dropout = 0.1     # probability of the null class in training (for CFG).
   c.model.token_dropout = 0.0     # dropout on input embeddings.
-  c.model.head = "categorical"    # registry name in arjax.heads.
-  c.model.label_smoothing = 0.0   # cross-entropy label smoothing.
+  h = c.model.head = ml_collections.ConfigDict()
+  h.name = "categorical"          # registry name in arjax.heads (fields: that head's declared ones).
+  h.label_smoothing = 0.0         # categorical: cross-entropy label smoothing.
   b = c.model.backbone = ml_collections.ConfigDict()
   b.num_layers = 4                # transformer blocks.
   b.num_heads = 4                 # query heads.
@@ -128,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
   e.top_k = 0                     # top-k filtering (0: off).
   e.top_p = 1.0                   # nucleus filtering (1: off).
 
+  s = c.sampling = ml_collections.ConfigDict()
+  s.name = "auto"                 # sampler registry name (arjax.sampling); auto: the model's default.
+  # The sampling options (cfg_scale, temperature, top_k, top_p) are the eval.* fields above.
+
   m = c.mesh = ml_collections.ConfigDict()
   m.data = -1                     # data-parallel degree (-1: the remaining devices).
   m.fsdp = 1                      # FSDP degree: parameters and optimizer state sharded.
@@ -154,21 +165,109 @@ def sibling_config(this_file: str, name: str):
   return load_config_module(os.path.join(os.path.dirname(os.path.abspath(this_file)), name))
 
 
+# The named parts whose config nodes `complete` fills and checks: (config path, the registry
+# that names them, as "module:attribute"). Resolved when a config is loaded, not when this module
+# is imported: configs import `base_config` from here, and the registries live in the layers that
+# configs build. A path that a config lacks is skipped; a nested path (e.g. "model.head") is
+# completed by its own line and left out of its parent's check. Sub-nodes a part declares itself
+# (its fields' SUBNODES, e.g. the autoencoder's `model.quantizer`) need no line here.
+PARTS = (
+    ("tokenizer", "arjax.tokenizers:TOKENIZERS"),
+    ("order", "arjax.orders:ORDERS"),
+    ("model", "arjax.models:MODELS"),
+    ("model.head", "arjax.heads:HEADS"),
+    ("sampling", "arjax.sampling.config:SamplingFields"),
+)
+
+
+def _resolve(ref: str):
+  module, _, attr = ref.partition(":")
+  return getattr(importlib.import_module(module), attr)
+
+
+def _node(config, path: str):
+  node = config
+  for p in path.split("."):
+    if not hasattr(node, "keys") or p not in node:
+      return None
+    node = node[p]
+  return node
+
+
+def complete(config: ml_collections.ConfigDict, drop: Iterable[str] = ()) -> List[str]:
+  """Completes every part's node with its declared defaults, in place, and checks it (an
+  undeclared field fails naming the part and the field). `drop`: paths an earlier completion
+  added and nothing set since, removed where the part now named does not declare them. Returns
+  the dotted paths of the fields added."""
+  paths = [p for p, _ in PARTS]
+  added: List[str] = []
+  drop = set(drop)
+  for path, ref in PARTS:
+    node = _node(config, path)
+    if node is None:
+      continue
+    skip = [q[len(path) + 1:] for q in paths if q.startswith(path + ".") and "." not in
+            q[len(path) + 1:]]
+    added += complete_node(_resolve(ref), node, path, skip=skip, drop=drop)
+  return added
+
+
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """Loads 'path/to/config.py[:ARG]' and applies 'a.b=value' overrides (type-checked)."""
+  """Loads 'path/to/config.py[:ARG]', completes the parts' nodes with their declared defaults,
+  applies 'a.b=value' overrides (type-checked) and checks the result (`complete`)."""
   path, _, arg = spec.partition(":")
   module = load_config_module(path)
   if not hasattr(module, "get_config"):
     raise AttributeError(f"config file {path!r} defines no get_config(arg)")
   config = module.get_config(arg or None)
+  added: Set[str] = set(complete(config))
   for item in overrides:
-    apply_override(config, item)
+    added.discard(apply_override(config, item))
+    # An override may rename a part (order.name=lpd): the defaults completed for the old part
+    # that the new one does not declare go, and the new part's come in for later overrides.
+    added |= set(complete(config, drop=added))
   config.lock()
   return config
 
 
-def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-  """'train.lr=3e-4' -> sets the field, checking that it exists and that the type fits."""
+# Fields every saved run's `config.tokenizer` carried before the parts declared their fields
+# (base_config set both tokenizers' fields), at the values base_config gave them.
+_LEGACY_TOKENIZER_FIELDS = dict(levels=8, resolution=14, channels=1, vocab_size=0, grid=0,
+                                checkpoint="")
+
+
+def upgrade_saved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A run's saved config (config.json) made before parts declared their fields -> the same
+  config without the other tokenizer's fields that base_config used to add at their defaults
+  (a value that differs from that default stays, and fails in the check as any undeclared
+  field). Returns `config`, changed in place."""
+  model = _node(config, "model")
+  if model is not None and isinstance(model.get("head"), str):
+    # Before heads had their own node: model.head = 'name', model.label_smoothing beside it.
+    name = model.head
+    smoothing = float(model.get("label_smoothing", 0.0))
+    del model["head"]
+    if "label_smoothing" in model:
+      del model["label_smoothing"]
+    model.head = ml_collections.ConfigDict({"name": name})
+    if name == "categorical":
+      model.head.label_smoothing = smoothing
+  node = _node(config, "tokenizer")
+  if node is None or "name" not in node:
+    return config
+  tokenizers = _resolve(dict(PARTS)["tokenizer"])
+  if node.name not in tokenizers or tokenizers.fields(node.name) is None:
+    return config
+  declared = {f.name for f in dataclasses.fields(tokenizers.fields(node.name))}
+  for key, old in _LEGACY_TOKENIZER_FIELDS.items():
+    if key in node and key not in declared and node[key] == old:
+      del node[key]
+  return config
+
+
+def apply_override(config: ml_collections.ConfigDict, item: str) -> str:
+  """'train.lr=3e-4' -> sets the field, checking that it exists and that the type fits;
+  returns the dotted path of the field."""
   key, sep, raw = item.partition("=")
   if not sep:
     raise ValueError(f"override {item!r} is not of the form field=value")
@@ -196,6 +295,7 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
   if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
     raise ValueError(f"config field {key!r} expects int, got {raw!r}")
   node[leaf] = value
+  return key
 
 
 def to_dict(config) -> Dict[str, Any]:

@@ -47,7 +47,7 @@ def inspect_config(config, mesh=None, hbm_gib: Optional[float] = None,
   if "backbone" in config.model:  # the analytic FLOP count covers transformer generators only.
     out.update(model_flops(config))
   if mesh is not None:
-    from arjax.parallel import memory
+    from arjax.train import memory
     report = (memory.aot_train_step if compile else memory.state_report)(config, mesh)
     hbm = DEFAULT_HBM_GIB if hbm_gib is None else float(hbm_gib)
     out.update(mesh=report["mesh"], memory=report, hbm_gib=hbm, fits=memory.fits(report, hbm))

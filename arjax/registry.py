@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Generic, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -52,13 +52,79 @@ def build(registry: Registry, name: str, *args: Any, field: str = "", **kwargs: 
   return registry.get(name, field)(*args, **kwargs)
 
 
+def subnodes(fields_cls: Type) -> Dict[str, Any]:
+  """The sub-nodes a part declares (`SUBNODES`, a ClassVar of its fields dataclass): config
+  nodes inside the part's node that are not fields, each mapped to what declares its own fields
+  (a Registry: the node's `name` picks the part, e.g. the autoencoder's `model.quantizer`; a
+  fields dataclass, e.g. TransformerConfig for `model.backbone`; None: a node the part reads and
+  checks itself, which completion leaves alone)."""
+  return dict(getattr(fields_cls, "SUBNODES", {}))
+
+
 def read_fields(fields_cls: Type, node: Any, where: str, ignore=("name",)):
   """Config node (ConfigDict / dict / None) -> fields_cls(**values), the declared defaults for
   fields the node does not set. An undeclared field fails naming the part and the field:
-  `where` is how to call the part in that message, e.g. "order 'raster' (config.order)"."""
+  `where` is how to call the part in that message, e.g. "order 'raster' (config.order)".
+  Declared sub-nodes (`subnodes`) are not fields and are left out."""
   known = {f.name for f in dataclasses.fields(fields_cls)}
-  given = {} if node is None else {k: node[k] for k in node.keys() if k not in ignore}
+  skip = set(ignore) | set(subnodes(fields_cls))
+  given = {} if node is None else {k: node[k] for k in node.keys() if k not in skip}
   extra = sorted(set(given) - known)
   if extra:
     raise ValueError(f"unknown field(s) {extra} for {where}; it declares {sorted(known)}")
   return fields_cls(**given)
+
+
+def _default(f: dataclasses.Field):
+  if f.default is not dataclasses.MISSING:
+    value = f.default
+  elif f.default_factory is not dataclasses.MISSING:
+    value = f.default_factory()
+  else:
+    raise TypeError(f"field {f.name!r} of a fields dataclass has no default")
+  return list(value) if isinstance(value, tuple) else value  # as configs and JSON write them.
+
+
+def defaults(fields_cls: Type) -> Dict[str, Any]:
+  """{field: declared default} of a fields dataclass (tuples as lists, as configs hold them)."""
+  return {f.name: _default(f) for f in dataclasses.fields(fields_cls)}
+
+
+def fields_of(resolver: Any, node: Any, path: str) -> Tuple[Optional[Type], str]:
+  """(fields dataclass, how to call the part) of the config node at `path` (e.g. 'order'),
+  whose fields are declared by `resolver`: a Registry (the node's `name` names the part) or a
+  fields dataclass. (None, ...) when the part declares no fields."""
+  if isinstance(resolver, Registry):
+    if "name" not in node:
+      raise KeyError(f"config.{path} has no field 'name'; expected one of {resolver.names()}")
+    return (resolver.fields(node["name"], f"{path}.name"),
+            f"{resolver.kind} {node['name']!r} (config.{path})")
+  return resolver, f"config.{path}"
+
+
+def complete_node(resolver: Any, node: Any, path: str, skip=(), drop=()) -> List[str]:
+  """Completes the config node at `path` in place: every field its part declares and the node
+  does not set is added at its default; then the node is checked (`read_fields`: an undeclared
+  field fails naming the part and the field). Declared sub-nodes are completed the same way.
+  `skip`: keys of this node that other entries complete (nested config paths). `drop`: dotted
+  paths added by an earlier completion and never set since; they are removed when the part now
+  named does not declare them (an override changed the part's name). Returns the dotted paths
+  of the fields added."""
+  fields_cls, where = fields_of(resolver, node, path)
+  if fields_cls is None:
+    return []
+  subs = subnodes(fields_cls)
+  declared = {f.name: f for f in dataclasses.fields(fields_cls)}
+  for key in list(node.keys()):
+    if f"{path}.{key}" in drop and key not in declared and key not in subs:
+      del node[key]
+  added = []
+  for name, f in declared.items():
+    if name not in node:
+      node[name] = _default(f)
+      added.append(f"{path}.{name}")
+  read_fields(fields_cls, node, where, ignore=("name",) + tuple(skip))
+  for key, sub in subs.items():
+    if sub is not None and key in node:
+      added += complete_node(sub, node[key], f"{path}.{key}", drop=drop)
+  return added

@@ -3,6 +3,7 @@
 
 Samples class-conditional images from the latest checkpoint of a run (classes cycle 0, 1, ...)
 and writes PREFIX.png (a grid, one column per class) and PREFIX.npz (images, labels, tokens).
+The run is loaded with `arjax.load` (parameters and model state only: no optimizer, no data).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def main(argv=None):
   p.add_argument("--temperature", type=float, default=None)
   p.add_argument("--top_k", type=int, default=None)
   p.add_argument("--top_p", type=float, default=None)
+  p.add_argument("--sampler", default=None,
+                 help="sampler registry name (default: config.sampling.name, else the model's)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--out", default=None, help="output prefix (default WORKDIR/samples/sample_SEED)")
@@ -37,33 +40,33 @@ def main(argv=None):
 
   import jax
   import jax.numpy as jnp
+  from arjax import loading
   from arjax.evaluate.images import save_grid
-  from arjax.sampling import SamplingConfig
-  from arjax.sampling.orders import build_sampler
-  from arjax.train.restore import load_run
+  from arjax.sampling import SamplingConfig, build_sampler
 
-  exp, state, step = load_run(args.workdir, args.step, check_data=False)  # no data needed.
-  e = exp.config.eval
+  # Parameters and model state only: no optimizer, no data set (arjax.load).
+  step = loading.resolve_step(args.workdir, args.step)
+  fm, params, config = loading.load(args.workdir, step)
+  e = config.eval
   pick = lambda v, d: d if v is None else v
   sampling = SamplingConfig(cfg_scale=pick(args.cfg_scale, e.cfg_scale),
                             temperature=pick(args.temperature, e.temperature),
-                            top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p))
-  ncls = exp.config.model.num_classes
+                            top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p),
+                            name=args.sampler or "auto")
+  ncls = config.model.num_classes
   labels = jnp.arange(args.num, dtype=jnp.int32) % ncls
-  params = exp.eval_params(state)
   t0 = time.time()
   if args.resolution:
     from arjax.sampling.extrapolate import model_at_resolution, sample_at_resolution
     try:
-      _, fm = model_at_resolution(exp.config, params, args.resolution)
+      _, fm = model_at_resolution(config, params, args.resolution)
     except ValueError as err:
       print(f"error: {err}", file=sys.stderr)
       return 2
-    tokens = sample_at_resolution(exp.config, params, args.resolution, labels,
+    tokens = sample_at_resolution(config, params, args.resolution, labels,
                                   jax.random.key(args.seed), sampling)
   else:
-    fm = exp.fm
-    sampler = build_sampler(fm, sampling, exp.config)  # the sampler the model's order needs.
+    sampler = build_sampler(fm, sampling, config)  # the sampler the model's order needs.
     tokens = sampler.sample_tokens(params, labels, jax.random.key(args.seed))
   images = np.asarray(fm.bind(params).tokenizer.decode(tokens))
   seconds = time.time() - t0

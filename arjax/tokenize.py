@@ -3,7 +3,7 @@
 
 Encodes data set splits once with a trained tokenizer (the latest checkpoint of an
 `arjax.train` run of model 'autoencoder') into ArrayRecord token caches that generators read
-with data.source='array_record:PATH' (PATH with '{split}'); see arjax.tokenizers.cache.
+with data.source='array_record:PATH' (PATH with '{split}'); see arjax.train.token_cache.
 Prints a JSON summary (files, example counts, the tokenizer's vocab_size and grid) last.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("arjax").setLevel(logging.INFO)
-  from arjax.tokenizers.cache import write_token_cache
+  from arjax.train.token_cache import write_token_cache
   splits = [s.strip() for s in args.splits.split(",") if s.strip()]
   summary = write_token_cache(args.tokenizer_workdir, args.data, args.out, splits,
                               batch_size=args.batch_size, num_examples=args.num_examples)

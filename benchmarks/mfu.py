@@ -60,7 +60,7 @@ def main(argv=None):
     args.batch_per_device, args.steps = 2, 2
 
   from arjax import parallel
-  from arjax.parallel import memory
+  from arjax.train import memory
   from arjax.parallel.checks import parse_mesh
   from arjax.train.flops import model_flops
 

@@ -146,7 +146,7 @@ def real_reference(args):
 
 
 def _sampler(exp, sampling):
-  from arjax.sampling.orders import build_sampler
+  from arjax.sampling import build_sampler
   return build_sampler(exp.fm, sampling, exp.config)
 
 

@@ -28,6 +28,10 @@ def tiny_config(**overrides: Any):
   c.eval.batch_size = 16
   c.eval.samples_per_class = 1
   c.mesh.data = -1  # all (8 fake) devices
+  if overrides.get("tokenizer__name", "pixel") != "pixel":
+    # Another tokenizer declares other fields: start its node afresh (the pixel fields above
+    # would be undeclared for it).
+    c.tokenizer = type(c.tokenizer)({"name": overrides["tokenizer__name"]})
   for key, value in overrides.items():
     node = c
     parts = key.split("__")

@@ -6,10 +6,7 @@ paper-size config builds, checks every tensor's name and shape, and writes a wor
 (config.json + an Orbax checkpoint at step 0) that `arjax.sample` and `arjax.evaluate` load like
 any trained run. Registered by name: `python -m arjax.convert NAME ...`.
 """
-from arjax.registry import Registry
-
-CONVERTERS: Registry = Registry("converter")
-
-from arjax.convert import llamagen  # noqa: E402,F401  (registers 'llamagen')
+from arjax.convert.registry import CONVERTERS
+from arjax.convert import llamagen  # noqa: F401  (registers 'llamagen')
 
 __all__ = ["CONVERTERS"]

@@ -33,7 +33,7 @@ from typing import Dict, Mapping
 
 import numpy as np
 
-from arjax.convert import CONVERTERS
+from arjax.convert.registry import CONVERTERS
 
 
 def _expect(sd: Mapping[str, np.ndarray], key: str, shape) -> np.ndarray:

@@ -78,11 +78,15 @@ def main(argv=None):
   import numpy as np
   from arjax.evaluate.images import save_grid
   from arjax.sampling import SamplingConfig
-  from arjax.train.restore import load_run
+  from arjax import loading
+  from arjax.train.loop import Experiment
 
   # Only bits/dim, reconstructions and the offline metrics read the data set.
   reads_data = any(m in names for m in ("bpd", "recon", "fd", "prec_rec"))
-  exp, state, step = load_run(args.workdir, args.step, check_data=reads_data)
+  config = loading.load_workdir_config(args.workdir)
+  exp = Experiment(config, check_data=reads_data)  # its evaluation methods; no optimizer state.
+  # The evaluation parameters and model state only (an Orbax partial restore).
+  params, step = loading.restore_variables(args.workdir, exp.fm, config, args.step, exp.mesh)
   if exp.evaluation == "tokenizer":
     if args.metrics is None:
       names = ["recon"]
@@ -91,7 +95,6 @@ def main(argv=None):
               "(model.name=autoencoder); it has only 'recon'")
   elif "recon" in names:
     p.error(f"--metrics recon: {args.workdir} holds a generator, not a tokenizer")
-  params = exp.eval_params(state)
   e = exp.config.eval
   pick = lambda v, d: d if v is None else v
   out = {"step": step}

@@ -48,7 +48,7 @@ def generate_samples(exp, params, num_samples: int, seed: int = 0, batch_size: i
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
   from arjax.sampling import SamplingConfig
-  from arjax.sampling.orders import build_sampler
+  from arjax.sampling import build_sampler
 
   if num_samples <= 0:
     raise ValueError(f"num_samples={num_samples}; expected a positive number")

@@ -1,4 +1,7 @@
-"""Heads turn a hidden state into a distribution and its loss."""
-from arjax.heads.categorical import CategoricalHead, HEADS
+"""Heads turn a hidden state into a distribution over tokens (arjax.heads.base: the contract)."""
+from arjax.heads.base import HEADS, Distribution, build_head
+from arjax.heads.categorical import Categorical, CategoricalHead
+from arjax.heads.gmm import GMM, GMMHead, GuidedGMM
 
-__all__ = ["CategoricalHead", "HEADS"]
+__all__ = ["HEADS", "Distribution", "build_head", "Categorical", "CategoricalHead", "GMM",
+           "GMMHead", "GuidedGMM"]

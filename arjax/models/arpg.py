@@ -8,8 +8,8 @@ Pass 2 (queries): n/2 blocks of cross-attention + MLP; the queries are N copies 
 x_pi0 ... x_pi(i-1) (the order's causal mask, Lq = Lk = N). Queries never see each other, so a
 sampling step can predict any set of targets at once from the known content: the groups of
 order 'arpg' (or 'random' with schedule 'arpg_arccos' / 'arpg_cosine') are decoded with a KV
-cache by `arjax.sampling.cached_groups.CachedGroupSampler` (the Pass-1 cache grows by each
-step's tokens, as in ARPG's repo), or recomputed per step by `OrderSampler` (there
+cache by the 'cached_groups' sampler (arjax.sampling.cached_groups; the Pass-1 cache grows by each
+step's tokens, as in ARPG's repo), or recomputed per step by the 'order' sampler (there
 `Layout.hide_unknown` hides the content slots of cells not generated yet; inpainting).
 
 `model.backbone.num_layers` is the total n (ARPG-L: 24 = 12 + 12).
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from arjax.kernels.masks import MaskSpec
-from arjax.models.ordered_ar import OrderedAR
+from arjax.models.ordered_ar import OrderedAR, OrderedFields
 from arjax.models.registry import MODELS
 from arjax.nn.cross_attention import CrossBlock
 from arjax.nn.layers import DenseGeneral, make_norm
@@ -65,11 +65,14 @@ class ARPG(OrderedAR):
 
   @property
   def supports_cached_raster(self) -> bool:
-    return False  # samples through `OrderSampler` (parallel groups of a random order).
+    return False  # parallel groups of a random order: 'cached_groups' or 'order'.
 
-  def layout_logits(self, tokens, labels, layout: Layout, *, train: bool = False, caches=None,
-                    cache_index=None):
-    """tokens int32 [B, N], labels [B], a 'random' layout of L = N slots -> logits [B, L, V].
+  def default_sampler(self) -> str:
+    return "cached_groups"
+
+  def layout_dist(self, tokens, labels, layout: Layout, *, train: bool = False):
+    """tokens int32 [B, N], labels [B], a 'random' layout of L = N slots -> (Distribution
+    [B, L], layout).
 
     Slot i of Pass 1 carries the class (i = 0) or x_pi(i-1); query i predicts layout.tgt[i].
     """
@@ -88,7 +91,7 @@ class ARPG(OrderedAR):
     return self.head(self.out_norm(q)), layout
 
 
-  # -- KV-cached parallel decoding (arjax.sampling.cached_groups.CachedGroupSampler) ----------
+  # -- KV-cached parallel decoding ('cached_groups' sampler, arjax.sampling.cached_groups) ----------
   # Pass 1 runs once per token: each step appends the previous step's tokens to the Pass-1 KV
   # caches and their shared K/V to one cache; the step's queries read that cache only.
 
@@ -118,7 +121,7 @@ class ARPG(OrderedAR):
 
   def predict_group(self, cells, cache, kv_length):
     """Queries for target cells int32 [B, G] over the first kv_length cached content slots
-    (the class and every token generated so far) -> logits float32 [B, G, V]."""
+    (the class and every token generated so far) -> Distribution [B, G]."""
     b, g = cells.shape
     q_rope = self.backbone.rope_tables(self.rope_positions(cells))
     q = jnp.broadcast_to(self.query[...].astype(self.backbone_cfg.compute_dtype),
@@ -129,6 +132,6 @@ class ARPG(OrderedAR):
     return self.head(self.out_norm(q))
 
 
-@MODELS.register("arpg")
+@MODELS.register("arpg", fields=OrderedFields)
 def _build(config, *, rngs):
   return ARPG(config, rngs=rngs)

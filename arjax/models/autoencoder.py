@@ -33,6 +33,7 @@ Z latent channels, N tokens per image, K codebook size.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Tuple
 
 import jax
@@ -42,52 +43,74 @@ import numpy as np
 from flax import nnx
 
 from arjax.models.registry import MODELS
-from arjax.registry import Registry
+from arjax.registry import Registry, read_fields
+from arjax.registry import defaults as registry_defaults
 from arjax.tokenizers import losses, quantizers
 from arjax.tokenizers.conv import Conv, ConvConfig, ConvDecoder, ConvEncoder, check_image_size
 
-# name -> builder(model_config, image_channels, z_in, z_out, rngs) -> (encoder, decoder, grid):
+# name -> builder(m, titok, image_channels, z_in, z_out, rngs) -> (encoder, decoder, grid), with
+# m the AutoencoderFields (conv reads its conv fields) and titok the TitokFields:
 # encoder(x [B, H, W, C], train=) -> [B, h, w, z_in]; decoder(z [B, h, w, z_out], train=) ->
 # [B, H, W, C] with `features`, `project(h, kernel)` and `last_kernel` for the adaptive weight.
 ENCODERS: Registry = Registry("autoencoder encoder")
 
 
+@dataclasses.dataclass(frozen=True)
+class TitokFields:
+  """`config.model.titok`: the 1D-token encoder/decoder (model.encoder='titok')."""
+  num_tokens: int = 32            # N learned latent tokens (a 1 x N token grid).
+  patch_size: int = 4             # patch side of the grid the queries read.
+  width: int = 64                 # transformer width D.
+  depth: int = 2                  # transformer blocks in the encoder and in the decoder.
+  num_heads: int = 4              # attention heads.
+
+
+@dataclasses.dataclass(frozen=True)
+class LossFields:
+  """`config.model.loss`: the autoencoder's losses (VQGAN's recipe)."""
+  rec: str = "l1"                 # reconstruction loss: l1 | l2.
+  rec_weight: float = 1.0         # weight of the reconstruction loss.
+  perceptual_weight: float = 0.0  # LPIPS-VGG weight (0: off; LlamaGen 1.0).
+  perceptual_weights: str = ""    # .npz of LPIPS-VGG weights (layout: tokenizers.losses).
+  disc_weight: float = 0.0        # adversarial weight (0: no discriminator; VQGAN/LlamaGen 0.5).
+  disc_start: int = 0             # step from which the adversarial losses count.
+  disc_adaptive: bool = True      # VQGAN's adaptive weight on the generator's GAN loss.
+  disc_max_weight: float = 1e4    # clip of the adaptive weight.
+  disc_channels: int = 64         # PatchGAN base channels.
+  disc_layers: int = 3            # PatchGAN stride-2 layers (patch size grows with it).
+  disc_groups: int = 32           # PatchGAN GroupNorm groups.
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderFields:
+  """`config.model` of 'autoencoder'; sub-nodes: the quantizer (named by its `name`), the 1D
+  encoder's `titok` and the `loss`."""
+  SUBNODES = {"quantizer": quantizers.QUANTIZERS, "titok": TitokFields, "loss": LossFields}
+  image_size: int = 28            # H = W of the training images.
+  channels: int = 1               # C, image channels.
+  encoder: str = "conv"           # encoder/decoder pair: conv (2D grid) | titok (1D tokens).
+  ch: int = 32                    # conv: base channels.
+  ch_mult: Tuple[int, ...] = (1, 2, 2)  # conv: per-level multipliers; len - 1 halvings (28 -> 7).
+  num_res_blocks: int = 1         # conv: residual blocks per level (decoder: one more).
+  enc_attn: bool = False          # conv: attention at the lowest encoder level.
+  dec_attn: bool = False          # conv: attention at the lowest decoder level.
+  mid_attn: bool = True           # conv: attention between the two middle blocks.
+  num_groups: int = 8             # conv: GroupNorm groups (the papers use 32).
+  dropout: float = 0.0            # conv: dropout inside residual blocks.
+  z_channels: int = 32            # latent channels the quantizer reads (KL with quant_conv: x2).
+  quant_conv: int = 0             # kernel of convs around the quantizer (0: none; VAR 3, LDM 1).
+
+
 def default_config(quantizer: str = "vq", **quantizer_fields) -> ml_collections.ConfigDict:
-  """`config.model` of the autoencoder with quantizer `quantizer` (its fields overridden)."""
+  """`config.model` of the autoencoder with quantizer `quantizer` (its fields overridden): every
+  declared field at its default (AutoencoderFields, TitokFields, LossFields)."""
   m = ml_collections.ConfigDict()
   m.name = "autoencoder"          # registry name in arjax.models.
-  m.image_size = 28               # H = W of the training images.
-  m.channels = 1                  # C, image channels.
-  m.encoder = "conv"              # encoder/decoder pair: conv (2D grid) | titok (1D tokens).
-  m.ch = 32                       # conv: base channels.
-  m.ch_mult = [1, 2, 2]           # conv: per-level multipliers; len - 1 halvings (28 -> 7).
-  m.num_res_blocks = 1            # conv: residual blocks per level (decoder: one more).
-  m.enc_attn = False              # conv: attention at the lowest encoder level.
-  m.dec_attn = False              # conv: attention at the lowest decoder level.
-  m.mid_attn = True               # conv: attention between the two middle blocks.
-  m.num_groups = 8                # conv: GroupNorm groups (the papers use 32).
-  m.dropout = 0.0                 # conv: dropout inside residual blocks.
-  m.z_channels = 32               # latent channels the quantizer reads (KL with quant_conv: x2).
-  m.quant_conv = 0                # kernel of convs around the quantizer (0: none; VAR 3, LDM 1).
+  for key, value in registry_defaults(AutoencoderFields).items():
+    m[key] = value
   m.quantizer = quantizers.default_config(quantizer, **quantizer_fields)
-  t = m.titok = ml_collections.ConfigDict()
-  t.num_tokens = 32               # titok: N learned latent tokens (a 1 x N token grid).
-  t.patch_size = 4                # titok: patch side of the grid the queries read.
-  t.width = 64                    # titok: transformer width D.
-  t.depth = 2                     # titok: transformer blocks in the encoder and in the decoder.
-  t.num_heads = 4                 # titok: attention heads.
-  lo = m.loss = ml_collections.ConfigDict()
-  lo.rec = "l1"                   # reconstruction loss: l1 | l2.
-  lo.rec_weight = 1.0             # weight of the reconstruction loss.
-  lo.perceptual_weight = 0.0      # LPIPS-VGG weight (0: off; LlamaGen 1.0).
-  lo.perceptual_weights = ""      # .npz of LPIPS-VGG weights (layout: tokenizers.losses).
-  lo.disc_weight = 0.0            # adversarial weight (0: no discriminator; VQGAN/LlamaGen 0.5).
-  lo.disc_start = 0               # step from which the adversarial losses count.
-  lo.disc_adaptive = True         # VQGAN's adaptive weight on the generator's GAN loss.
-  lo.disc_max_weight = 1e4        # clip of the adaptive weight.
-  lo.disc_channels = 64           # PatchGAN base channels.
-  lo.disc_layers = 3              # PatchGAN stride-2 layers (patch size grows with it).
-  lo.disc_groups = 32             # PatchGAN GroupNorm groups.
+  m.titok = ml_collections.ConfigDict(registry_defaults(TitokFields))
+  m.loss = ml_collections.ConfigDict(registry_defaults(LossFields))
   return m
 
 
@@ -108,7 +131,7 @@ def to_uint8(x) -> jax.Array:
 
 
 @ENCODERS.register("conv")
-def _conv_pair(m, channels: int, z_in: int, z_out: int, rngs: nnx.Rngs):
+def _conv_pair(m, titok, channels: int, z_in: int, z_out: int, rngs: nnx.Rngs):
   cfg = ConvConfig.from_config(m)
   check_image_size(m.image_size, m.image_size, cfg.downsample, "model.ch_mult encoder")
   side = m.image_size // cfg.downsample
@@ -117,9 +140,8 @@ def _conv_pair(m, channels: int, z_in: int, z_out: int, rngs: nnx.Rngs):
 
 
 @ENCODERS.register("titok")
-def _titok_pair(m, channels: int, z_in: int, z_out: int, rngs: nnx.Rngs):
+def _titok_pair(m, t, channels: int, z_in: int, z_out: int, rngs: nnx.Rngs):
   from arjax.tokenizers.titok import TokenDecoder, TokenEncoder
-  t = m.titok
   kw = dict(num_tokens=t.num_tokens, patch_size=t.patch_size, width=t.width, depth=t.depth,
             num_heads=t.num_heads, rngs=rngs)
   return (TokenEncoder(m.image_size, channels, z_in, **kw),
@@ -132,15 +154,17 @@ class Autoencoder(nnx.Module):
   evaluation = "tokenizer"
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = config.model
-    qc = m.quantizer
+    node = config.model
+    m = read_fields(AutoencoderFields, node, "model 'autoencoder' (config.model)")
+    qc = node.quantizer
     if qc.get("dead_code_threshold", 0.0) > 0 and qc.get("ema_decay", 0.0) == 0:
       # The restart would write rows of an nnx.Param that the optimizer owns: the trainer takes
       # parameters from the optimizer only, so the restarted rows would be dropped.
       raise ValueError(f"model.quantizer.dead_code_threshold={qc.dead_code_threshold} needs "
                        "model.quantizer.ema_decay > 0: restarts write codebook rows, which only "
                        "an EMA codebook (model state) carries between steps")
-    lo = m.loss
+    lo = read_fields(LossFields, node.get("loss"), "config.model.loss")
+    titok = read_fields(TitokFields, node.get("titok"), "config.model.titok")
     if lo.rec not in ("l1", "l2"):
       raise ValueError(f"model.loss.rec={lo.rec!r}; expected 'l1' or 'l2'")
     self.image_size, self.channels = m.image_size, m.channels
@@ -157,7 +181,7 @@ class Autoencoder(nnx.Module):
       z_enc, z_dec = q.in_channels, q.out_channels
       self.quant_conv = self.post_quant_conv = None
     self.encoder, self.decoder, self.latent_grid = ENCODERS.get(m.encoder, field="model.encoder")(
-        m, m.channels, z_enc, z_dec, rngs)
+        m, titok, m.channels, z_enc, z_dec, rngs)
     self.rec = lo.rec
     self.rec_weight = lo.rec_weight
     self.perceptual_weight = lo.perceptual_weight
@@ -276,6 +300,6 @@ class Autoencoder(nnx.Module):
     return total, dict(metrics, loss=total, generator_loss=g_loss)
 
 
-@MODELS.register("autoencoder")
+@MODELS.register("autoencoder", fields=AutoencoderFields)
 def _build(config, *, rngs):
   return Autoencoder(config, rngs=rngs)

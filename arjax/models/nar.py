@@ -6,7 +6,8 @@ which predicts its right neighbour; one extra block on top of the stack feeds he
 predicts its lower neighbour. The logits of cell (h, w) are
   (0, 0): the mean of R and B at the class slot;   row 0: R of the left neighbour;
   column 0: B of the upper neighbour;               elsewhere: the mean of R(left) and B(up).
-Sampling generates one anti-diagonal per step (2H - 1 steps) through `OrderSampler`.
+Sampling generates one anti-diagonal per step (2H - 1 steps) through the 'order' sampler.
+Both heads are categorical (their logits are averaged).
 
 Legend: B batch, N = H W tokens, L = N + 1 slots, D width, V vocabulary.
 """
@@ -18,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from arjax.heads.categorical import HEADS
-from arjax.models.ordered_ar import OrderedAR
+from arjax.heads.base import build_head
+from arjax.heads.categorical import Categorical
+from arjax.models.ordered_ar import OrderedAR, OrderedFields
 from arjax.models.registry import MODELS
 from arjax.nn.layers import make_norm
 from arjax.nn.transformer import Block
@@ -56,13 +58,19 @@ class NAR(OrderedAR):
     cfg = self.backbone_cfg
     self.extra_block = Block(cfg, rngs=rngs)     # the block under head B.
     self.norm_below = make_norm(cfg.norm, cfg.dim, rngs=rngs, eps=cfg.norm_eps)
-    m = config.model
-    self.head_below = HEADS.get(m.head, field="model.head")(
-        cfg.dim, self.tokenizer.vocab_size, rngs=rngs, dtype=cfg.compute_dtype,
-        label_smoothing=m.label_smoothing)
+    self.head_below = build_head(config, cfg.dim, self.tokenizer, rngs=rngs,
+                                 dtype=cfg.compute_dtype)
+    if not isinstance(self.head_below, type(self.head)) or not hasattr(self.head, "vocab_size"):
+      raise ValueError(f"model 'nar' averages the logits of its two heads: it needs "
+                       f"model.head.name='categorical', got {config.model.head.name!r}")
 
   def grid_logits_of_layout(self, tokens, labels, layout: Layout, *, train: bool = False):
-    """tokens int32 [B, N], labels [B] -> logits float32 [B, N, V] of every cell."""
+    """Categorical shortcut of `grid_dist_of_layout`: logits float32 [B, N, V]."""
+    return self.grid_dist_of_layout(tokens, labels, layout, train=train).logits
+
+  def grid_dist_of_layout(self, tokens, labels, layout: Layout, *, train: bool = False
+                          ) -> Categorical:
+    """tokens int32 [B, N], labels [B] -> Categorical [B, N] of every cell."""
     x, rope_pos, cond = self.embed_slots(tokens, labels, layout)
     if self.drop is not None:
       x = self.drop(x, deterministic=not train)
@@ -74,21 +82,25 @@ class NAR(OrderedAR):
     right = self.head(bb.norm(x))
     x, _ = self.extra_block(x, mask=layout.mask, rope=rope, cond=cond, deterministic=not train)
     below = self.head_below(self.norm_below(x))
-    return combine_neighbour_logits(right, below, self.order.grid)
+    return right.replace(logits=combine_neighbour_logits(right.logits, below.logits,
+                                                         self.order.grid))
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     tokens, labels = self.tokens_and_labels(batch, train)
     layout = self.order.train_layout(jax.random.key(0), tokens.shape[0], batch.get("step"), train)
-    logits = self.grid_logits_of_layout(tokens, labels, layout, train=train)
-    return self.weighted_loss(batch, logits, tokens, jnp.ones(tokens.shape, jnp.float32))
+    dist = self.grid_dist_of_layout(tokens, labels, layout, train=train)
+    return self.weighted_loss(batch, dist, tokens, jnp.ones(tokens.shape, jnp.float32))
 
-  def grid_logits(self, tokens, labels, known, plan):
-    """Logits [B, N, V] of every cell; the sampler keeps those of the step's anti-diagonal."""
+  def grid_dist(self, tokens, labels, known, plan):
+    """Categorical [B, N] of every cell; the order reveals the step's anti-diagonal."""
     layout = self.order.sample_layout(plan, known)
-    return self.grid_logits_of_layout(tokens, labels, layout)
+    return self.grid_dist_of_layout(tokens, labels, layout)
+
+  def default_sampler(self) -> str:
+    return "order"
 
 
-@MODELS.register("nar")
+@MODELS.register("nar", fields=OrderedFields)
 def _build(config, *, rngs):
   return NAR(config, rngs=rngs)

@@ -14,15 +14,17 @@ paper is a config:
 
 Slot embedding: token embedding of the cell it carries, or the class (null class with
 probability `class_dropout`), or a learned query vector, or a learned start token; plus, when
-enabled, pos_table[pos] and target_table[tgt] (RAR's target-aware embedding). Sampling: the
-`grid_logits` of a sampling step feed `arjax.sampling.orders.OrderSampler`; causal orders without
-queries also have KV-cached raster decoding (`decode_prefix` / `decode_tokens`, the
-`SequentialSampler` protocol), which is how RAR samples after annealing.
+enabled, pos_table[pos] and target_table[tgt] (RAR's target-aware embedding). Predictions are
+head Distributions (arjax.heads.base). Sampling: the `grid_dist` of a sampling step feeds the
+'order' sampler (arjax.sampling.orders); causal orders without queries also have KV-cached
+raster decoding (`decode_prefix` / `decode_tokens`, the 'sequential' sampler's protocol), which
+is how RAR samples after annealing.
 
 Legend: B batch, N tokens, L slots, P start slots, D width, V vocabulary, T tokens per call.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Tuple
 
 import jax
@@ -30,9 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from arjax.heads.categorical import HEADS
+from arjax.heads.base import build_head, head_is_continuous, token_metrics
 from arjax.kernels.masks import MaskSpec
-from arjax.models.registry import MODELS
+from arjax.models.registry import MODELS, GeneratorFields, model_fields
 from arjax.nn.layers import AdaLNModulation, Embed, LayerNorm, modulate, make_param
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import SRC_CLASS, SRC_QUERY, SRC_START, build_order, register_support
@@ -42,20 +44,17 @@ from arjax.tokenizers import build_tokenizer
 register_support("raster_ar", orders=("raster",))  # RasterAR reads RasterOrder's own API.
 register_support("ordered_ar", mask_kinds=("causal", "bidirectional", "block"))
 
-MODEL_DEFAULTS = dict(
-    learned_pos=False,       # add a learned table indexed by the slot's grid cell.
-    target_aware=False,      # RAR: add a second table indexed by the cell the slot predicts.
-    start_token=False,       # RAR: a learned [cls] slot before the class token.
-    timestep_cond=False,     # RAR: adaLN condition = class embedding + per-slot embedding.
-    final_adaln=False,       # RAR: adaLN (shift, scale) before the head.
-    pos_table_extra=0,       # extra rows of the position tables (RAR's released layout: 1024).
-    slot_table_extra=0,      # extra rows of the per-slot table (RAR: 100).
-    input_norm=False,        # LPD: LayerNorm on the slot embeddings (its `z_proj_ln`).
-)
-
-
-def model_option(m: ml_collections.ConfigDict, key: str):
-  return m.get(key, MODEL_DEFAULTS[key])
+@dataclasses.dataclass(frozen=True)
+class OrderedFields(GeneratorFields):
+  """`config.model` of 'ordered_ar' (and of 'arpg' and 'nar', built on it)."""
+  learned_pos: bool = False       # add a learned table indexed by the slot's grid cell.
+  target_aware: bool = False      # RAR: add a second table indexed by the cell the slot predicts.
+  start_token: bool = False       # RAR: a learned [cls] slot before the class token.
+  timestep_cond: bool = False     # RAR: adaLN condition = class embedding + per-slot embedding.
+  final_adaln: bool = False       # RAR: adaLN (shift, scale) before the head.
+  pos_table_extra: int = 0        # extra rows of the position tables (RAR's released layout: 1024).
+  slot_table_extra: int = 0       # extra rows of the per-slot table (RAR: 100).
+  input_norm: bool = False        # LPD: LayerNorm on the slot embeddings (its `z_proj_ln`).
 
 
 def gather_cells(x, idx):
@@ -78,21 +77,21 @@ class OrderedAR(nnx.Module):
   target_queries = False
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = config.model
-    self.config_name = m.name
+    m = model_fields(OrderedFields, config)
+    self.config_name = config.model.name
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
-    self.backbone_cfg = TransformerConfig.from_config(m.backbone)
+    self.backbone_cfg = TransformerConfig.from_config(config.model.backbone)
     cfg = self.backbone_cfg
     dim, dt = cfg.dim, cfg.compute_dtype
     n = self.tokenizer.tokens_per_image
     self.num_tokens = n
     self.num_classes, self.null_class = m.num_classes, m.num_classes
     self.class_dropout = m.class_dropout
-    self.learned_pos = model_option(m, "learned_pos")
-    self.target_aware = model_option(m, "target_aware")
-    self.start_slots = 1 if model_option(m, "start_token") else 0
-    self.timestep_cond = model_option(m, "timestep_cond")
+    self.learned_pos = m.learned_pos
+    self.target_aware = m.target_aware
+    self.start_slots = 1 if m.start_token else 0
+    self.timestep_cond = m.timestep_cond
     if self.timestep_cond and not cfg.adaln:
       raise ValueError("model.timestep_cond=True conditions adaLN: set model.backbone.adaln=True")
     if cfg.adaln and not self.timestep_cond:
@@ -107,26 +106,28 @@ class OrderedAR(nnx.Module):
       raise ValueError(f"order {self.order.name!r} with parallel groups (order.schedule="
                        f"{self.order.schedule!r}) needs separate target queries: use model "
                        "'arpg' or order 'randar'")
+    if head_is_continuous(config):
+      raise ValueError(f"model {m.name!r} embeds discrete tokens: model.head.name="
+                       f"{m.head.name!r} (continuous tokens) runs on model 'raster_ar'")
     self.class_embed = Embed(m.num_classes + 1, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
     self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
     init = nnx.initializers.normal(stddev=0.02)
     self.query = make_param(rngs, init, (dim,), ("embed",))
     self.start = make_param(rngs, init, (dim,), ("embed",)) if self.start_slots else None
-    rows = n + model_option(m, "pos_table_extra")
+    rows = n + m.pos_table_extra
     self.pos_table = (Embed(rows, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
                       if self.learned_pos else None)
     self.target_table = (Embed(rows, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
                          if self.target_aware else None)
     self.max_slots = self._max_slots() + self.start_slots
-    self.slot_table = (Embed(self.max_slots + model_option(m, "slot_table_extra"), dim, rngs=rngs,
+    self.slot_table = (Embed(self.max_slots + m.slot_table_extra, dim, rngs=rngs,
                              axes=(None, "embed"), dtype=dt) if self.timestep_cond else None)
     self.backbone = Transformer(cfg, rngs=rngs)
     self.final_ada = (AdaLNModulation(dim, dim, 2, rngs=rngs, dtype=dt, use_bias=cfg.bias)
-                      if model_option(m, "final_adaln") else None)
+                      if m.final_adaln else None)
     self.input_norm = (LayerNorm(dim, rngs=rngs, eps=cfg.norm_eps)
-                       if model_option(m, "input_norm") else None)
-    self.head = HEADS.get(m.head, field="model.head")(dim, self.tokenizer.vocab_size, rngs=rngs,
-                                                      dtype=dt, label_smoothing=m.label_smoothing)
+                       if m.input_norm else None)
+    self.head = build_head(config, dim, self.tokenizer, rngs=rngs, dtype=dt)
     self.drop = nnx.Dropout(m.token_dropout, rngs=rngs) if m.token_dropout > 0 else None
     self.rngs = rngs
 
@@ -145,8 +146,14 @@ class OrderedAR(nnx.Module):
 
   def embed_slots(self, tokens, labels, layout: Layout):
     """-> x [B, L, D], rope positions [B, L, 2] (or [B, L]), adaLN cond [B, L, D] or None."""
-    src, pos, tgt = layout.src, layout.pos, layout.tgt
-    tok = self.token_embed(gather_cells(tokens, src))
+    return self.embed_sources(gather_cells(tokens, layout.src), labels, layout.src, layout.pos,
+                              layout.tgt)
+
+  def embed_sources(self, slot_tokens, labels, src, pos, tgt, slot0=0):
+    """The slot embedding of `embed_slots` for slots whose tokens are already gathered:
+    slot_tokens int32 [B, L] (read where src >= 0), slots numbered slot0 ... slot0 + L - 1
+    (the KV-cached decode feeds a few slots at a cache offset)."""
+    tok = self.token_embed(jnp.maximum(slot_tokens, 0))
     cls = self.class_embed(labels)[:, None]
     x = jnp.where((src >= 0)[..., None], tok, 0)
     x = x + jnp.where((src == SRC_CLASS)[..., None], cls, 0)
@@ -162,13 +169,17 @@ class OrderedAR(nnx.Module):
     rope_pos = self.rope_positions(pos)
     cond = None
     if self.slot_table is not None:
-      slots = jnp.arange(src.shape[1])
+      slots = slot0 + jnp.arange(src.shape[1])
       cond = cls + self.slot_table(slots)[None]
     return x, rope_pos, cond
 
-  def layout_logits(self, tokens, labels, layout: Layout, *, train: bool = False, caches=None,
-                    cache_index=None):
-    """tokens int32 [B, N], labels [B], a layout of L slots -> logits float32 [B, L, V]."""
+  def layout_logits(self, tokens, labels, layout: Layout, **kw):
+    """Categorical shortcut of `layout_dist`: (logits float32 [B, L, V], layout)."""
+    dist, layout = self.layout_dist(tokens, labels, layout, **kw)
+    return dist.logits, layout
+
+  def layout_dist(self, tokens, labels, layout: Layout, *, train: bool = False):
+    """tokens int32 [B, N], labels [B], a layout of L slots -> (Distribution [B, L], layout)."""
     layout = layout.prepend(self.start_slots)  # orders' layouts never hold start slots.
     x, rope_pos, cond = self.embed_slots(tokens, labels, layout)
     if self.drop is not None:
@@ -193,17 +204,13 @@ class OrderedAR(nnx.Module):
       labels = self.drop_labels(labels)
     return tokens, labels
 
-  def weighted_loss(self, batch, logits, targets, w):
-    """(loss, metrics) of logits [B, T, V] against targets [B, T] with weights w [B, T]
+  def weighted_loss(self, batch, dist, targets, w):
+    """(loss, metrics) of a Distribution [B, T] against targets [B, T] with weights w [B, T]
     (padded evaluation rows, batch['mask'], weigh zero)."""
     if "mask" in batch:  # padded evaluation batches
       w = w * batch["mask"][:, None].astype(jnp.float32)
-    loss, nll = self.head.loss(logits, targets, w)
-    denom = jnp.maximum(w.sum(), 1.0)
-    nll_mean = (nll * w).sum() / denom
-    acc = ((jnp.argmax(logits, -1) == targets) * w).sum() / denom
-    return loss, {"loss": loss, "nll": nll_mean, "bits_per_dim": nll_mean / jnp.log(2.0),
-                  "accuracy": acc, "num_tokens": w.sum()}
+    loss, per_token = dist.loss(targets, weights=w)
+    return loss, token_metrics(dist, loss, per_token, targets, w)
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
@@ -211,19 +218,27 @@ class OrderedAR(nnx.Module):
     # Evaluation draws its order from a fixed key, so the test NLL is deterministic.
     key = self.rngs.sample() if train else jax.random.key(0)
     layout = self.order.train_layout(key, tokens.shape[0], batch.get("step"), train)
-    logits, layout = self.layout_logits(tokens, labels, layout, train=train)
-    loss, metrics = self.weighted_loss(batch, logits, gather_cells(tokens, layout.tgt),
+    dist, layout = self.layout_dist(tokens, labels, layout, train=train)
+    loss, metrics = self.weighted_loss(batch, dist, gather_cells(tokens, layout.tgt),
                                        (layout.tgt >= 0).astype(jnp.float32))
     if hasattr(self.order, "random_ratio") and self.order.anneals:
       metrics["random_ratio"] = self.order.random_ratio(batch.get("step"), train)
     return loss, metrics
 
   # -- sampling --------------------------------------------------------------------------------
-  def grid_logits(self, tokens, labels, known, plan):
-    """Logits [B, N, V] for every cell predicted by a sampling step's layout."""
+  def grid_dist(self, tokens, labels, known, plan):
+    """Distribution [B, N] of every cell predicted by a sampling step's layout (the 'order'
+    sampler's protocol; cells the step does not predict hold zeros)."""
     layout = self.order.sample_layout(plan, known)
-    logits, layout = self.layout_logits(tokens, labels, layout)
-    return scatter_to_grid(logits, layout.tgt, self.num_tokens)
+    dist, layout = self.layout_dist(tokens, labels, layout)
+    return jax.tree.map(lambda x: scatter_to_grid(x, layout.tgt, self.num_tokens), dist)
+
+  def default_sampler(self) -> str:
+    """The sampler of this model's order: KV-cached sequential decoding for orders sampled
+    cell by cell in raster order, else the order-driven sampler."""
+    o = self.order
+    raster = o.name == "raster" or (o.name == "random" and not getattr(o, "sample_random", True))
+    return "sequential" if raster and self.supports_cached_raster else "order"
 
   # KV-cached raster decoding (the SequentialSampler protocol) for causal orders without queries:
   # slot P-1 is the class, slot P + i carries x_i and predicts x_(i+1).
@@ -245,23 +260,7 @@ class OrderedAR(nnx.Module):
 
   def _decode(self, x_src, slot0, labels, caches, pos, tgt, src):
     b, t = src.shape
-    layout_src = src
-    x = self.token_embed(jnp.maximum(x_src, 0))
-    cls = self.class_embed(labels)[:, None]
-    x = jnp.where((layout_src == SRC_CLASS)[..., None], cls, x)
-    if self.start is not None:
-      x = jnp.where((layout_src == SRC_START)[..., None], self.start[...].astype(x.dtype), x)
-    if self.pos_table is not None:
-      x = x + self.pos_table(jnp.maximum(pos, 0)) * (pos >= 0)[..., None]
-    if self.target_table is not None:
-      x = x + self.target_table(jnp.maximum(tgt, 0)) * (tgt >= 0)[..., None]
-    if self.input_norm is not None:
-      x = self.input_norm(x)
-    rope_pos = self.rope_positions(pos)
-    cond = None
-    if self.slot_table is not None:
-      slots = slot0 + jnp.arange(t)
-      cond = cls + self.slot_table(slots)[None]
+    x, rope_pos, cond = self.embed_sources(x_src, labels, src, pos, tgt, slot0)
     mask = MaskSpec(kind="causal", q_offset=slot0, kv_length=slot0 + t)
     h, kv = self.backbone(x, positions=rope_pos, mask=mask, cond=cond, caches=caches["kv"],
                           cache_index=slot0)
@@ -272,18 +271,18 @@ class OrderedAR(nnx.Module):
     return self.head(h), caches
 
   def decode_prefix(self, labels, caches):
-    """Feeds the start slot(s) and the class. Returns (logits [B, V] for x_0, caches)."""
+    """Feeds the start slot(s) and the class. Returns (Distribution [B, 1] of x_0, caches)."""
     self._check_cached()
     b, p = labels.shape[0], self.start_slots + 1
     src = jnp.asarray([SRC_START] * self.start_slots + [SRC_CLASS], jnp.int32)[None]
     src = jnp.broadcast_to(src, (b, p))
     tgt = jnp.asarray([-1] * self.start_slots + [0], jnp.int32)[None].repeat(b, 0)
     labels = labels.astype(jnp.int32)
-    logits, caches = self._decode(src, 0, labels, caches, -jnp.ones((b, p), jnp.int32), tgt, src)
-    return logits[:, -1], caches
+    dist, caches = self._decode(src, 0, labels, caches, -jnp.ones((b, p), jnp.int32), tgt, src)
+    return jax.tree.map(lambda x: x[:, -1:], dist), caches
 
   def decode_tokens(self, tokens, token_index, caches):
-    """Feeds x_i ... x_(i+T-1) (i = token_index). Returns (logits [B, T, V], caches)."""
+    """Feeds x_i ... x_(i+T-1) (i = token_index). Returns (Distribution [B, T], caches)."""
     b, t = tokens.shape
     cells = token_index + jnp.arange(t, dtype=jnp.int32)
     pos = jnp.broadcast_to(cells, (b, t))
@@ -293,6 +292,6 @@ class OrderedAR(nnx.Module):
                         pos, tgt, pos)
 
 
-@MODELS.register("ordered_ar")
+@MODELS.register("ordered_ar", fields=OrderedFields)
 def _build(config, *, rngs):
   return OrderedAR(config, rngs=rngs)

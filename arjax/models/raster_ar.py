@@ -4,7 +4,13 @@ Sequence [class token, x_0 ... x_{N-2}] predicts x_0 ... x_{N-1}. During trainin
 replaced by a null class with probability `class_dropout`, which classifier-free guidance uses
 at sampling time. Tokenizer, order, backbone and head are parts named by the config.
 
-Legend: B batch, N tokens per image, D width, V vocabulary, T tokens fed in one decode call.
+Tokens are what the head declares (arjax.heads.base): int32 [B, N] through a token embedding for
+the categorical head, or continuous float32 [B, N, C] (KL-VAE latents) through a Dense input
+projection for the GMM head (GIVT-Causal, Tschannen et al. 2023). Every prediction is a head
+Distribution over [B, positions]; `logits` is the categorical shortcut.
+
+Legend: B batch, N tokens per image, D width, V vocabulary, C latent channels, T tokens fed in
+one decode call.
 """
 from __future__ import annotations
 
@@ -15,9 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from arjax.heads.categorical import HEADS
-from arjax.models.registry import MODELS
-from arjax.nn.layers import Embed
+from arjax.heads.base import build_head, continuous_token_dim, head_is_continuous, token_metrics
+from arjax.models.registry import MODELS, GeneratorFields, model_fields
+from arjax.nn.layers import Dense, Embed
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import build_order
 from arjax.tokenizers import build_tokenizer
@@ -26,10 +32,10 @@ from arjax.tokenizers import build_tokenizer
 class RasterAR(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = config.model
+    m = model_fields(GeneratorFields, config)
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
-    self.backbone_cfg = TransformerConfig.from_config(m.backbone)
+    self.backbone_cfg = TransformerConfig.from_config(config.model.backbone)
     dim = self.backbone_cfg.dim
     dt = self.backbone_cfg.compute_dtype
     self.num_classes = m.num_classes
@@ -37,24 +43,47 @@ class RasterAR(nnx.Module):
     self.class_dropout = m.class_dropout
     self.token_dropout = m.token_dropout
     self.class_embed = Embed(m.num_classes + 1, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
-    self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
+    # Parameters are created in the same order as before heads returned distributions (token
+    # input, backbone, head), so seeded initialisations are unchanged.
+    self.continuous = head_is_continuous(config)
+    if self.continuous:  # GIVT: a Dense projection of each continuous token.
+      self.token_proj = Dense(continuous_token_dim(self.tokenizer), dim, axes=(None, "embed"),
+                              rngs=rngs, dtype=dt)
+    else:
+      self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
     self.backbone = Transformer(self.backbone_cfg, rngs=rngs)
-    self.head = HEADS.get(m.head, field="model.head")(dim, self.tokenizer.vocab_size, rngs=rngs,
-                                                      dtype=dt,
-                                                      label_smoothing=m.label_smoothing)
+    self.head = build_head(config, dim, self.tokenizer, rngs=rngs, dtype=dt)
     self.drop = nnx.Dropout(m.token_dropout, rngs=rngs) if m.token_dropout > 0 else None
     self.rngs = rngs
 
   # -- training ---------------------------------------------------------------------------------
-  def logits(self, tokens, labels, *, train: bool = False):
-    """tokens int32 [B, N], labels int32 [B] -> logits float32 [B, N, V]."""
+  def embed_tokens(self, tokens):
+    """tokens [B, T] (int) or [B, T, C] (continuous) -> [B, T, D]."""
+    if self.continuous:
+      return self.token_proj(tokens.astype(jnp.float32))
+    return self.token_embed(tokens)
+
+  def forward(self, tokens, labels, *, train: bool = False):
+    """tokens [B, N(, C)], labels int32 [B] -> the head's Distribution over [B, N]."""
     b = tokens.shape[0]
-    x = jnp.concatenate([self.class_embed(labels)[:, None], self.token_embed(tokens[:, :-1])], 1)
+    x = jnp.concatenate([self.class_embed(labels)[:, None], self.embed_tokens(tokens[:, :-1])],
+                        1)
     if self.drop is not None:
       x = self.drop(x, deterministic=not train)
     h, _ = self.backbone(x, positions=self.order.input_positions(b),
                          mask=self.order.train_mask(), deterministic=not train)
     return self.head(h)
+
+  def logits(self, tokens, labels, *, train: bool = False):
+    """tokens int32 [B, N], labels int32 [B] -> logits float32 [B, N, V] (categorical head)."""
+    return self.forward(tokens, labels, train=train).logits
+
+  def batch_tokens(self, batch):
+    """The targets of a batch: cached tokens, cached continuous latents, or encoded images."""
+    for key in ("tokens", "latents"):
+      if key in batch:
+        return batch[key]
+    return self.tokenizer.encode(batch["image"])
 
   def drop_labels(self, labels):
     keep = jax.random.uniform(self.rngs.dropout(), labels.shape) >= self.class_dropout
@@ -62,51 +91,51 @@ class RasterAR(nnx.Module):
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    tokens = batch["tokens"] if "tokens" in batch else self.tokenizer.encode(batch["image"])
+    tokens = self.batch_tokens(batch)
     labels = batch["label"].astype(jnp.int32)
     if train and self.class_dropout > 0:
       labels = self.drop_labels(labels)
-    logits = self.logits(tokens, labels, train=train)
+    dist = self.forward(tokens, labels, train=train)
     weights = None
     if "mask" in batch:  # padded evaluation batches
-      weights = jnp.broadcast_to(batch["mask"][:, None], tokens.shape).astype(jnp.float32)
-    loss, nll = self.head.loss(logits, tokens, weights)
-    w = jnp.ones_like(nll) if weights is None else weights
-    denom = jnp.maximum(w.sum(), 1.0)
-    nll_mean = (nll * w).sum() / denom
-    acc = ((jnp.argmax(logits, -1) == tokens) * w).sum() / denom
-    return loss, {"loss": loss, "nll": nll_mean, "bits_per_dim": nll_mean / jnp.log(2.0),
-                  "accuracy": acc, "num_tokens": w.sum()}
+      weights = jnp.broadcast_to(batch["mask"][:, None], tokens.shape[:2]).astype(jnp.float32)
+    loss, per_token = dist.loss(tokens, weights=weights)
+    w = jnp.ones_like(per_token) if weights is None else weights
+    return loss, token_metrics(dist, loss, per_token, tokens, w)
 
   # -- decoding ---------------------------------------------------------------------------------
   def init_cache(self, batch: int):
     return self.backbone.init_cache(batch, self.tokenizer.tokens_per_image)
 
   def decode_prefix(self, labels, caches):
-    """Feeds the class token at cache slot 0. Returns (logits [B, V] for x_0, caches)."""
+    """Feeds the class token at cache slot 0. Returns (Distribution [B, 1] of x_0, caches)."""
     x = self.class_embed(labels)[:, None]
     pos = -jnp.ones((labels.shape[0], 1, 2), jnp.int32)
     h, caches = self.backbone(x, positions=pos, mask=self.order.decode_mask(0, 1),
                               caches=caches, cache_index=0)
-    return self.head(h)[:, -1], caches
+    return self.head(h), caches
 
   def decode_tokens(self, tokens, token_index, caches):
-    """Feeds tokens int32 [B, T] = x_i ... x_{i+T-1} (i = token_index, cache slots i+1 ...).
+    """Feeds tokens [B, T(, C)] = x_i ... x_{i+T-1} (i = token_index, cache slots i+1 ...).
 
     token_index: a scalar, or int32 [B] when rows have been fed different numbers of tokens.
-    Returns (logits [B, T, V] predicting x_{i+1} ... x_{i+T}, caches).
+    Returns (Distribution [B, T] predicting x_{i+1} ... x_{i+T}, caches).
     """
-    b, t = tokens.shape
+    b, t = tokens.shape[:2]
     token_index = jnp.asarray(token_index, jnp.int32)
     pos = jax.vmap(lambda i: jax.lax.dynamic_slice_in_dim(self.order.grid_positions, i, t, 0))(
         jnp.broadcast_to(token_index, (b,)))
     slot = token_index + 1
-    h, caches = self.backbone(self.token_embed(tokens), positions=pos,
+    h, caches = self.backbone(self.embed_tokens(tokens), positions=pos,
                               mask=self.order.decode_mask(slot, t), caches=caches,
                               cache_index=slot)
     return self.head(h), caches
 
 
-@MODELS.register("raster_ar")
+  def default_sampler(self) -> str:
+    return "sequential"
+
+
+@MODELS.register("raster_ar", fields=GeneratorFields)
 def _build(config, *, rngs):
   return RasterAR(config, rngs=rngs)

@@ -12,6 +12,7 @@ Legend: B batch, N tokens per image, L slots in the layout.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Optional, Sequence, Tuple
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 from flax import struct
 
 from arjax.kernels.masks import MaskSpec
-from arjax.registry import Registry
+from arjax.registry import Registry, read_fields
 
 ORDERS: Registry = Registry("order")
 
@@ -56,6 +57,18 @@ def check_support(order, model_name: str) -> None:
   if kinds and order.mask_kind not in kinds:
     raise ValueError(f"order.name={order.name!r} needs a {order.mask_kind!r} attention mask, "
                      f"but model.name={model_name!r} supports only {list(kinds)}")
+
+
+def order_fields(fields_cls, config, name: str):
+  """The fields order `name` declares (`fields_cls`), read from `config.order` (the declared
+  defaults where it sets none); an undeclared field fails naming the order and the field."""
+  node = config["order"] if "order" in config else None
+  return read_fields(fields_cls, node, f"order {name!r} (config.order)")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoFields:
+  """The fields of an order that reads none from `config.order` (raster, NAR)."""
 
 
 def build_order(config, tokenizer):
@@ -221,6 +234,18 @@ class Order:
 
   def num_steps(self) -> int:
     raise NotImplementedError
+
+  # -- the reveal rule (every sampler asks the order which cells a step fixes) ----------------
+  def reveal_cells(self, step, known, plan: Plan, *, key=None, confidence=None,
+             num_unknown_start=None):
+    """bool [B, N]: the cells sampling step `step` reveals, given the cells already known
+    [B, N] and the plan. Fixed-group orders (raster: the next cell; random / RandAR / ARPG /
+    LPD / PAR / NAR: the next group) reveal the unknown cells with plan.step_of == step.
+    Confidence orders override this and call `confidence()` -> [B, N] scores of the step's
+    draws (key: their tie-breaking noise; num_unknown_start [B]: unknown cells before step 0).
+    A scale or a block of cells is one more rule returning its cells."""
+    del key, confidence, num_unknown_start
+    return (plan.step_of == step) & ~known
 
 
 def perm_layout(perm, mask: MaskSpec) -> Layout:

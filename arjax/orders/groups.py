@@ -11,7 +11,9 @@ Training uses uniformly random orders, as LPD does.
 'par' (PAR, Wang et al. 2025): the grid is split into n = `order.regions` regions; first the
 first token of every region, one per step, then groups of n tokens sharing an in-region
 position. Sequence [class, initial n tokens, n-1 transition queries, groups 2..G-1]; causal,
-with full visibility inside a group (block-causal). Steps: n + N/n - 1.
+with full visibility inside a group (block-causal). Steps: n + N/n - 1. The transition slots are
+SRC_QUERY slots, so they all carry the model's one learned query vector (each at its target's
+position), where PAR learns n - 1 distinct transition tokens.
 
 'nar' (NAR, He et al. 2025): next-neighbour prediction. Slots [class, x_0 ... x_(N-1)] in
 raster order; cell (h, w) sees every cell with h' + w' <= h + w (block-causal on the
@@ -22,14 +24,16 @@ Legend: B batch, N tokens, G groups, L slots.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from arjax.kernels.masks import MaskSpec
-from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm,
-                               plan_from_cumulative, random_perm)
-from arjax.orders.random import _PermutationOrder, _get, _kw
+from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, NoFields, Order,
+                               identity_perm, order_fields, plan_from_cumulative, random_perm)
+from arjax.orders.random import GroupFields, _PermutationOrder, _kw
 from arjax.orders import locality, schedules
 
 
@@ -188,24 +192,40 @@ class NarOrder(Order):
     return self._layout(plan.perm.shape[0]).hide_unknown(known)
 
 
-@ORDERS.register("lpd")
+@dataclasses.dataclass(frozen=True)
+class LpdFields(GroupFields):
+  """`config.order` of order 'lpd' (schedule 'one': LPD's 20-step table at 256 tokens, else
+  arccos groups in N/8 steps)."""
+  locality_orders: int = 64       # precomputed locality-aware sampling orders (0: random order).
+  locality_seed: int = 0          # seed of that bank of orders.
+
+
+@dataclasses.dataclass(frozen=True)
+class ParFields:
+  """`config.order` of order 'par'."""
+  regions: int = 4                # n regions, generated in parallel after their first tokens.
+
+
+@ORDERS.register("lpd", fields=LpdFields)
 def _build_lpd(config, tokenizer):
-  kw = _kw(config)
+  f = order_fields(LpdFields, config, "lpd")
+  kw = _kw(f)
   if kw["schedule"] == "one":
     n = tokenizer.tokens_per_image
     kw.update(schedule="sizes", sizes=schedules.LPD_GROUP_SIZES_256_20) if n == 256 else \
         kw.update(schedule="arccos", num_steps=kw["num_steps"] or max(1, n // 8))
   return LpdOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid,
-                  locality_orders=_get(config, "locality_orders", 64),
-                  locality_seed=_get(config, "locality_seed", 0), **kw)
+                  locality_orders=f.locality_orders, locality_seed=f.locality_seed, **kw)
 
 
-@ORDERS.register("par")
+@ORDERS.register("par", fields=ParFields)
 def _build_par(config, tokenizer):
+  f = order_fields(ParFields, config, "par")
   return ParOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid,
-                  regions=_get(config, "regions", 4))
+                  regions=f.regions)
 
 
-@ORDERS.register("nar")
+@ORDERS.register("nar", fields=NoFields)
 def _build_nar(config, tokenizer):
+  order_fields(NoFields, config, "nar")
   return NarOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid)

@@ -8,12 +8,14 @@ masked tokens (`order.loss_on='masked'`, MaskGIT) or on every token ('all', Mask
 Sampling: `order.num_steps` steps; each samples every unknown token and keeps the most
 confident ones (confidence = log p + tau_t Gumbel, tau annealed to 0). How many are revealed:
 `order.reveal='maskgit'` (floor(N0 gamma((t+1)/T)) stay masked) or 'maskgil' (per-step counts
-proportional to gamma(linspace(1, 0, T))). See `arjax.sampling.orders.OrderSampler`.
+proportional to gamma(linspace(1, 0, T))). The rule is `MaskedOrder.reveal_cells`, which the 'order'
+sampler (arjax.sampling.orders) calls at every step.
 
 Legend: B batch, N tokens, L = N + 1 slots.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -22,8 +24,28 @@ import numpy as np
 
 from arjax.kernels.masks import MaskSpec
 from arjax.orders import schedules
-from arjax.orders.base import ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm
-from arjax.orders.random import _get
+from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm,
+                               order_fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedFields:
+  """`config.order` of order 'masked' (MaskGIT's defaults; MaskGIL: arccos, all, maskgil)."""
+  mask_schedule: str = "cosine"   # training mask ratio gamma(r): cosine | arccos | linear | square.
+  loss_on: str = "masked"         # masked (MaskGIT) | all (MaskGIL's code).
+  num_steps: int = 8              # sampling steps.
+  reveal: str = "maskgit"         # how many tokens a step reveals: maskgit | maskgil.
+  gumbel_temperature: float = 4.5  # initial temperature of the Gumbel noise on confidences.
+
+
+def confidence_mask(rng, conf, known, num_reveal, gumbel_temp):
+  """bool [B, N]: the `num_reveal` [B] unknown cells with the highest conf [B, N] +
+  gumbel_temp Gumbel noise (MaskGIT)."""
+  conf = conf + gumbel_temp * jax.random.gumbel(rng, conf.shape)
+  conf = jnp.where(known, -jnp.inf, conf)
+  ranked = jnp.sort(conf, axis=1)[:, ::-1]
+  thr = jnp.take_along_axis(ranked, jnp.maximum(num_reveal - 1, 0)[:, None], axis=1)
+  return (~known) & (conf >= thr) & (num_reveal[:, None] > 0)
 
 
 class MaskedOrder(Order):
@@ -92,16 +114,20 @@ class MaskedOrder(Order):
     done_after = jnp.where(t >= self.steps - 1, num_unknown_start, cum[:, t])
     return jnp.maximum(done_after - (num_unknown_start - num_unknown_now), 0)
 
+  def reveal_cells(self, step, known, plan, *, key=None, confidence=None, num_unknown_start=None):
+    """The num_to_reveal(step) unknown cells with the highest confidence + tau_t Gumbel."""
+    num = self.num_to_reveal(step, num_unknown_start, (~known).sum(1))
+    return confidence_mask(key, confidence(), known, num, self.gumbel_temp(step))
+
   def gumbel_temp(self, t):
     return schedules.maskgit_gumbel_temperature(t, self.steps, self.gumbel_temperature,
                                                 kind=self.reveal)
 
 
-@ORDERS.register("masked")
+@ORDERS.register("masked", fields=MaskedFields)
 def _build_masked(config, tokenizer):
+  f = order_fields(MaskedFields, config, "masked")
   return MaskedOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid,
-                     mask_schedule=_get(config, "mask_schedule", "cosine"),
-                     loss_on=_get(config, "loss_on", "masked"),
-                     num_steps=_get(config, "num_steps", 8) or 8,
-                     reveal=_get(config, "reveal", "maskgit"),
-                     gumbel_temperature=_get(config, "gumbel_temperature", 4.5))
+                     mask_schedule=f.mask_schedule, loss_on=f.loss_on,
+                     num_steps=f.num_steps or 8, reveal=f.reveal,
+                     gumbel_temperature=f.gumbel_temperature)

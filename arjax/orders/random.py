@@ -12,11 +12,17 @@ defaults (arccos schedule, 64 steps).
 [class, P_pi0, x_pi0, P_pi1, x_pi1, ..., P_pi(N-1)], under a causal mask; only the P slots
 predict (each the token at its own position). Parallel decoding feeds the m queries of a step
 together: with `Layout.hide_unknown` a query sees the earlier queries of its step but not their
-(unknown) tokens, which is RandAR's inference layout with the cache rewritten in place.
+(unknown) tokens. There is no KV cache for RandAR here: every step recomputes the whole training
+layout with the not-yet-generated tokens hidden (`OrderSampler`), which gives the logits of
+RandAR's inference layout [.., P_q0, P_q1, ..] (tests/orders/test_issue_checks.py compares the
+two at every step).
 
 Legend: B batch, N tokens, L = 2N slots (randar) or N slots (random).
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +30,30 @@ import jax.numpy as jnp
 from arjax.kernels.masks import MaskSpec
 from arjax.orders import schedules
 from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm,
-                               perm_layout, plan_from_cumulative, random_perm)
+                               order_fields, perm_layout, plan_from_cumulative, random_perm)
 
 
-def _get(config, key, default):
-  return config.order.get(key, default) if "order" in config else default
+@dataclasses.dataclass(frozen=True)
+class GroupFields:
+  """`config.order` of the orders sampled in groups of a schedule (randar; lpd adds its own)."""
+  schedule: str = "one"           # group schedule (schedules.GROUP_SCHEDULES); one: 1 per step.
+  num_steps: int = 0              # sampling steps (0: the order's default).
+  group_sizes: Tuple[int, ...] = ()  # schedule 'sizes': tokens generated at each step.
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomFields(GroupFields):
+  """`config.order` of order 'random' (RAR; ARPG's schedules with model 'arpg')."""
+  anneal_start: int = -1          # RAR: step where the random-order ratio starts to fall (-1: never).
+  anneal_end: int = -1            # RAR: step where it reaches 0 (raster from then on).
+  sample_order: str = "random"    # random | raster (RAR samples in raster order).
+
+
+@dataclasses.dataclass(frozen=True)
+class ArpgFields:
+  """`config.order` of order 'arpg' (trains on random orders only: no annealing fields)."""
+  schedule: str = "arpg_arccos"   # arpg_arccos (the repo's recommendation) | arpg_cosine.
+  num_steps: int = 0              # parallel sampling steps (0: min(64, N)).
 
 
 class _PermutationOrder(Order):
@@ -130,17 +155,16 @@ class RandArOrder(_PermutationOrder):
     return self.layout_for(random_perm(rng, batch, self.num_tokens))
 
 
-def _kw(config):
-  return dict(schedule=_get(config, "schedule", "one"), num_steps=_get(config, "num_steps", 0),
-              sizes=tuple(_get(config, "group_sizes", ())))
+def _kw(f: GroupFields):
+  return dict(schedule=f.schedule, num_steps=f.num_steps, sizes=tuple(f.group_sizes))
 
 
-@ORDERS.register("random")
+@ORDERS.register("random", fields=RandomFields)
 def _build_random(config, tokenizer):
+  f = order_fields(RandomFields, config, "random")
   return RandomOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid,
-                     anneal_start=_get(config, "anneal_start", -1),
-                     anneal_end=_get(config, "anneal_end", -1),
-                     sample_order=_get(config, "sample_order", "random"), **_kw(config))
+                     anneal_start=f.anneal_start, anneal_end=f.anneal_end,
+                     sample_order=f.sample_order, **_kw(f))
 
 
 class ArpgOrder(RandomOrder):
@@ -150,24 +174,22 @@ class ArpgOrder(RandomOrder):
   name = "arpg"
 
 
-@ORDERS.register("arpg")
+@ORDERS.register("arpg", fields=ArpgFields)
 def _build_arpg(config, tokenizer):
   n = tokenizer.tokens_per_image
-  schedule = _get(config, "schedule", "arpg_arccos")
-  if schedule not in ("arpg_arccos", "arpg_cosine"):
-    raise ValueError(f"order 'arpg': order.schedule={schedule!r}; expected 'arpg_arccos' or "
+  f = order_fields(ArpgFields, config, "arpg")
+  if f.schedule not in ("arpg_arccos", "arpg_cosine"):
+    raise ValueError(f"order 'arpg': order.schedule={f.schedule!r}; expected 'arpg_arccos' or "
                      "'arpg_cosine'")
-  if _get(config, "anneal_start", -1) >= 0:
-    raise ValueError("order 'arpg' trains on random orders only: drop order.anneal_start/end")
-  return ArpgOrder(n, tokenizer.grid_positions(), tokenizer.grid, schedule=schedule,
-                   num_steps=_get(config, "num_steps", 0) or min(64, n))
+  return ArpgOrder(n, tokenizer.grid_positions(), tokenizer.grid, schedule=f.schedule,
+                   num_steps=f.num_steps or min(64, n))
 
 
-@ORDERS.register("randar")
+@ORDERS.register("randar", fields=GroupFields)
 def _build_randar(config, tokenizer):
-  kw = _kw(config)
-  if kw["schedule"] == "one" and _get(config, "num_steps", 0) not in (0,
-                                                                       tokenizer.tokens_per_image):
+  f = order_fields(GroupFields, config, "randar")
+  kw = _kw(f)
+  if kw["schedule"] == "one" and f.num_steps not in (0, tokenizer.tokens_per_image):
     kw["schedule"] = "randar"
   return RandArOrder(tokenizer.tokens_per_image, tokenizer.grid_positions(), tokenizer.grid,
                      **kw)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from arjax.kernels.masks import MaskSpec
-from arjax.orders.base import ORDERS, Order, identity_perm, perm_layout, plan_from_cumulative
+from arjax.orders.base import (ORDERS, NoFields, Order, identity_perm, order_fields, perm_layout,
+                               plan_from_cumulative)
 
 
 class RasterOrder(Order):
@@ -56,6 +57,7 @@ class RasterOrder(Order):
     return perm_layout(plan.perm, MaskSpec(kind="causal"))
 
 
-@ORDERS.register("raster")
+@ORDERS.register("raster", fields=NoFields)
 def _build_raster(config, tokenizer):
+  order_fields(NoFields, config, "raster")
   return RasterOrder(tokenizer.grid_positions(), prefix_len=1)

@@ -1,6 +1,12 @@
-"""Samplers: pure decode loops over the model, with guidance as a wrapper."""
-from arjax.sampling.decode import SamplingConfig, SequentialSampler, class_grid_labels
+"""Samplers by name over one state, with guidance as one wrapper (arjax.sampling.base)."""
+from arjax.sampling.base import SAMPLERS, Sampler, build_sampler
+from arjax.sampling.config import SamplingConfig, sampling_from_config
+from arjax.sampling.decode import SequentialSampler, class_grid_labels
 from arjax.sampling.guidance import cfg_logits, double_labels
+from arjax.sampling.orders import OrderSampler
+from arjax.sampling.cached_groups import CachedGroupSampler
+from arjax.sampling.state import SamplerState
 
-__all__ = ["SamplingConfig", "SequentialSampler", "class_grid_labels", "cfg_logits",
-           "double_labels"]
+__all__ = ["SAMPLERS", "Sampler", "build_sampler", "SamplingConfig", "sampling_from_config",
+           "SequentialSampler", "OrderSampler", "CachedGroupSampler", "SamplerState",
+           "class_grid_labels", "cfg_logits", "double_labels"]

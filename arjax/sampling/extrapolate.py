@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from arjax.models import build_model
-from arjax.sampling.orders import build_sampler
+from arjax.sampling.base import build_sampler
 from arjax.core.functional import FunctionalModel
 
 

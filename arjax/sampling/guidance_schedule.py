@@ -1,8 +1,11 @@
 """Guidance schedules: the classifier-free guidance scale as a function of sampling progress.
 
-One wrapper for every sampler: a sampler calls `schedule.combine(logits, progress)` with the
-doubled-batch logits (conditional half first, as `arjax.sampling.guidance`) and its progress,
-and the schedule picks the scale:
+One wrapper for every sampler: a sampler feeds the model a doubled batch (`double`,
+`feed_labels`: conditional half first, the null class second) and calls
+`schedule.guide(dist, progress)` on the doubled-batch head Distribution; the schedule picks the
+scale and the head combines the halves in its own way (`Distribution.guide`: logits for the
+categorical head, GIVT's density rule for the GMM, inside the inner loop for iterative heads).
+`combine(logits, progress)` is the same on raw logits. The scale:
 
   constant       s                                       (LlamaGen, ARPG's recommendation)
   linear         1 + (s - 1) p                           (MAR, RandAR 1 -> 4, LPD; MaskGIL:
@@ -18,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 
-from arjax.sampling.guidance import cfg_logits
+from arjax.heads.base import split_halves
+from arjax.sampling.guidance import cfg_logits, double_labels
 
 GUIDANCE_KINDS = ("constant", "linear", "power_cosine")
 
@@ -57,6 +62,23 @@ class GuidanceSchedule:
     if self.by == "tokens":
       return jnp.asarray(tokens_done, jnp.float32) / num_tokens
     return jnp.asarray(step, jnp.float32) / max(num_steps - 1, 1)
+
+  def double(self, tree):
+    """Arrays [B, ...] -> [2B, ...] (both halves equal) when guidance is on."""
+    if not self.enabled:
+      return tree
+    return jax.tree.map(lambda x: jnp.concatenate([x, x]), tree)
+
+  def feed_labels(self, labels, null_class: int):
+    """labels [B] -> [2B] (conditional, then the null class) when guidance is on."""
+    return double_labels(labels, null_class) if self.enabled else labels
+
+  def guide(self, dist, progress):
+    """A head Distribution over the doubled batch [2B, ...] -> the guided one over [B, ...]."""
+    if not self.enabled:
+      return dist
+    cond, uncond = split_halves(dist)
+    return cond.guide(uncond, self.at(progress))
 
   def combine(self, logits, progress):
     """logits [2B, ..., V] (conditional half first), progress scalar or [B] -> [B, ..., V]."""

@@ -1,6 +1,8 @@
 """1D-token encoder and decoder: learned latent queries read the patch grid (TiTok, Yu et al.
-2024, "An Image is Worth 32 Tokens for Reconstruction and Generation"; the same scheme as
-GigaTok's and Hita's 1D tokenizers).
+2024, "An Image is Worth 32 Tokens for Reconstruction and Generation"). Only TiTok's scheme is
+here: Hita's holistic tokenizer also starts from learned queries but keeps the patch tokens
+beside them, uses causal attention in the tokenizer and adds a fusion module, none of which this
+module has.
 
   encoder: patchify (p x p) -> linear -> + position -> concat N learned latent queries
            -> transformer (bidirectional) -> the N latent outputs -> LayerNorm -> linear

@@ -22,12 +22,15 @@ import ml_collections
 import numpy as np
 
 from arjax import data as data_lib
+from arjax import loading
 from arjax import parallel
-from arjax.parallel import checks, memory  # [scale] layout checks, memory report, fault hook
+from arjax.parallel import checks  # [scale] layout checks, fault hook
 from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
-from arjax.train.checkpoint import Checkpointer
+from arjax.train.checkpoint import Checkpointer, check_keep
+from arjax.train import memory  # [scale] per-device memory report of the first step
 from arjax.train.evaluation import EVALUATIONS, evaluation_kind
+from arjax.train.lock import WorkdirLock
 from arjax.core.functional import FunctionalModel, abstract_module
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
@@ -65,8 +68,13 @@ class Experiment:
     self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
     self.rules = [tuple(r) for r in config.sharding_rules]
     from flax import nnx
+    # A generator on a token cache decodes its samples through the tokenizer run named by
+    # tokenizer.checkpoint: restored here (parameters only, frozen) and handed to the model,
+    # which never restores a run itself. None for every other tokenizer.
+    self.tokenizer = loading.generator_tokenizer(config)
     # Built under eval_shape (no allocation); kept for static attributes (vocab_size, kind).
-    self.abstract_model = abstract_module(lambda: build_model(config, seed=config.seed))
+    self.abstract_model = abstract_module(
+        lambda: build_model(config, seed=config.seed, tokenizer=self.tokenizer))
     self.fm = FunctionalModel(self.abstract_model)
     self.evaluation = evaluation_kind(self.abstract_model)  # which EVALUATIONS entry runs.
     # Sampling a converted or trained model needs no data set (check_data=False, e.g. ImageNet
@@ -115,7 +123,7 @@ class Experiment:
     config, t = self.config, self.config.train
 
     def init():
-      fm = FunctionalModel(build_model(config, seed=config.seed))
+      fm = FunctionalModel(build_model(config, seed=config.seed, tokenizer=self.tokenizer))
       return initial_state(fm.initial_params(), self.tx, config.seed, t.ema_decay > 0,
                            fm.initial_model_state())
 
@@ -167,7 +175,7 @@ class Experiment:
 
   def sample_grid(self, params, rng, per_class: Optional[int] = None, **overrides):
     from arjax.sampling import SamplingConfig, class_grid_labels
-    from arjax.sampling.orders import build_sampler
+    from arjax.sampling import build_sampler
     e = self.config.eval
     sampling = SamplingConfig(cfg_scale=overrides.get("cfg_scale", e.cfg_scale),
                               temperature=overrides.get("temperature", e.temperature),
@@ -206,12 +214,20 @@ def _meta(config) -> Dict[str, Any]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates.
+  """Trains `config` in `workdir` (resuming from its newest intact checkpoint) and evaluates.
 
-  Returns the final metrics (test bits/dim, steps, paths of the sample grid).
+  Returns the final metrics (test bits/dim, steps, paths of the sample grid). Holds the workdir
+  lock (arjax.train.lock) for the whole run: a second trainer on the workdir is refused.
   """
+  check_keep(config.train.keep_checkpoints)
   parallel.maybe_initialize_distributed()
   check_workdir(workdir)
+  with WorkdirLock(workdir, process_index=jax.process_index(),
+                   process_count=jax.process_count()):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   t = config.train
   exp = Experiment(config)
   checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
@@ -219,11 +235,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
   it = data_lib.make_iterator(config.data, split="train", global_batch_size=t.batch_size,
                               seed=config.seed, shuffle=True, num_epochs=None)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
-    state, data_state, _ = ckpt.restore(latest, target)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  # The newest intact step (digests verified; corrupt newer steps are named and moved aside).
+  restored = ckpt.restore_latest(target)
+  if restored is not None:
+    latest, state, data_state = restored
     if data_state:  # a converted checkpoint (arjax.convert) has no iterator state yet.
       it.set_state(data_state)
     _log.info("resumed from %s/%d", ckpt.directory, latest)

@@ -1,24 +1,20 @@
-"""Loading a trained run from its workdir (for sampling, evaluation and notebooks)."""
+"""Restoring a whole train state (parameters, optimizer state, EMA, model state) from a workdir,
+through the trainer's Experiment: for tests and scripts that need the optimizer state or the
+Experiment's evaluation methods. Inference needs neither: `arjax.load` (arjax.loading) reads
+the parameters and model state only, without building an optimizer.
+"""
 from __future__ import annotations
 
-import json
-import os
 from typing import Optional, Tuple
 
 import jax
-import ml_collections
 
+from arjax.loading import load_workdir_config, resolve_step
 from arjax.train.checkpoint import Checkpointer
 from arjax.train.loop import Experiment
 from arjax.train.state import TrainState
 
-
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an arjax.train run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+__all__ = ["load_run", "load_workdir_config"]
 
 
 def load_run(workdir: str, step: Optional[int] = None, check_data: bool = True
@@ -29,11 +25,9 @@ def load_run(workdir: str, step: Optional[int] = None, check_data: bool = True
   """
   config = load_workdir_config(workdir)
   exp = Experiment(config, check_data=check_data)
+  step = resolve_step(workdir, step)
   ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=False)
   try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no complete checkpoint in {ckpt.directory}")
     abstract, shardings = exp.abstract_state()
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)

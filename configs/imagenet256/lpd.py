@@ -9,8 +9,10 @@ RoPE) over [class, generated content] + position queries (a learned [MASK] embed
 target's learned position embedding), with a LayerNorm on the inputs; order 'lpd' (queries of
 one step see each other and all earlier content; 20 steps with LPD's group-size table).
 Sizes (layers/heads/width -> params): L 24/16/1024 337M, XL 36/20/1280 752M, XXL 48/24/1536
-1.4B. README FID (20 steps): 2.40 / 2.10 / 2.00. The locality-aware sampling order is not
-implemented (random order; see arjax/orders/groups.py).
+1.4B. README FID (20 steps): 2.40 / 2.10 / 2.00. Sampling uses LPD's locality-aware order
+(order.locality_orders = 64 precomputed orders, the default; arjax/orders/locality.py);
+order.locality_orders=0 samples uniformly random orders instead. Training uses uniformly random
+orders, as LPD does.
 """
 from arjax.config import sibling_config
 

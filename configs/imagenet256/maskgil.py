@@ -23,7 +23,7 @@ def get_config(arg=None):
   args = llamagen.parse_size(arg, SIZES, "maskgil", "B")
   c = llamagen.llamagen_config(*SIZES[args.size], 4.0, smoke=args.smoke)
   c.model.name = "ordered_ar"
-  c.model.label_smoothing = 0.1
+  c.model.head.label_smoothing = 0.1
   c.model.backbone.position = "rope1d"  # the released code's RoPE.
   c.order.name = "masked"
   c.order.mask_schedule = "arccos"    # training mask ratio arccos(r) / (pi / 2).

@@ -6,8 +6,11 @@
 
 LlamaGen's GPT and VQ-16 tokens (derived from `llamagen.py`), generated at 384 px (24 x 24) and
 resized to 256 for evaluation. Order 'par' with 4 regions (2 x 2): the first token of each
-region one by one, then groups of 4 tokens sharing an in-region position (147 steps), with
-learned transition queries between the two phases. Sizes (layers/heads/width -> params):
+region one by one, then groups of 4 tokens sharing an in-region position (147 steps). Between
+the two phases the n - 1 = 3 transition slots all carry ONE shared learned query vector (the
+model's query embedding, each slot at its target's 2D RoPE position), where PAR learns n - 1
+distinct transition tokens: 2 x width fewer parameters than the paper's model (2048 at size L);
+the counts below are this layout's. Sizes (layers/heads/width -> params):
 L 24/16/1024 343M, XL 36/20/1280 775M, XXL 48/24/1536 1.4B. Paper FID: 3.76 / 2.61 / 2.35.
 """
 from arjax.config import sibling_config

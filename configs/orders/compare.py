@@ -14,7 +14,7 @@ Step counts at sampling, for N = 196 tokens (the parallel ones scaled from the p
 raster and RAR 196 (RAR samples in raster order after annealing), RandAR 49 (cosine n_k,
 4x fewer; the paper uses 88 of 256), LPD 24 (arccos groups, the builder's N/8; the paper's
 20-step table is for 256 tokens), PAR 4 + 49 - 1 = 52 (4 regions), MaskGIT 8 (cosine), NAR
-31 (the anti-diagonals), ARPG 49 (arccos groups, 4x fewer; the paper uses 64 or 32 of 256).
+27 (the anti-diagonals of the 14 x 14 grid, 2 * 14 - 1), ARPG 49 (arccos groups, 4x fewer; the paper uses 64 or 32 of 256).
 ARPG and NAR use their own models (`arpg`, `nar`) on the same backbone settings, except that
 ARPG's two stacks need an even depth: 2 causal + 2 query blocks (its query blocks have no K/V
 projections, so its parameter count stays close to the others').

@@ -1,5 +1,5 @@
 """MNIST tokenizer, quantizer 'fsq' (28x28 -> 7x7 latent grid;
-shared base arjax.tokenizers.recipe).
+shared base arjax.recipes.tokenizers).
 
   python -m arjax.train --config configs/tokenizers/fsq.py --workdir workdirs/tok_fsq
   python -m arjax.train --config configs/tokenizers/fsq.py:smoke --workdir /tmp/t_fsq
@@ -7,7 +7,7 @@ shared base arjax.tokenizers.recipe).
 Results at 200 steps on a 2-core CPU: docs/tokenizers.md.
 """
 from arjax.config import parse_arg
-from arjax.tokenizers.recipe import tokenizer_config
+from arjax.recipes.tokenizers import tokenizer_config
 
 
 def get_config(arg=None):

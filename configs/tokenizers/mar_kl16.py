@@ -1,5 +1,5 @@
 """Paper-shape tokenizer 'mar_kl16' (ImageNet 256x256, downsampling 16;
-arjax.tokenizers.recipe).
+arjax.recipes.tokenizers).
 
   python -m arjax.inspect --config configs/tokenizers/mar_kl16.py --json
   python -m arjax.train --config configs/tokenizers/mar_kl16.py:smoke --workdir /tmp/p_mar_kl16
@@ -10,7 +10,7 @@ Parameter counts (encoder + quantizer + decoder, discriminator excluded) are che
 official architecture in tests/tokenizers/test_paper_shapes.py; see docs/tokenizers.md.
 """
 from arjax.config import parse_arg
-from arjax.tokenizers.recipe import paper_config
+from arjax.recipes.tokenizers import paper_config
 
 
 def get_config(arg=None):

@@ -9,8 +9,15 @@ Arguments: tokenizer=WORKDIR (decodes the samples), cache=PATH with '{split}', v
 grid of that tokenizer (checked against its checkpoint at start). The sample grid (decoded to
 28x28 pixels through the tokenizer) is written to WORKDIR/images/samples_*.png; bits/dim is per
 token (log2 of the vocabulary for a uniform model). Results: docs/tokenizers.md.
+
+`:smoke` runs on a fresh clone, without the two runs above: the tokenizer run and its token
+cache are replaced by a stand-in with the same 7x7 token grid, the pixel tokenizer (8 grey
+levels of the 28x28 images area-averaged to 7x7, tokens computed from the batch's images), so
+it checks the generator, the trainer and the sampler at this config's shapes, not the reading of
+a cache (tests/train/test_tokenizer_training.py builds a tokenizer run and a cache and trains a
+generator on it).
 """
-from arjax.config import base_config, parse_arg
+from arjax.config import ConfigDict, base_config, parse_arg
 
 
 def get_config(arg=None):
@@ -23,6 +30,10 @@ def get_config(arg=None):
   c.tokenizer.vocab_size = args.vocab_size
   c.tokenizer.grid = args.grid
   c.tokenizer.checkpoint = args.tokenizer
+  if args.smoke:  # the stand-in for the tokenizer run and its cache (see the docstring).
+    c.data.source = "mnist"
+    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=args.grid,
+                                  channels=1))
   b = c.model.backbone
   b.dim, b.num_heads, b.num_layers, b.multiple_of = 96, 4, 4, 32
   c.train.batch_size = 32

@@ -41,13 +41,13 @@ def test_kv_cache_logits_equal_full_recompute(model_and_inputs):
   def cached(p):
     model = fm.bind(p)
     caches = model.init_cache(tokens.shape[0])
-    first, caches = model.decode_prefix(labels, caches)
-    outs = [first[:, None]]
+    first, caches = model.decode_prefix(labels, caches)   # head Distributions [B, T].
+    outs = [first.logits]
     # Feed in chunks of different sizes to exercise multi-token writes: 1, then 5, then rest.
     i, n = 0, tokens.shape[1] - 1
     for size in (1, 5, n - 6):
-      logits, caches = model.decode_tokens(tokens[:, i:i + size], i, caches)
-      outs.append(logits)
+      dist, caches = model.decode_tokens(tokens[:, i:i + size], i, caches)
+      outs.append(dist.logits)
       i += size
     return jnp.concatenate(outs, axis=1)
 

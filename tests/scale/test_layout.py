@@ -6,7 +6,8 @@ import jax
 import pytest
 
 from arjax import parallel
-from arjax.parallel import checks, memory
+from arjax.parallel import checks
+from arjax.train import memory
 from arjax.train.checkpoint import CheckpointMismatchError, check_shapes
 from arjax.train.loop import Experiment, train_and_evaluate
 from tests.helpers import tiny_config

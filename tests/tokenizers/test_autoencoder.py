@@ -9,7 +9,7 @@ import pytest
 
 from arjax.models import build_model
 from arjax.tokenizers import losses
-from arjax.tokenizers.recipe import tokenizer_config
+from arjax.recipes.tokenizers import tokenizer_config
 from arjax.core.functional import FunctionalModel
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from arjax.models import build_model
-from arjax.tokenizers.recipe import tokenizer_config
+from arjax.recipes.tokenizers import tokenizer_config
 from arjax.core.functional import FunctionalModel
 
 

@@ -11,9 +11,10 @@ from PIL import Image
 
 from arjax import data as data_lib
 from arjax.models import build_model
-from arjax.tokenizers.cache import load_tokenizer, write_token_cache
+from arjax.loading import generator_tokenizer, load_tokenizer
+from arjax.train.token_cache import write_token_cache
 
-from arjax.tokenizers.recipe import tokenizer_config
+from arjax.recipes.tokenizers import tokenizer_config
 from arjax.train.checkpoint import Checkpointer
 from arjax.train.evaluation import codebook_statistics, tokenizer_metrics
 from arjax.train.loop import Experiment, train_and_evaluate
@@ -89,20 +90,28 @@ def test_token_cache_round_trip_and_cached_generator(trained, tmp_path):
   np.testing.assert_array_equal(read["tokens"], direct)
   np.testing.assert_array_equal(read["label"], images["label"])
 
-  # A generator on the cache names the checkpoint; samples decode through it.
+  # A generator on the cache names the checkpoint. The model never restores it: the loader
+  # (arjax.load, the trainer's Experiment) hands it the frozen run as its tokenizer's decoder.
   gen = tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16, tokenizer__grid=14,
                     tokenizer__checkpoint=workdir)
-  model = build_model(gen)
+  with pytest.raises(ValueError, match="cannot decode tokens to pixels"):
+    build_model(gen).tokenizer.decode(direct[:3])
+  model = build_model(gen, tokenizer=generator_tokenizer(gen))
   np.testing.assert_array_equal(np.asarray(model.tokenizer.decode(direct[:3])),
-                                tok.decode(direct[:3]))
+                                np.asarray(tok.decode(direct[:3])))
+  assert np.asarray(tok.decode(direct[:3])).shape == (3, 28, 28, 1)
   with pytest.raises(ValueError, match=r"tokenizer.vocab_size=32, tokenizer.grid=14 disagree "
                                        r".*vocab_size=16, grid=14x14"):
+    generator_tokenizer(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=32,
+                                    tokenizer__grid=14, tokenizer__checkpoint=workdir))
+  with pytest.raises(ValueError, match=r"tokenizer handed in has vocab_size=16 but the config's "
+                                       r"tokenizer 'cached' has vocab_size=32"):
     build_model(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=32,
-                            tokenizer__grid=14, tokenizer__checkpoint=workdir))
+                            tokenizer__grid=14), tokenizer=generator_tokenizer(gen))
   missing = str(tmp_path / "no_run")
   with pytest.raises(FileNotFoundError, match=f"tokenizer.checkpoint='{missing}'"):
-    build_model(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16,
-                            tokenizer__grid=14, tokenizer__checkpoint=missing))
+    generator_tokenizer(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16,
+                                    tokenizer__grid=14, tokenizer__checkpoint=missing))
 
 
 def test_detail_and_recognition_measures_and_evaluate_cli(trained, tmp_path, capsys):
@@ -116,6 +125,12 @@ def test_detail_and_recognition_measures_and_evaluate_cli(trained, tmp_path, cap
   workdir, config, final = trained
   exp, state, _ = load_run(workdir)
   values, r = tokenizer_metrics(exp, exp.eval_params(state), "test", 40)
+  # arjax.load reads the same variables (parameters and the codebook's model state) without
+  # the optimizer state.
+  import arjax
+  _, variables, _ = arjax.load(workdir)
+  assert jax.tree.structure(variables) == jax.tree.structure(exp.eval_params(state))
+  jax.tree.map(np.testing.assert_array_equal, variables, exp.eval_params(state))
   labels = np.asarray(next(data_lib.make_iterator(config.data, split="test",
                                                   global_batch_size=40, seed=0, shuffle=False,
                                                   num_epochs=1))["label"])
@@ -138,3 +153,34 @@ def test_detail_and_recognition_measures_and_evaluate_cli(trained, tmp_path, cap
   with pytest.raises(SystemExit):
     evaluate_main(["--workdir", workdir, "--metrics", "bpd"])
   assert "holds a tokenizer" in capsys.readouterr().err
+
+
+def test_generator_on_the_cache_trains_samples_and_loads(trained, tmp_path):
+  """A raster generator on the token cache, end to end: the trainer hands it the frozen
+  tokenizer run (tokenizer.checkpoint), its sample grid decodes to 28x28 pixels through it,
+  and `arjax.load` + `python -m arjax.sample` decode the same way without the trainer."""
+  import arjax
+  from arjax.sample import main as sample_main
+  from tests.helpers import tiny_config
+  tok_workdir, _, _ = trained
+  out = str(tmp_path / "cache" / "{split}.array_record")
+  write_token_cache(tok_workdir, "mnist", out, ["train", "test"], batch_size=16,
+                    num_examples=16)
+  gen = tiny_config(tokenizer__name="cached", tokenizer__vocab_size=16, tokenizer__grid=14,
+                    tokenizer__checkpoint=tok_workdir, train__num_steps=2)
+  gen.data.source, gen.data.pp = f"array_record:{out}", ""
+  workdir = str(tmp_path / "gen")
+  final = train_and_evaluate(gen, workdir)
+  grid = np.asarray(Image.open(final["sample_grid"]))
+  assert grid.shape[:2] == (2 * (10 * 30 + 2), 2 * (30 + 2))  # 10 classes x 1 of 28+2 px, x2
+  fm, variables, config = arjax.load(workdir)
+  assert config.tokenizer.checkpoint == tok_workdir
+  tokens = np.arange(2 * 196, dtype=np.int32).reshape(2, 196) % 16
+  np.testing.assert_array_equal(np.asarray(fm.bind(variables).tokenizer.decode(tokens)),
+                                np.asarray(load_tokenizer(tok_workdir).decode(tokens)))
+  prefix = str(tmp_path / "s")
+  assert sample_main(["--workdir", workdir, "--num", "2", "--out", prefix]) == 0
+  saved = np.load(prefix + ".npz")
+  assert saved["images"].shape == (2, 28, 28, 1) and saved["images"].dtype == np.uint8
+  np.testing.assert_array_equal(saved["images"],
+                                np.asarray(load_tokenizer(tok_workdir).decode(saved["tokens"])))

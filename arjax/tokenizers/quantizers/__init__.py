@@ -15,7 +15,8 @@ import ml_collections
 from flax import nnx
 
 from arjax.registry import Registry
-from arjax.tokenizers.quantizers.base import QuantizerOutput, config_from_fields, read_fields
+from arjax.tokenizers.quantizers.base import (QuantizerOutput, config_from_fields,
+                                              fields_dataclass, read_fields)
 from arjax.tokenizers.quantizers.fsq import FSQ
 from arjax.tokenizers.quantizers.kl import DiagonalGaussian
 from arjax.tokenizers.quantizers.lfq import LFQ
@@ -23,11 +24,9 @@ from arjax.tokenizers.quantizers.multiscale import MultiScaleVQ
 from arjax.tokenizers.quantizers.vq import VectorQuantizer
 
 QUANTIZERS: Registry = Registry("quantizer")
-QUANTIZERS.register("vq")(VectorQuantizer)
-QUANTIZERS.register("fsq")(FSQ)
-QUANTIZERS.register("lfq")(LFQ)
-QUANTIZERS.register("multiscale")(MultiScaleVQ)
-QUANTIZERS.register("kl")(DiagonalGaussian)
+for _name, _cls in (("vq", VectorQuantizer), ("fsq", FSQ), ("lfq", LFQ),
+                    ("multiscale", MultiScaleVQ), ("kl", DiagonalGaussian)):
+  QUANTIZERS.register(_name, fields=fields_dataclass(_name, _cls.FIELDS))(_cls)
 
 
 def default_config(name: str, **overrides) -> ml_collections.ConfigDict:

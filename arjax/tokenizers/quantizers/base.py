@@ -15,6 +15,7 @@ Legend: B batch, h/w latent grid, N tokens, D code dim, K codebook size.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, NamedTuple, Tuple
 
 import jax
@@ -42,6 +43,15 @@ def config_from_fields(name: str, fields: Dict[str, Tuple[Any, str]], **override
       raise KeyError(f"quantizer {name!r} has no field {key!r}; expected one of {sorted(fields)}")
     c[key] = value
   return c
+
+
+def fields_dataclass(name: str, fields: Dict[str, Tuple[Any, str]]):
+  """The `FIELDS` table of quantizer `name` as the frozen dataclass its registry entry declares
+  (what `arjax.registry.complete_node` completes `config.model.quantizer` with)."""
+  return dataclasses.make_dataclass(
+      f"{name.capitalize()}QuantizerFields",
+      [(key, type(default), dataclasses.field(default=default))
+       for key, (default, _) in fields.items()], frozen=True)
 
 
 def read_fields(cfg: ml_collections.ConfigDict, name: str, fields: Dict[str, Tuple[Any, str]]

@@ -1,0 +1,162 @@
+"""The head contract: hidden states -> a distribution over one token per position.
+
+A head is an `nnx.Module` registered in `HEADS` under the name `config.model.head.name`, with its
+config fields declared by a frozen dataclass (`HEADS.register(name, fields=...)`, read by
+`build_head` through `arjax.registry.read_fields`). It declares the tokens it produces:
+
+  token_shape   trailing shape of one token: () for a categorical head, (C,) for continuous ones.
+  token_dtype   int32 for categorical, float32 for continuous tokens.
+
+Samplers allocate their token buffers [B, N, *token_shape] of token_dtype from these.
+
+`head(h [B, L, D], cond=None)` returns a `Distribution`: a pytree (flax.struct dataclass) whose
+array leaves all have the leading axes [B, L], so samplers can double it for classifier-free
+guidance, split it, gather its positions and scatter it to the grid with `jax.tree.map`. Its
+static fields (options such as label smoothing) are not leaves. A Distribution answers:
+
+  sample(key, *, temperature, **head_options) -> tokens [B, L, *token_shape] of token_dtype.
+  loss(targets, key=None, weights=None) -> (scalar weighted-mean training loss, per-token [B, L]).
+      The per-token value is the NLL in nats where the head has one (categorical: the
+      unsmoothed cross-entropy, so nll/bits-per-dim metrics ignore label smoothing); heads
+      without a likelihood (diffusion, flow matching) return their per-token training loss and
+      draw their noise from `key` (with room for a `diffusion_batch_mul` repetition inside).
+  log_prob(x) -> [B, L] log-density / log-probability where tractable; heads without one raise
+      ValueError naming the head.
+  confidence(x, *, temperature, **head_options) -> [B, L]: how sure the head is of the draw x
+      (log-probability under the sampling options), for confidence-ordered reveal rules.
+  guide(uncond, scale) -> the guided Distribution (classifier-free guidance; scale a scalar or
+      [B]): logits uncond + s (cond - uncond) for categorical heads, GIVT's density rule for the
+      GMM. Iterative heads (diffusion, flow) return a Distribution whose `sample` runs the
+      combined inner loop (guiding the noise / velocity prediction at each inner step).
+
+`check_targets` gives the one-line error for targets of the wrong dtype or trailing shape.
+
+Legend: B batch, L positions, D width, C channels of a continuous token.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from arjax.registry import Registry, read_fields
+
+HEADS: Registry = Registry("head")
+
+
+def weighted_mean(per_token, weights=None):
+  """Mean of per_token [B, L] under weights [B, L] (None: all ones); 0 for zero total weight."""
+  if weights is None:
+    weights = jnp.ones_like(per_token)
+  return (per_token * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def check_targets(targets, token_shape: Tuple[int, ...], token_dtype, lead: Tuple[int, ...],
+                  head: str):
+  """Raises one line naming both shapes unless targets are [*lead, *token_shape] of the head's
+  kind of dtype (integer for categorical heads, floating for continuous ones)."""
+  want = tuple(lead) + tuple(token_shape)
+  kind_ok = (jnp.issubdtype(targets.dtype, jnp.integer) if jnp.issubdtype(token_dtype, jnp.integer)
+             else jnp.issubdtype(targets.dtype, jnp.floating))
+  if tuple(targets.shape) != want or not kind_ok:
+    raise ValueError(f"head {head!r} takes targets {list(want)} of {jnp.dtype(token_dtype).name}, "
+                     f"got {list(targets.shape)} of {targets.dtype}")
+
+
+class Distribution(struct.PyTreeNode):
+  """Base class of the per-position distributions a head returns (see the module docstring)."""
+
+  head_name = "distribution"
+
+  @property
+  def lead_shape(self) -> Tuple[int, ...]:
+    """[B, L] of this distribution (from its first leaf)."""
+    return tuple(jax.tree.leaves(self)[0].shape[:2])
+
+  def sample(self, key, *, temperature: float = 1.0, **options):
+    raise NotImplementedError
+
+  def loss(self, targets, key=None, weights=None):
+    raise NotImplementedError
+
+  def log_prob(self, x):
+    raise ValueError(f"head {self.head_name!r} has no tractable log-probability")
+
+  def confidence(self, x, *, temperature: float = 1.0, **options):
+    return self.log_prob(x)
+
+  def guide(self, uncond: "Distribution", scale) -> "Distribution":
+    raise NotImplementedError
+
+
+def split_halves(dist):
+  """A distribution over a doubled batch [2B, ...] -> (first half, second half)."""
+  b = jax.tree.leaves(dist)[0].shape[0] // 2
+  return jax.tree.map(lambda x: x[:b], dist), jax.tree.map(lambda x: x[b:], dist)
+
+
+def broadcast_scale(scale, like):
+  """Scale scalar or [B] -> broadcastable against `like` [B, ...]."""
+  s = jnp.asarray(scale, jnp.float32)
+  if s.ndim == 1:
+    s = s.reshape(s.shape + (1,) * (like.ndim - 1))
+  return s
+
+
+def build_head(config, dim: int, tokenizer, *, rngs, dtype=None, where: str = "config.model.head"):
+  """The head named by config.model.head.name with its declared fields, for a tokenizer with
+  `vocab_size` (categorical) or `token_dim` (continuous tokens)."""
+  node = head_node(config)
+  name = node["name"]
+  cls = HEADS.get(name, field=f"{where}.name")
+  fields_cls = HEADS.fields(name)
+  fields = read_fields(fields_cls, node, f"head {name!r} ({where})")
+  return cls(dim, tokenizer, fields, rngs=rngs, dtype=dtype)
+
+
+def token_metrics(dist: Distribution, loss, per_token, targets, weights):
+  """The generators' metrics of one batch: loss, nll (nats per token), bits_per_dim (bits per
+  token, as the trainer's evaluation reports it), bits_per_channel (continuous tokens of C
+  channels: bits per channel, a density that can be negative), accuracy (categorical heads)
+  and num_tokens. per_token [B, L] from `dist.loss`."""
+  w = weights
+  denom = jnp.maximum(w.sum(), 1.0)
+  nll = (per_token * w).sum() / denom
+  out = {"loss": loss, "nll": nll, "bits_per_dim": nll / jnp.log(2.0)}
+  dims = int(math.prod(targets.shape[2:]))
+  if dims > 1:
+    out["bits_per_channel"] = nll / (dims * jnp.log(2.0))
+  if hasattr(dist, "argmax"):
+    out["accuracy"] = ((dist.argmax() == targets) * w).sum() / denom
+  out["num_tokens"] = w.sum()
+  return out
+
+
+def head_node(config):
+  """config.model.head; a run written before heads had their own node (model.head = 'name',
+  model.label_smoothing beside it) reads as that node, so its config.json still restores."""
+  node = config.model.head
+  if isinstance(node, str):
+    node = {"name": node}
+    if node["name"] == "categorical":
+      node["label_smoothing"] = float(config.model.get("label_smoothing", 0.0))
+  return node
+
+
+def head_is_continuous(config) -> bool:
+  """Whether the head named by config.model.head.name produces continuous (float) tokens."""
+  cls = HEADS.get(head_node(config)["name"], field="config.model.head.name")
+  return not jnp.issubdtype(cls.token_dtype, jnp.integer)
+
+
+def continuous_token_dim(tokenizer) -> int:
+  """C of a continuous tokenizer (its `token_dim`); one line naming the tokenizer otherwise."""
+  c = int(getattr(tokenizer, "token_dim", 0) or 0)
+  if c <= 0:
+    raise ValueError(f"a continuous head needs continuous tokens (a tokenizer with token_dim > 0), "
+                     f"got {type(tokenizer).__name__} with vocab_size="
+                     f"{getattr(tokenizer, 'vocab_size', None)}")
+  return c

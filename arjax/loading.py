@@ -1,0 +1,244 @@
+"""Loading a trained run for inference: `arjax.load(workdir)` -> (model, variables, config).
+
+    import arjax
+    fm, variables, config = arjax.load("workdirs/quickstart")     # latest checkpoint
+    model = fm.bind(variables)                                     # an nnx.Module, or:
+    sampler = build_sampler(fm, SamplingConfig(), config)          # arjax.sampling.orders
+    tokens = sampler.sample_tokens(variables, labels, jax.random.key(0))
+
+Only the parameters the run evaluates with (their EMA when `train.ema_decay > 0`) and the
+model state (a VQ EMA codebook) are read, with an Orbax partial restore of the checkpoint's
+`state` item; the optimizer is never built and its state never read, and nothing here imports
+the trainer. A generator on a token cache (`tokenizer.name='cached'`,
+`tokenizer.checkpoint=RUN`) gets the tokenizer run RUN loaded the same way, frozen, as the
+decoder of its tokenizer (`generator_tokenizer`): parts never restore runs themselves.
+
+This module also holds the read side of the checkpoint format that `arjax.train.checkpoint`
+writes (directory layout, per-tensor shape check). Layer: beside `arjax.data` and
+`arjax.config`, above `arjax.sampling`, below `arjax.train` and `arjax.evaluate`
+(docs/architecture.md).
+
+Legend: B batch, N tokens per image, D latent channels, H/W image size, C channels.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+# -- the checkpoint format (written by arjax.train.checkpoint.Checkpointer) --------------------
+CHECKPOINT_DIR = "checkpoints"          # WORKDIR/checkpoints/STEP/{state,data,meta}
+ITEM_NAMES = ("state", "data", "meta")  # the TrainState, the data iterator, JSON metadata.
+MODEL_STATE_PREFIX = "model_state/"     # how model-state tensors are named in shape checks.
+
+
+class CheckpointMismatchError(ValueError):
+  pass
+
+
+def flat_shapes(tree, prefix: str = "") -> Dict[str, Tuple[list, str]]:
+  """{'a/b/kernel': [shape, dtype]} of a tree of arrays or ShapeDtypeStructs."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    key = prefix + "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    out[key] = [list(leaf.shape), str(np.dtype(leaf.dtype))]
+  return out
+
+
+def saved_shapes(meta: Dict[str, Any]) -> Dict[str, Tuple[list, str]]:
+  """Parameter and (prefixed) model-state shapes recorded in a checkpoint's metadata."""
+  # Checkpoints written before model state was carried have no model_state_shapes: they hold
+  # none, which is what a model without model state expects.
+  return {**meta.get("param_shapes", {}), **{MODEL_STATE_PREFIX + k: v for k, v in
+                                             meta.get("model_state_shapes", {}).items()}}
+
+
+def check_shapes(saved: Dict[str, Any], expected: Dict[str, Any], where: str) -> None:
+  """Raises CheckpointMismatchError naming every tensor whose shape or dtype differs."""
+  fmt = lambda v: f"{list(v[0])} {v[1]}"
+  problems = []
+  for key in sorted(set(saved) | set(expected)):
+    if key not in saved:
+      problems.append(f"  {key}: missing in checkpoint (model expects {fmt(expected[key])})")
+    elif key not in expected:
+      problems.append(f"  {key}: in checkpoint {fmt(saved[key])} but not in the model")
+    elif list(saved[key]) != list(expected[key]):
+      problems.append(f"  {key}: checkpoint {fmt(saved[key])} vs model {fmt(expected[key])}")
+  if problems:
+    raise CheckpointMismatchError(
+        f"checkpoint {where} does not match the model ({len(problems)} tensors differ):\n"
+        + "\n".join(problems))
+
+
+def complete_steps(directory: str):
+  """Steps with a finished checkpoint: Orbax renames STEP.orbax-checkpoint-tmp* when done."""
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with (WORKDIR/config.json)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an arjax.train run?")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  from arjax.config import upgrade_saved
+  return upgrade_saved(config)  # runs saved before the parts declared their fields.
+
+
+def resolve_step(workdir: str, step: Optional[int] = None) -> int:
+  """`step` if WORKDIR holds that complete checkpoint, else the latest one when step is None."""
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  steps = complete_steps(directory)
+  if step is None:
+    if not steps:
+      raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    return steps[-1]
+  if int(step) not in steps:
+    raise FileNotFoundError(f"checkpoint step {step} not in {directory} (complete steps: "
+                            f"{steps or 'none'})")
+  return int(step)
+
+
+def _manager(workdir: str):
+  import orbax.checkpoint as ocp
+  directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+  options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+  return ocp.CheckpointManager(directory, options=options, item_names=ITEM_NAMES)
+
+
+def restore_variables(workdir: str, fm, config, step: Optional[int] = None, mesh=None
+                      ) -> Tuple[Dict[str, Any], int]:
+  """(variables, step): the evaluation parameters of checkpoint `step` (latest: None) with the
+  model state merged in, laid out on `mesh` (default: the config's mesh) by the parameters'
+  logical axes. Reads only those tensors (Orbax partial restore of the `state` item)."""
+  import orbax.checkpoint as ocp
+  from arjax import parallel
+  step = resolve_step(workdir, step)
+  mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
+  rules = [tuple(r) for r in config.sharding_rules]
+  manager = _manager(workdir)
+  try:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    expected = {**flat_shapes(fm.abstract_params),
+                **flat_shapes(fm.abstract_model_state, MODEL_STATE_PREFIX)}
+    check_shapes(saved_shapes(meta), expected, f"{manager.directory}/{step}")
+    # The trainer evaluates with the EMA when it keeps one (arjax.train.loop.Experiment
+    # .eval_params); the checkpoint's TrainState holds both under these names.
+    key = "ema_params" if config.train.get("ema_decay", 0.0) > 0 else "params"
+    abstract = {key: fm.abstract_params}
+    if "model_state_shapes" in meta and fm.has_model_state:
+      abstract["model_state"] = fm.abstract_model_state
+    shardings = parallel.state_shardings(abstract, fm.axes, mesh, rules)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))["state"]
+  finally:
+    manager.close()
+  return fm.merge_model_state(state[key], state.get("model_state", {})), step
+
+
+def load(workdir: str, step: Optional[int] = None, *, mesh=None, tokenizer=None):
+  """(FunctionalModel, variables, config) of run `workdir` at checkpoint `step` (latest: None).
+
+  `variables` are what the trainer evaluates with (`Experiment.eval_params`): the parameters,
+  or their EMA when train.ema_decay > 0, with the model state merged in; `fm.bind(variables)`
+  gives the module. `tokenizer` overrides the tokenizer the generator decodes through
+  (default: `generator_tokenizer(config)`). No optimizer is built and no data set is opened.
+  """
+  from arjax.core.functional import FunctionalModel
+  from arjax.models import build_model
+  config = load_workdir_config(workdir)
+  tok = generator_tokenizer(config) if tokenizer is None else tokenizer
+  fm = FunctionalModel.abstract(lambda: build_model(config, seed=config.seed, tokenizer=tok))
+  variables, _ = restore_variables(workdir, fm, config, step, mesh)
+  return fm, variables, config
+
+
+# -- trained tokenizers, frozen ------------------------------------------------------------------
+class TrainedTokenizer:
+  """A tokenizer run (model 'autoencoder') restored for inference, its parameters frozen.
+
+  `encode` / `decode` are jax functions (jitted; also callable inside another jit, where the
+  frozen parameters enter as constants): what a cached-token generator decodes through and
+  what the token cache encodes with.
+  """
+
+  def __init__(self, workdir: str, step: Optional[int] = None):
+    if not os.path.isdir(workdir):
+      raise FileNotFoundError(f"tokenizer checkpoint workdir {workdir!r} not found")
+    config = load_workdir_config(workdir)
+    if config.model.get("name") != "autoencoder":
+      raise ValueError(f"{workdir!r} holds a {config.model.get('name')!r} run, not a tokenizer "
+                       "(model.name='autoencoder')")
+    from arjax.core.functional import FunctionalModel, abstract_module
+    from arjax.models import build_model
+    # Built under eval_shape: its static attributes (vocabulary, grid) without allocation.
+    m = abstract_module(lambda: build_model(config, seed=config.seed))
+    self.fm = FunctionalModel(m)
+    self.variables, self.step = restore_variables(workdir, self.fm, config, step)
+    self.workdir, self.config = workdir, config
+    self.vocab_size = int(m.vocab_size)
+    self.grid = tuple(int(g) for g in m.grid)
+    self.tokens_per_image = int(m.tokens_per_image)
+    self.continuous = self.vocab_size == 0
+    q = config.model.get("quantizer", {})
+    self.latent_dim = int(q.get("latent_dim", 0)) if q.get("name") == "kl" else 0  # D, or 0.
+    self.image_shape = (m.image_size, m.image_size, m.channels)
+    fm = self.fm
+    self._encode = jax.jit(lambda v, images: fm.bind(v).encode(images))
+    self._decode = jax.jit(lambda v, tokens: fm.bind(v).decode(tokens))
+
+  def encode(self, images) -> jax.Array:
+    """uint8 [B, H, W, C] -> int32 [B, N] (continuous: float32 [B, N, D])."""
+    return self._encode(self.variables, images)
+
+  def decode(self, tokens) -> jax.Array:
+    """int32 [B, N] (continuous: float [B, N, D]) -> uint8 [B, H, W, C]."""
+    return self._decode(self.variables, tokens)
+
+  def describe(self) -> Dict[str, Any]:
+    return {"workdir": os.path.abspath(self.workdir), "step": int(self.step),
+            "vocab_size": self.vocab_size, "grid": list(self.grid),
+            "tokens_per_image": self.tokens_per_image, "continuous": self.continuous,
+            "latent_dim": self.latent_dim}
+
+
+_LOADED: Dict[Tuple[str, Optional[int]], TrainedTokenizer] = {}
+
+
+def load_tokenizer(workdir: str, step: Optional[int] = None) -> TrainedTokenizer:
+  """Checkpoint `step` (latest: None) of tokenizer run `workdir`, restored once per process."""
+  key = (os.path.abspath(workdir), step)
+  if key not in _LOADED:
+    _LOADED[key] = TrainedTokenizer(workdir, step)
+  return _LOADED[key]
+
+
+def generator_tokenizer(config):
+  """The tokenizer a generator of `config` decodes through, when it needs a trained one.
+
+  None when `config.tokenizer.checkpoint` is empty (the model builds its tokenizer from the
+  config alone); otherwise the config's tokenizer (`'cached'`) with the frozen tokenizer run
+  `tokenizer.checkpoint` as its decoder, checked to have the config's vocabulary and grid.
+  Hand it to `arjax.models.build_model(config, tokenizer=...)`.
+  """
+  from arjax.tokenizers import build_tokenizer
+  workdir = config.tokenizer.get("checkpoint", "")
+  if not workdir:
+    return None
+  tok = build_tokenizer(config)
+  if not hasattr(tok, "with_decoder"):
+    raise ValueError(f"tokenizer.checkpoint={workdir!r} is set but tokenizer "
+                     f"{config.tokenizer.name!r} takes no trained tokenizer (only 'cached' does)")
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    raise FileNotFoundError(f"tokenizer.checkpoint={workdir!r}: no tokenizer run there "
+                            f"({os.path.join(workdir, 'config.json')} not found)")
+  return tok.with_decoder(load_tokenizer(workdir))

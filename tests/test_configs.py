@@ -1,0 +1,183 @@
+"""Configs and the fields the parts declare (issue 12 item 6, issue 18).
+
+- a misspelled field in a part's node fails at load, naming the part and the field;
+- an override of a declared field that the config never set works (`load_config` completes each
+  part's node with its declared defaults before the overrides), and reaches the built part;
+- an override that renames a part drops the completed defaults the new part does not declare;
+- every config under configs/ loads with its default argument and with `smoke`, and every part
+  node then holds all the fields its part declares;
+- every registered order, model, tokenizer and quantizer declares its fields;
+- a run saved before the parts declared fields (both tokenizers' fields in `config.tokenizer`)
+  still builds after `upgrade_saved`;
+- every config's `smoke` builds: `arjax.inspect.inspect_config` (abstract shapes only).
+"""
+import dataclasses
+import glob
+import os
+import textwrap
+
+import pytest
+
+from arjax.config import PARTS, _node, _resolve, load_config, upgrade_saved
+from arjax.registry import Registry, fields_of
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.relpath(p, ROOT)
+                 for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+# Configs that build no generator or tokenizer: the offline evaluator's classifier recipe
+# (experiments/build_evaluator.py reads it; it has no model node for arjax.inspect).
+NOT_MODELS = {"configs/evaluators/classifier.py"}
+
+
+@pytest.fixture(autouse=True)
+def _in_root(monkeypatch):
+  monkeypatch.chdir(ROOT)  # config files name each other and bundled data by relative path.
+
+
+def _config_file(tmp_path, body: str) -> str:
+  path = tmp_path / "config.py"
+  path.write_text("from arjax.config import base_config\n\n\ndef get_config(arg=None):\n"
+                  "  c = base_config()\n" + textwrap.indent(textwrap.dedent(body), "  ")
+                  + "  return c\n")
+  return str(path)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("c.order.name = 'random'\nc.order.shedule = 'cosine'\n",
+     r"unknown field\(s\) \['shedule'\] for order 'random' \(config.order\); it declares "
+     r"\['anneal_end', 'anneal_start', 'group_sizes', 'num_steps', 'sample_order', 'schedule'\]"),
+    ("c.model.learned_pos = True\n",  # an ordered_ar field on raster_ar.
+     r"unknown field\(s\) \['learned_pos'\] for model 'raster_ar' \(config.model\)"),
+    ("c.tokenizer.levles = 4\n",
+     r"unknown field\(s\) \['levles'\] for tokenizer 'pixel' \(config.tokenizer\)"),
+    ("c.model.backbone.num_layer = 2\n",
+     r"unknown field\(s\) \['num_layer'\] for config.model.backbone"),
+    ("from arjax.models import autoencoder\nc.model = autoencoder.default_config('vq')\n"
+     "c.model.quantizer.codebok_size = 8\n",
+     r"unknown field\(s\) \['codebok_size'\] for quantizer 'vq' \(config.model.quantizer\)"),
+    ("from arjax.models import autoencoder\nc.model = autoencoder.default_config('vq')\n"
+     "c.model.loss.disc_wieght = 0.5\n",
+     r"unknown field\(s\) \['disc_wieght'\] for config.model.loss"),
+])
+def test_a_misspelled_field_fails_naming_the_part_and_the_field(tmp_path, body, message):
+  with pytest.raises(ValueError, match=message):
+    load_config(_config_file(tmp_path, body))
+
+
+def test_an_unknown_override_still_fails_naming_the_field():
+  with pytest.raises(KeyError, match="order.shedule"):
+    load_config("configs/imagenet256/lpd.py:smoke", ["order.shedule=arccos"])
+
+
+def test_an_override_of_a_declared_field_the_config_never_set_works():
+  from arjax.orders import build_order
+  from arjax.tokenizers import build_tokenizer
+  # lpd.py sets only order.name; before completion these overrides were unknown fields.
+  config = load_config("configs/imagenet256/lpd.py:smoke",
+                       ["order.num_steps=6", "order.locality_orders=0", "order.schedule=cosine"])
+  assert (config.order.num_steps, config.order.locality_orders) == (6, 0)
+  order = build_order(config, build_tokenizer(config))
+  assert order.num_steps() == 6 and order.schedule == "cosine"
+  assert order._bank is None  # locality_orders=0: uniformly random sampling orders.
+  # The default where nothing overrides it: the locality bank of 64 orders.
+  order = build_order(load_config("configs/imagenet256/lpd.py:smoke"), build_tokenizer(config))
+  assert order._bank.shape[0] == 64
+  # A sub-node field (the backbone's) and a field of a part chosen by an earlier override.
+  config = load_config("configs/quickstart.py:smoke",
+                       ["model.backbone.cond_dim=16", "model.name=ordered_ar",
+                        "model.learned_pos=True", "order.name=masked", "order.num_steps=4"])
+  assert config.model.backbone.cond_dim == 16 and config.model.learned_pos
+  assert config.order.num_steps == 4 and config.order.mask_schedule == "cosine"
+
+
+def test_renaming_a_part_drops_the_defaults_the_new_part_does_not_declare():
+  from arjax.orders.groups import LpdFields
+  config = load_config("configs/quickstart.py:smoke", ["order.name=random", "order.name=lpd"])
+  want = {f.name for f in dataclasses.fields(LpdFields)} | {"name"}
+  assert set(config.order.keys()) == want  # random's anneal_* / sample_order are gone.
+  # A field the config file itself set is not dropped: it fails as undeclared.
+  with pytest.raises(ValueError, match=r"\['anneal_end', 'anneal_start', 'sample_order'\] for "
+                                       r"order 'lpd'"):
+    load_config("configs/imagenet256/rar.py:smoke", ["order.name=lpd"])
+
+
+def _declared_fields_present(config):
+  """Every part node of `config` (PARTS and the declared sub-nodes) holds all its fields."""
+  seen = 0
+
+  def walk(resolver, node, path):
+    nonlocal seen
+    fields_cls, _ = fields_of(resolver, node, path)
+    assert fields_cls is not None, f"config.{path}: the part declares no fields"
+    missing = {f.name for f in dataclasses.fields(fields_cls)} - set(node.keys())
+    assert not missing, f"config.{path} lacks declared fields {sorted(missing)}"
+    seen += 1
+    for key, sub in getattr(fields_cls, "SUBNODES", {}).items():
+      if sub is not None and key in node:
+        walk(sub, node[key], f"{path}.{key}")
+
+  for path, ref in PARTS:
+    node = _node(config, path)
+    if node is not None:
+      walk(_resolve(ref), node, path)
+  return seen
+
+
+@pytest.mark.parametrize("spec", CONFIGS)
+def test_every_config_loads_and_completes(spec):
+  for arg in ("", ":smoke"):
+    config = load_config(spec + arg)
+    if spec in NOT_MODELS:
+      assert "model" not in config
+      continue
+    assert _declared_fields_present(config) >= 3  # tokenizer, order, model (+ sub-nodes).
+
+
+def test_every_registered_part_declares_its_fields():
+  from arjax.models import MODELS
+  from arjax.orders import ORDERS
+  from arjax.tokenizers import TOKENIZERS
+  from arjax.tokenizers.quantizers import QUANTIZERS
+  for registry in (MODELS, ORDERS, TOKENIZERS, QUANTIZERS):
+    for name in registry.names():
+      fields = registry.fields(name)
+      assert fields is not None and dataclasses.is_dataclass(fields), (registry.kind, name)
+  assert {p for p, _ in PARTS} >= {"tokenizer", "order", "model"}
+  assert all(isinstance(_resolve(ref), Registry) for _, ref in PARTS)
+
+
+def test_a_config_saved_before_declared_fields_still_builds():
+  import json
+  import ml_collections
+  from arjax.models import build_model
+  saved = json.loads(json.dumps(load_config("configs/quickstart.py:smoke").to_dict()))
+  saved["tokenizer"].update(vocab_size=0, grid=0, checkpoint="")  # what base_config used to add.
+  old = ml_collections.ConfigDict(saved)
+  with pytest.raises(ValueError, match=r"\['checkpoint', 'grid', 'vocab_size'\] for tokenizer "
+                                       r"'pixel'"):
+    build_model(old)
+  assert build_model(upgrade_saved(old)).tokenizer.vocab_size == 8
+  # A value base_config never gave is the user's: it stays and fails as undeclared.
+  saved["tokenizer"]["grid"] = 7
+  with pytest.raises(ValueError, match=r"\['grid'\] for tokenizer 'pixel'"):
+    build_model(upgrade_saved(ml_collections.ConfigDict(saved)))
+
+
+def _smoke_specs():
+  specs = [c + ":smoke" for c in CONFIGS if c not in NOT_MODELS]
+  # The order comparison: every order it compares, not only its default one.
+  from arjax.config import load_config_module
+  compare = load_config_module(os.path.join(ROOT, "configs/orders/compare.py"))
+  specs += [f"configs/orders/compare.py:order={o},smoke" for o in compare.ORDER_SETTINGS
+            if o != "raster"]
+  return specs
+
+
+@pytest.mark.parametrize("spec", _smoke_specs())
+def test_every_config_smoke_inspects(spec):
+  """`arjax.inspect` on every config's smoke: builds the model from shapes alone (no
+  parameters allocated), so a smoke that cannot build (e.g. one that needs a trained run) fails
+  here."""
+  from arjax.inspect import inspect_config
+  out = inspect_config(load_config(spec))
+  assert out["params"] > 0 and sum(out["params_by_module"].values()) == out["params"]
