@@ -204,17 +204,17 @@ def decode_latency(args, hbm_gbps):
   def greedy(params, labels):
     model = fm.bind(params)
     caches = model.init_cache(1)
-    logits, caches = model.decode_prefix(labels, caches)
+    dist, caches = model.decode_prefix(labels, caches)   # head Distribution [1, 1].
 
     def body(i, carry):
       tokens, logits, caches = carry
       tok = jnp.argmax(logits, -1).astype(jnp.int32)  # [1]
       tokens = jax.lax.dynamic_update_index_in_dim(tokens, tok, i, 1)
-      logits, caches = model.decode_tokens(tok[:, None], i, caches)
-      return tokens, logits[:, -1], caches
+      dist, caches = model.decode_tokens(tok[:, None], i, caches)
+      return tokens, dist.logits[:, -1], caches
 
     tokens = jnp.zeros((1, n), jnp.int32)
-    return jax.lax.fori_loop(0, n, body, (tokens, logits, caches))[0]
+    return jax.lax.fori_loop(0, n, body, (tokens, dist.logits[:, -1], caches))[0]
 
   labels = jnp.asarray([3], jnp.int32)
   t0 = time.perf_counter()

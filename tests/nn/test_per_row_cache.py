@@ -48,16 +48,16 @@ def test_rows_at_different_positions_match_each_row_alone(overrides):
     _, caches = model.decode_prefix(labels, caches)
     _, caches = model.decode_tokens(tokens[:, :FIRST], 0, caches)
     step = jax.vmap(lambda row, i: jax.lax.dynamic_slice_in_dim(row, i, STEP))(tokens, index)
-    logits, _ = model.decode_tokens(step, index, caches)
-    return logits
+    dist, _ = model.decode_tokens(step, index, caches)
+    return dist.logits
 
   def alone(p, row, label, i):
     model = fm.bind(p)
     caches = model.init_cache(1)
     _, caches = model.decode_prefix(label[None], caches)
     _, caches = model.decode_tokens(row[None, :i], 0, caches)
-    logits, _ = model.decode_tokens(row[None, i:i + STEP], i, caches)
-    return logits[0]
+    dist, _ = model.decode_tokens(row[None, i:i + STEP], i, caches)
+    return dist.logits[0]
 
   alone = jax.jit(alone, static_argnums=3)
   got = np.asarray(batched(params))
