@@ -252,6 +252,18 @@ def upgrade_saved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     model.head = ml_collections.ConfigDict({"name": name})
     if name == "categorical":
       model.head.label_smoothing = smoothing
+  # Fields added to base_config since the run was saved (train.grad_accum_steps, the sampling
+  # node, ...) take their defaults, which are what the run trained with.
+  base = base_config()
+  for section in ("train", "eval", "mesh", "sampling"):
+    if section not in base:
+      continue
+    if section not in config:
+      config[section] = ml_collections.ConfigDict(base[section].to_dict())
+      continue
+    for key, value in base[section].items():
+      if key not in config[section]:
+        config[section][key] = value
   node = _node(config, "tokenizer")
   if node is None or "name" not in node:
     return config

@@ -204,8 +204,7 @@ def decode_latency(args, hbm_gbps):
   def greedy(params, labels):
     model = fm.bind(params)
     caches = model.init_cache(1)
-    dist, caches = model.decode_prefix(labels, caches)
-    logits = dist.logits[:, -1]  # categorical head: [1, V]
+    dist, caches = model.decode_prefix(labels, caches)   # head Distribution [1, 1].
 
     def body(i, carry):
       tokens, logits, caches = carry
@@ -215,7 +214,7 @@ def decode_latency(args, hbm_gbps):
       return tokens, dist.logits[:, -1], caches
 
     tokens = jnp.zeros((1, n), jnp.int32)
-    return jax.lax.fori_loop(0, n, body, (tokens, logits, caches))[0]
+    return jax.lax.fori_loop(0, n, body, (tokens, dist.logits[:, -1], caches))[0]
 
   labels = jnp.asarray([3], jnp.int32)
   t0 = time.perf_counter()

@@ -77,8 +77,8 @@ class NAR(OrderedAR):
     bb = self.backbone
     rope = bb.rope_tables(rope_pos)
     x = x.astype(self.backbone_cfg.compute_dtype)
-    for block in bb.blocks:
-      x, _ = block(x, mask=layout.mask, rope=rope, cond=cond, deterministic=not train)
+    # run_blocks: the loop or the scan layout (model.backbone.scan_layers), with remat.
+    x, _ = bb.run_blocks(x, mask=layout.mask, rope=rope, cond=cond, deterministic=not train)
     right = self.head(bb.norm(x))
     x, _ = self.extra_block(x, mask=layout.mask, rope=rope, cond=cond, deterministic=not train)
     below = self.head_below(self.norm_below(x))

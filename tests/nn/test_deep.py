@@ -99,8 +99,8 @@ def test_scan_cached_decoding_equals_full_recompute(setup):
     model = fm_scan.bind(p)
     caches = model.init_cache(tokens.shape[0])
     assert caches["k"].shape[0] == LAYERS  # one stacked cache, carried through the scan.
-    first, caches = model.decode_prefix(labels, caches)    # head Distributions [B, 1]
-    rest, _ = model.decode_tokens(tokens[:, :-1], 0, caches)  # and [B, N - 1]
+    first, caches = model.decode_prefix(labels, caches)   # head Distributions [B, T].
+    rest, _ = model.decode_tokens(tokens[:, :-1], 0, caches)
     return jnp.concatenate([first.logits, rest.logits], 1)
 
   np.testing.assert_allclose(np.asarray(cached(p)), np.asarray(full), atol=1e-5, rtol=1e-5)
@@ -220,3 +220,18 @@ def test_scan_layout_counts_the_same_parameters_at_paper_size():
   config.unlock()
   config.model.backbone.scan_layers = True
   assert inspect_config(config)["params"] == loop
+
+
+def test_nar_runs_its_blocks_in_the_scan_layout():
+  """Models that run the blocks themselves (NAR) go through Transformer.run_blocks: the scan
+  layout gives the loop layout's loss for the same parameters restacked."""
+  kw = dict(model__name="nar", order__name="nar", tokenizer__resolution=4,
+            model__class_dropout=0.0)
+  fm_loop, _ = tiny_model(tiny_config(**kw))
+  fm_scan, _ = tiny_model(tiny_config(model__backbone__scan_layers=True, **kw))
+  params = fm_loop.initial_params()
+  batch = {"tokens": jax.random.randint(jax.random.key(0), (2, 16), 0, 4),
+           "label": jnp.asarray([3, 10], jnp.int32)}
+  loss = lambda fm, p: jax.jit(lambda p: fm.bind(p).loss(batch, train=False)[0])(p)
+  np.testing.assert_allclose(float(loss(fm_scan, stack_block_params(params))),
+                             float(loss(fm_loop, params)), rtol=1e-6)
