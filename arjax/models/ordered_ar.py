@@ -169,8 +169,10 @@ class OrderedAR(nnx.Module):
     rope_pos = self.rope_positions(pos)
     cond = None
     if self.slot_table is not None:
-      slots = slot0 + jnp.arange(src.shape[1])
-      cond = cls + self.slot_table(slots)[None]
+      # slot0: a scalar, or int32 [B] when rows decode at different cache offsets.
+      slot0 = jnp.asarray(slot0, jnp.int32)
+      slots = (slot0[..., None] if slot0.ndim else slot0) + jnp.arange(src.shape[1])
+      cond = cls + (self.slot_table(slots) if slots.ndim == 2 else self.slot_table(slots)[None])
     return x, rope_pos, cond
 
   def layout_logits(self, tokens, labels, layout: Layout, **kw):
@@ -282,9 +284,12 @@ class OrderedAR(nnx.Module):
     return jax.tree.map(lambda x: x[:, -1:], dist), caches
 
   def decode_tokens(self, tokens, token_index, caches):
-    """Feeds x_i ... x_(i+T-1) (i = token_index). Returns (Distribution [B, T], caches)."""
+    """Feeds x_i ... x_(i+T-1) (i = token_index: a scalar, or int32 [B] when rows have been fed
+    different numbers of tokens). Returns (Distribution [B, T], caches)."""
     b, t = tokens.shape
-    cells = token_index + jnp.arange(t, dtype=jnp.int32)
+    token_index = jnp.asarray(token_index, jnp.int32)
+    first = token_index[:, None] if token_index.ndim else token_index
+    cells = first + jnp.arange(t, dtype=jnp.int32)
     pos = jnp.broadcast_to(cells, (b, t))
     nxt = cells + 1
     tgt = jnp.broadcast_to(jnp.where(nxt < self.num_tokens, nxt, -1), (b, t))

@@ -31,7 +31,12 @@ def test_write_cache_per_row_against_numpy():
     {},
     {"model__backbone__scan_layers": True},
     {"model__backbone__attention_impl": "pallas"},  # the Pallas decode kernel, interpreted.
-], ids=["loop", "scan", "pallas_decode"])
+    # RAR's decoder ('ordered_ar'): start slot, per-slot adaLN condition, learned and
+    # target-aware position tables all follow the per-row offsets.
+    dict(model__name="ordered_ar", model__start_token=True, model__timestep_cond=True,
+         model__learned_pos=True, model__target_aware=True, model__final_adaln=True,
+         model__backbone__adaln=True, model__backbone__position="none"),
+], ids=["loop", "scan", "pallas_decode", "ordered_ar_rar"])
 def test_rows_at_different_positions_match_each_row_alone(overrides):
   fm, _ = tiny_model(tiny_config(model__backbone__num_kv_heads=2, **overrides))
   params = fm.initial_params()
