@@ -58,6 +58,12 @@ def _config_file(tmp_path, body: str) -> str:
     ("from arjax.models import autoencoder\nc.model = autoencoder.default_config('vq')\n"
      "c.model.loss.disc_wieght = 0.5\n",
      r"unknown field\(s\) \['disc_wieght'\] for config.model.loss"),
+    ("c.model.head.label_smothing = 0.1\n",
+     r"unknown field\(s\) \['label_smothing'\] for head 'categorical' \(config.model.head\)"),
+    ("c.model.head = dict(name='gmm', num_components=4, label_smoothing=0.1)\n",
+     r"unknown field\(s\) \['label_smoothing'\] for head 'gmm' \(config.model.head\)"),
+    ("c.sampling.temperature = 0.5\n",  # the options are config.eval's.
+     r"unknown field\(s\) \['temperature'\] for config.sampling"),
 ])
 def test_a_misspelled_field_fails_naming_the_part_and_the_field(tmp_path, body, message):
   with pytest.raises(ValueError, match=message):
@@ -134,16 +140,20 @@ def test_every_config_loads_and_completes(spec):
 
 
 def test_every_registered_part_declares_its_fields():
+  from arjax.heads import HEADS
   from arjax.models import MODELS
   from arjax.orders import ORDERS
   from arjax.tokenizers import TOKENIZERS
   from arjax.tokenizers.quantizers import QUANTIZERS
-  for registry in (MODELS, ORDERS, TOKENIZERS, QUANTIZERS):
+  for registry in (MODELS, ORDERS, TOKENIZERS, QUANTIZERS, HEADS):
     for name in registry.names():
       fields = registry.fields(name)
       assert fields is not None and dataclasses.is_dataclass(fields), (registry.kind, name)
-  assert {p for p, _ in PARTS} >= {"tokenizer", "order", "model"}
-  assert all(isinstance(_resolve(ref), Registry) for _, ref in PARTS)
+  assert {p for p, _ in PARTS} >= {"tokenizer", "order", "model", "model.head", "sampling"}
+  # Each node is declared by a registry (its `name` picks the part) or a fields dataclass
+  # (config.sampling holds only the sampler's name).
+  assert all(isinstance(_resolve(ref), Registry) or dataclasses.is_dataclass(_resolve(ref))
+             for _, ref in PARTS)
 
 
 def test_a_config_saved_before_declared_fields_still_builds():

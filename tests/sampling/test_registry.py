@@ -14,9 +14,8 @@ C, GRID = 2, 3
 
 
 def givt_config():
-  c = tiny_config()
-  c.tokenizer.name, c.tokenizer.vocab_size, c.tokenizer.grid = "cached", 0, GRID
-  c.tokenizer.latent_dim = C
+  c = tiny_config(tokenizer__name="cached", tokenizer__vocab_size=0, tokenizer__grid=GRID,
+                  tokenizer__latent_dim=C)
   c.model.head = {"name": "gmm", "num_components": 3, "cfg_proposals": 16}
   return c
 

@@ -100,8 +100,8 @@ def test_token_cache_round_trip_and_cached_generator(trained, tmp_path):
   np.testing.assert_array_equal(np.asarray(model.tokenizer.decode(direct[:3])),
                                 np.asarray(tok.decode(direct[:3])))
   assert np.asarray(tok.decode(direct[:3])).shape == (3, 28, 28, 1)
-  with pytest.raises(ValueError, match=r"tokenizer.vocab_size=32, tokenizer.grid=14 disagree "
-                                       r".*vocab_size=16, grid=14x14"):
+  with pytest.raises(ValueError, match=r"tokenizer.vocab_size=32, tokenizer.grid=14, tokenizer.latent_dim=0 "
+                                       r"disagree .*vocab_size=16, grid=14x14"):
     generator_tokenizer(tiny_config(tokenizer__name="cached", tokenizer__vocab_size=32,
                                     tokenizer__grid=14, tokenizer__checkpoint=workdir))
   with pytest.raises(ValueError, match=r"tokenizer handed in has vocab_size=16 but the config's "
