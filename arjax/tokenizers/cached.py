@@ -15,7 +15,7 @@ Legend: B batch, N = grid*grid tokens, H/W image size, C channels (latent or ima
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -30,12 +30,13 @@ class CachedFields:
   grid: int = 0                   # token grid side, grid*grid tokens (must be set: > 0).
   checkpoint: str = ""            # workdir of the tokenizer run that decodes samples ('': none).
   latent_dim: int = 0             # channels C of continuous latents (0: discrete tokens).
+  scales: Tuple[int, ...] = ()    # multi-scale tokens (VAR): token-map sides, the last = grid.
 
 
 class CachedTokens:
 
   def __init__(self, vocab_size: int, grid: int, checkpoint: str = "", latent_dim: int = 0,
-               decoder: Optional[Any] = None):
+               decoder: Optional[Any] = None, scales: Tuple[int, ...] = ()):
     """decoder: an object with `vocab_size`, `grid` (h, w), `latent_dim` and a jax
     `decode(tokens)` (int32 [B, N] or float [B, N, C] -> uint8 [B, H, W, C]), e.g.
     `arjax.loading.TrainedTokenizer`; None: tokens only."""
@@ -50,6 +51,13 @@ class CachedTokens:
     self.token_dim = latent_dim  # C of continuous latents; 0 for discrete tokens.
     self.grid = (grid, grid)
     self.tokens_per_image = grid * grid
+    self.scales = tuple(int(x) for x in scales)
+    if self.scales:
+      if list(self.scales) != sorted(set(self.scales)) or self.scales[0] < 1 \
+          or self.scales[-1] != grid:
+        raise ValueError(f"tokenizer.scales={list(self.scales)} must be positive, strictly "
+                         f"increasing and end at tokenizer.grid={grid}")
+      self.tokens_per_image = sum(x * x for x in self.scales)  # scales concatenated (VAR).
     self.checkpoint = checkpoint  # the run named by the config (restored by the entry point).
     self.decoder = decoder
 
@@ -57,14 +65,18 @@ class CachedTokens:
     """This tokenizer decoding through `decoder` (a trained tokenizer with frozen parameters),
     which must have this vocabulary, grid and latent width."""
     have = int(getattr(decoder, "latent_dim", 0))
+    n = int(getattr(decoder, "tokens_per_image", self.tokens_per_image))
     if (int(decoder.vocab_size) != self.vocab_size or tuple(decoder.grid) != self.grid
-        or have != self.token_dim):
+        or have != self.token_dim or n != self.tokens_per_image):
       where = f" {self.checkpoint!r}" if self.checkpoint else ""
       raise ValueError(f"tokenizer.vocab_size={self.vocab_size}, tokenizer.grid={self.grid[0]}, "
                        f"tokenizer.latent_dim={self.token_dim} disagree with the tokenizer "
                        f"checkpoint{where}: vocab_size={decoder.vocab_size}, "
-                       f"grid={decoder.grid[0]}x{decoder.grid[1]}, latent_dim={have}")
-    return CachedTokens(self.vocab_size, self.grid[0], self.checkpoint, self.token_dim, decoder)
+                       f"grid={decoder.grid[0]}x{decoder.grid[1]}, latent_dim={have}, "
+                       f"tokens_per_image={n} (tokenizer.scales={list(self.scales)} gives "
+                       f"{self.tokens_per_image})")
+    return CachedTokens(self.vocab_size, self.grid[0], self.checkpoint, self.token_dim, decoder,
+                        self.scales)
 
   def encode(self, images):
     raise ValueError("tokenizer 'cached' takes pre-tokenized data: the batch must carry "
@@ -80,6 +92,9 @@ class CachedTokens:
     return self.decoder.decode(tokens)
 
   def grid_positions(self):
+    if self.scales:  # (row, col) on each token's own scale, scales concatenated.
+      return np.concatenate([np.stack([np.repeat(np.arange(s), s), np.tile(np.arange(s), s)], -1)
+                             for s in self.scales]).astype(np.int32)
     r = np.arange(self.grid[0])
     return np.stack([np.repeat(r, self.grid[1]), np.tile(r, self.grid[0])], -1).astype(np.int32)
 
@@ -88,4 +103,4 @@ class CachedTokens:
 def _build_cached(config):
   t = read_fields(CachedFields, config.tokenizer, "tokenizer 'cached' (config.tokenizer)")
   return CachedTokens(vocab_size=t.vocab_size, grid=t.grid, checkpoint=t.checkpoint,
-                      latent_dim=t.latent_dim)
+                      latent_dim=t.latent_dim, scales=t.scales)

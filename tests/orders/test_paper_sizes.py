@@ -21,6 +21,8 @@ PAPER = {  # method -> size -> the figure as the paper writes it.
     "nar": {"B": "130M", "M": "290M", "L": "372M", "XL": "816M", "XXL": "1.46B"},
     "lpd": {"L": "337M", "XL": "752M", "XXL": "1.4B"},
     "par": {"L": "343M", "XL": "775M", "XXL": "1.4B"},
+    # VAR: size = depth; the official code's d24 has 1.033B (the paper writes 1.0B).
+    "var": {"16": "310M", "20": "600M", "24": "1.0B", "30": "2.0B"},
 }
 # NAR-M: the official code's GPT-M (18 layers, 16 heads, width 1024) plus NAR's extra block and
 # second head has 295.5M parameters; the paper's table says 290M (-1.9 %), and no whole number of
