@@ -1,8 +1,10 @@
 """python -m arjax.convert NAME --checkpoint FILE --workdir DIR [--size S] [--config PATH]
-                          [field=value ...]
+                          [--vae FILE] [--vae_override F=V] [field=value ...]
 
 Converts a released checkpoint into an arjax workdir that `arjax.sample` and `arjax.evaluate`
-load. NAME: llamagen (LlamaGen c2i GPT, sizes B / L / XL / XXL / 3B). The checkpoint is read
+load. NAME: llamagen (LlamaGen c2i GPT, sizes B / L / XL / XXL / 3B); var (VAR var_d{d}.pth,
+sizes 16 / 20 / 24 / 30, with its VQ-VAE --vae vae_ch160v4096z32.pth, written to
+WORKDIR/tokenizer). The checkpoint is read
 without torch (.pt/.pth zip or legacy format, or an .npz of the state dict).
 """
 from __future__ import annotations
@@ -22,6 +24,9 @@ def main(argv=None):
   p.add_argument("--workdir", required=True, help="empty directory to write")
   p.add_argument("--size", default=None, help="paper size of the checkpoint, e.g. L")
   p.add_argument("--config", default=None, help="config file (default: the paper's)")
+  p.add_argument("--vae", default=None, help="var: the VQ-VAE checkpoint (vae_ch160v4096z32.pth)")
+  p.add_argument("--vae_override", action="append", default=[],
+                 help="var: a field=value override of the VQ-VAE's config (repeatable)")
   p.add_argument("overrides", nargs="*", help="field=value config overrides")
   args = p.parse_intermixed_args(argv)
   try:
