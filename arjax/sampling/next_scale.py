@@ -89,8 +89,11 @@ class NextScaleSampler(Sampler):
   def check_scales(self, scales: Sequence[int]):
     """A requested scale list must be the model's: VAR's position table and level embeddings
     are fixed by its training scales (FlexVAR's are not)."""
-    have = tuple(self.fm.bind(self.fm.abstract_params).scales)
-    if tuple(int(s) for s in scales) != have:
+    from arjax.orders.scales import check_scales
+    model = self.fm.bind(self.fm.abstract_params)
+    have = tuple(model.scales)
+    scales = check_scales(scales, "sampling scales", grid=have[-1], max_tokens=model.num_tokens)
+    if scales != have:
       raise ValueError(f"sampling scales={list(scales)}: model 'var' can only sample at its "
                        f"training scales {list(have)} (fixed position table of "
                        f"{sum(s * s for s in have)} slots and {len(have)} level embeddings)")

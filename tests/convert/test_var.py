@@ -56,35 +56,46 @@ def converted(fx):
   sd_vae = {k[4:]: v.astype(np.float32) for k, v in fx.items() if k.startswith("vae/")}
   sd_var = {k[4:]: v.astype(np.float32) for k, v in fx.items() if k.startswith("var/")}
   tconfig = tokenizer_config(TOKENIZER)
-  tfm = FunctionalModel(build_model(tconfig))
+  tfm = FunctionalModel.abstract(lambda: build_model(tconfig))
   tparams = jax.tree.map(jnp.asarray, vae_params(sd_vae, tconfig))
   tok = FrozenTokenizer(tfm, tparams)
   config = load_config(os.path.join(ROOT, "configs/imagenet256/var.py:smoke"), GENERATOR)
-  fm = FunctionalModel(build_model(config, tokenizer=build_tokenizer(config).with_decoder(tok)))
+  fm = FunctionalModel.abstract(
+      lambda: build_model(config, tokenizer=build_tokenizer(config).with_decoder(tok)))
   params = jax.tree.map(jnp.asarray, var_params(sd_var, config))
   return dict(tconfig=tconfig, tfm=tfm, tparams=tparams, config=config, fm=fm, params=params,
               sd_var=sd_var, sd_vae=sd_vae)
 
 
 def test_vqvae_matches_official(fx, converted):
-  ae = converted["tfm"].bind(converted["tparams"])
-  x = to_float(jnp.asarray(fx["images"]), 8, 3)
-  f = ae.latents(x)
+  tfm = converted["tfm"]
+
+  @jax.jit
+  def run(params, images):
+    ae = tfm.bind(params)
+    f = ae.latents(to_float(images, 8, 3))
+    tokens = ae.quantizer.encode(f)
+    fhat = ae.quantizer.partial_reconstructions(tokens)[-1]
+    return f, tokens, fhat, jnp.clip(ae.decode_latents(fhat), -1, 1)
+
+  f, tokens, fhat, rec = run(converted["tparams"], jnp.asarray(fx["images"]))
   np.testing.assert_allclose(np.asarray(f), fx["vae_f"], rtol=1e-5, atol=1e-5)
-  tokens = ae.quantizer.encode(f)
   np.testing.assert_array_equal(np.asarray(tokens), fx["vae_tokens"])
-  fhat = ae.quantizer.partial_reconstructions(tokens)[-1]
   np.testing.assert_allclose(np.asarray(fhat), fx["vae_fhat"], rtol=1e-5, atol=1e-5)
-  rec = jnp.clip(ae.decode_latents(fhat), -1, 1)
   np.testing.assert_allclose(np.asarray(rec), fx["vae_rec"], rtol=1e-5, atol=1e-5)
 
 
 def test_generator_teacher_forcing_matches_official(fx, converted):
-  model = converted["fm"].bind(converted["params"])
-  tokens = jnp.asarray(fx["vae_tokens"])
-  inputs = model.next_scale_inputs(tokens)
+  fm = converted["fm"]
+
+  @jax.jit
+  def run(params, tokens, labels):
+    model = fm.bind(params)
+    return model.next_scale_inputs(tokens), model.forward(tokens, labels).logits
+
+  inputs, logits = run(converted["params"], jnp.asarray(fx["vae_tokens"]),
+                       jnp.asarray(fx["labels"]))
   np.testing.assert_allclose(np.asarray(inputs), fx["var_inputs"], rtol=1e-5, atol=1e-5)
-  logits = model.forward(tokens, jnp.asarray(fx["labels"])).logits
   scale = np.abs(fx["var_logits"]).max()
   np.testing.assert_allclose(np.asarray(logits), fx["var_logits"], rtol=1e-5, atol=1e-5 * scale)
 
@@ -98,8 +109,9 @@ def test_next_scale_sampling_matches_autoregressive_infer_cfg(fx, converted):
   tokens, fhat = sampler.sample_with_fhat(converted["params"], fx["labels"], jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(tokens), fx["sample_tokens"])
   np.testing.assert_allclose(np.asarray(fhat), fx["sample_fhat"], rtol=1e-5, atol=1e-5)
-  ae = converted["tfm"].bind(converted["tparams"])
-  image = (jnp.clip(ae.decode_latents(fhat), -1, 1) + 1) * 0.5
+  tfm = converted["tfm"]
+  image = jax.jit(lambda p, f: (jnp.clip(tfm.bind(p).decode_latents(f), -1, 1) + 1) * 0.5)(
+      converted["tparams"], fhat)
   np.testing.assert_allclose(np.asarray(image), fx["sample_image"], rtol=1e-5, atol=1e-5)
 
 
