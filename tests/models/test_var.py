@@ -294,3 +294,8 @@ def test_scale_lists_are_checked_by_name(tok, plain):
     sampler.check_scales([1, 2, 4])
   with pytest.raises(ValueError, match=r"scales=\[1, 2, 3, 4, 4\]: the sides must be strictly"):
     sampler.check_scales([1, 2, 3, 4, 4])
+  # `arjax.sample --resolution`: VAR's tables reach no other grid.
+  from arjax.sampling.extrapolate import model_at_resolution
+  with pytest.raises(ValueError, match=r"tokenizer.scales=\[1, 2, 3, 4\] must be .* end at "
+                                       r"tokenizer.grid=8"):
+    model_at_resolution(var_config(), {}, 8)
