@@ -211,6 +211,9 @@ class VAR(nnx.Module):
       raise ValueError(f"model 'var' predicts codebook indices: model.head.name must be "
                        f"'categorical', got {head_name!r}")
     head = read_fields(CategoricalFields, config.model.get("head"), "head 'categorical'")
+    if m.token_dropout:
+      raise ValueError(f"model 'var' has no token dropout (its inputs are f_hat maps): "
+                       f"model.token_dropout={m.token_dropout} must be 0")
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
     if self.order.name != "scales":
@@ -267,7 +270,6 @@ class VAR(nnx.Module):
   def embed(self, inputs, labels):
     """inputs [B, N - h_1^2, Dv] (f_hat inputs), labels [B] -> (x [B, N, C], cond [B, C])."""
     cond = self.cond(labels)
-    b = labels.shape[0]
     sos = cond[:, None] + self.pos_start[...][None]
     x = jnp.concatenate([sos, self.word_embed(inputs.astype(jnp.float32))], 1)
     lvl = jnp.take(self.level_embed[...], self.order.level_ids, axis=0)
