@@ -72,9 +72,10 @@ class CachedTokens:
       raise ValueError(f"tokenizer.vocab_size={self.vocab_size}, tokenizer.grid={self.grid[0]}, "
                        f"tokenizer.latent_dim={self.token_dim} disagree with the tokenizer "
                        f"checkpoint{where}: vocab_size={decoder.vocab_size}, "
-                       f"grid={decoder.grid[0]}x{decoder.grid[1]}, latent_dim={have}, "
-                       f"tokens_per_image={n} (tokenizer.scales={list(self.scales)} gives "
-                       f"{self.tokens_per_image})")
+                       f"grid={decoder.grid[0]}x{decoder.grid[1]}, latent_dim={have}"
+                       + (f", tokens_per_image={n} (tokenizer.scales={list(self.scales)} "
+                          f"gives {self.tokens_per_image})" if n != self.tokens_per_image
+                          else ""))
     return CachedTokens(self.vocab_size, self.grid[0], self.checkpoint, self.token_dim, decoder,
                         self.scales)
 
