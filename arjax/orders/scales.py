@@ -8,7 +8,9 @@ predicts its own cell (slot i -> token i); the slots of scale k carry the class 
 upsampled reconstruction of scales < k (the model computes those inputs), so
 
   block-causal   a slot of scale k sees every slot of scales <= k (bidirectional in a scale);
-  markovian      a slot of scale k sees scales k - 1 and k only.
+  markovian      a slot of scale k sees scales k - 1 and k only (per attention layer: through
+                 L blocks a change at scale k can still reach scale k + L; the inputs, the
+                 running f_hat, carry every earlier token in both variants).
 
 Sampling step k reveals the whole of scale k (`Plan.step_of` = the scale of each cell, the
 base rule of `Order.reveal_cells`). `level_ids` are the scale of every slot (VAR's level
