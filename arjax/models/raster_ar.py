@@ -6,7 +6,8 @@ at sampling time. Tokenizer, order, backbone and head are parts named by the con
 
 Tokens are what the head declares (arjax.heads.base): int32 [B, N] through a token embedding for
 the categorical head, or continuous float32 [B, N, C] (KL-VAE latents) through a Dense input
-projection for the GMM head (GIVT-Causal, Tschannen et al. 2023). Every prediction is a head
+projection for a continuous head: the GMM (GIVT-Causal, Tschannen et al. 2023), the diffusion
+head (MAR's diffusion loss) or the flow-matching head (NextStep-1 style). Every prediction is a head
 Distribution over [B, positions]; `logits` is the categorical shortcut.
 
 Legend: B batch, N tokens per image, D width, V vocabulary, C latent channels, T tokens fed in
@@ -99,7 +100,10 @@ class RasterAR(nnx.Module):
     weights = None
     if "mask" in batch:  # padded evaluation batches
       weights = jnp.broadcast_to(batch["mask"][:, None], tokens.shape[:2]).astype(jnp.float32)
-    loss, per_token = dist.loss(tokens, weights=weights)
+    # Heads whose loss draws noise (diffusion, flow) take a key; evaluation uses a fixed one so
+    # the test loss is deterministic. Other heads ignore it.
+    key = self.rngs.sample() if train else jax.random.key(0)
+    loss, per_token = dist.loss(tokens, key=key, weights=weights)
     w = jnp.ones_like(per_token) if weights is None else weights
     return loss, token_metrics(dist, loss, per_token, tokens, w)
 
