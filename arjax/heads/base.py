@@ -162,7 +162,7 @@ def continuous_heads():
   return [n for n in HEADS.names() if not jnp.issubdtype(HEADS.get(n).token_dtype, jnp.integer)]
 
 
-def continuous_token_dim(tokenizer, head: str = "gmm") -> int:
+def continuous_token_dim(tokenizer, head: str) -> int:
   """C of a continuous tokenizer (its `token_dim`); one line naming the head and the tokenizer
   otherwise."""
   c = int(getattr(tokenizer, "token_dim", 0) or 0)

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from arjax.heads.base import build_head, continuous_token_dim, head_is_continuous, token_metrics
+from arjax.heads.base import (build_head, check_targets, continuous_token_dim, head_is_continuous,
+                              head_node, token_metrics)
 from arjax.models.registry import MODELS, GeneratorFields, model_fields
 from arjax.nn.layers import Dense, Embed
 from arjax.nn.transformer import Transformer, TransformerConfig
@@ -48,8 +49,9 @@ class RasterAR(nnx.Module):
     # input, backbone, head), so seeded initialisations are unchanged.
     self.continuous = head_is_continuous(config)
     if self.continuous:  # GIVT: a Dense projection of each continuous token.
-      self.token_proj = Dense(continuous_token_dim(self.tokenizer), dim, axes=(None, "embed"),
-                              rngs=rngs, dtype=dt)
+      self.head_name = head_node(config)["name"]
+      c = continuous_token_dim(self.tokenizer, head=self.head_name)
+      self.token_proj = Dense(c, dim, axes=(None, "embed"), rngs=rngs, dtype=dt)
     else:
       self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
     self.backbone = Transformer(self.backbone_cfg, rngs=rngs)
@@ -67,6 +69,8 @@ class RasterAR(nnx.Module):
   def forward(self, tokens, labels, *, train: bool = False):
     """tokens [B, N(, C)], labels int32 [B] -> the head's Distribution over [B, N]."""
     b = tokens.shape[0]
+    if self.continuous:  # latents of the wrong channel count: one line naming both shapes.
+      check_targets(tokens, self.head.token_shape, jnp.float32, tokens.shape[:2], self.head_name)
     x = jnp.concatenate([self.class_embed(labels)[:, None], self.embed_tokens(tokens[:, :-1])],
                         1)
     if self.drop is not None:
