@@ -152,11 +152,22 @@ def head_is_continuous(config) -> bool:
   return not jnp.issubdtype(cls.token_dtype, jnp.integer)
 
 
-def continuous_token_dim(tokenizer) -> int:
-  """C of a continuous tokenizer (its `token_dim`); one line naming the tokenizer otherwise."""
+def describe_tokenizer(tokenizer) -> str:
+  """'PixelTokenizer with vocab_size=4, token_dim=0': a tokenizer as the head messages name it."""
+  return (f"{type(tokenizer).__name__} with vocab_size={getattr(tokenizer, 'vocab_size', None)}, "
+          f"token_dim={getattr(tokenizer, 'token_dim', 0)}")
+
+
+def continuous_heads():
+  return [n for n in HEADS.names() if not jnp.issubdtype(HEADS.get(n).token_dtype, jnp.integer)]
+
+
+def continuous_token_dim(tokenizer, head: str) -> int:
+  """C of a continuous tokenizer (its `token_dim`); one line naming the head and the tokenizer
+  otherwise."""
   c = int(getattr(tokenizer, "token_dim", 0) or 0)
   if c <= 0:
-    raise ValueError(f"a continuous head needs continuous tokens (a tokenizer with token_dim > 0), "
-                     f"got {type(tokenizer).__name__} with vocab_size="
-                     f"{getattr(tokenizer, 'vocab_size', None)}")
+    raise ValueError(f"head {head!r} is a continuous head and needs continuous tokens (a "
+                     f"tokenizer with token_dim > 0), got {describe_tokenizer(tokenizer)}: use "
+                     f"model.head.name='categorical' for discrete tokens")
   return c

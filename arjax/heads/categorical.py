@@ -13,7 +13,7 @@ import optax
 from flax import nnx, struct
 
 from arjax.heads.base import (HEADS, Distribution, broadcast_scale, check_targets,
-                              weighted_mean)
+                              continuous_heads, describe_tokenizer, weighted_mean)
 from arjax.nn.layers import Dense
 
 
@@ -83,7 +83,8 @@ class CategoricalHead(nnx.Module):
     vocab_size = int(tokenizer.vocab_size)
     if vocab_size <= 1:
       raise ValueError(f"head 'categorical' needs a discrete tokenizer (vocab_size > 1), got "
-                       f"vocab_size={vocab_size}: use a continuous head (model.head.name='gmm')")
+                       f"{describe_tokenizer(tokenizer)}: use a continuous head "
+                       f"(model.head.name in {continuous_heads()})")
     self.proj = Dense(dim, vocab_size, axes=("embed", "vocab"), rngs=rngs, dtype=dtype,
                       init=nnx.initializers.normal(stddev=0.02), preferred_element_type=jnp.float32)
     self.vocab_size = vocab_size

@@ -124,7 +124,7 @@ class GMMHead(nnx.Module):
 
   def __init__(self, dim: int, tokenizer, fields: GMMFields = GMMFields(), *, rngs: nnx.Rngs,
                dtype=None):
-    c = continuous_token_dim(tokenizer)
+    c = continuous_token_dim(tokenizer, head="gmm")
     self.token_shape = (c,)
     self.k, self.c = fields.num_components, c
     self.cfg_proposals = fields.cfg_proposals

@@ -6,7 +6,8 @@ at sampling time. Tokenizer, order, backbone and head are parts named by the con
 
 Tokens are what the head declares (arjax.heads.base): int32 [B, N] through a token embedding for
 the categorical head, or continuous float32 [B, N, C] (KL-VAE latents) through a Dense input
-projection for the GMM head (GIVT-Causal, Tschannen et al. 2023). Every prediction is a head
+projection for a continuous head: the GMM (GIVT-Causal, Tschannen et al. 2023), the diffusion
+head (MAR's diffusion loss) or the flow-matching head (NextStep-1 style). Every prediction is a head
 Distribution over [B, positions]; `logits` is the categorical shortcut.
 
 Legend: B batch, N tokens per image, D width, V vocabulary, C latent channels, T tokens fed in
@@ -14,6 +15,8 @@ one decode call.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Dict, Tuple
 
 import jax
@@ -21,7 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from arjax.heads.base import build_head, continuous_token_dim, head_is_continuous, token_metrics
+from arjax.heads.base import (build_head, check_targets, continuous_token_dim, head_is_continuous,
+                              head_node, token_metrics)
 from arjax.models.registry import MODELS, GeneratorFields, model_fields
 from arjax.nn.layers import Dense, Embed
 from arjax.nn.transformer import Transformer, TransformerConfig
@@ -29,10 +33,47 @@ from arjax.orders import build_order
 from arjax.tokenizers import build_tokenizer
 
 
+@dataclasses.dataclass(frozen=True)
+class RasterARFields(GeneratorFields):
+  """`config.model` of raster_ar: the generators' fields plus CAM-style noise augmentation of
+  continuous context tokens (CAM, arXiv 2411.18447: exposure bias is the known weakness of
+  continuous AR; 0 turns each off)."""
+  input_noise: float = 0.0        # training: context + sigma eps, sigma ~ U(0, this) per sequence.
+  input_noise_eval: float = 0.0   # sampling: generated context + this * eps (a fixed level).
+
+  def __post_init__(self):
+    for name in ("input_noise", "input_noise_eval"):
+      v = getattr(self, name)
+      if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        raise ValueError(f"model.{name}={v!r}; expected a finite number >= 0")
+
+
+def context_noise(key, tokens, max_std: float):
+  """CAM's training corruption: tokens [B, T, C] + sigma_b eps, sigma_b ~ U(0, max_std) per
+  sequence, eps ~ N(0, I)."""
+  k_sigma, k_eps = jax.random.split(key)
+  sigma = jax.random.uniform(k_sigma, (tokens.shape[0], 1, 1)) * max_std
+  return tokens + sigma * jax.random.normal(k_eps, tokens.shape, tokens.dtype)
+
+
+def decode_noise(tokens, token_index, std: float, seed: int = 0):
+  """CAM's inference noise on generated context tokens [B, T, C] fed at token_index (scalar or
+  int32 [B]): std * eps, eps drawn from fold_in(fold_in(key(seed), row), position) so that each
+  row and position has its own draw and a sampler's repeated calls agree."""
+  b, t = tokens.shape[:2]
+  index = jnp.broadcast_to(jnp.asarray(token_index, jnp.int32), (b,))
+
+  def row(r, i):
+    k = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r), i)
+    return jax.random.normal(k, tokens.shape[1:], tokens.dtype)
+
+  return tokens + std * jax.vmap(row)(jnp.arange(b), index)
+
+
 class RasterAR(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = model_fields(GeneratorFields, config)
+    m = model_fields(RasterARFields, config)
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
     self.backbone_cfg = TransformerConfig.from_config(config.model.backbone)
@@ -47,13 +88,19 @@ class RasterAR(nnx.Module):
     # input, backbone, head), so seeded initialisations are unchanged.
     self.continuous = head_is_continuous(config)
     if self.continuous:  # GIVT: a Dense projection of each continuous token.
-      self.token_proj = Dense(continuous_token_dim(self.tokenizer), dim, axes=(None, "embed"),
-                              rngs=rngs, dtype=dt)
+      self.head_name = head_node(config)["name"]
+      c = continuous_token_dim(self.tokenizer, head=self.head_name)
+      self.token_proj = Dense(c, dim, axes=(None, "embed"), rngs=rngs, dtype=dt)
     else:
       self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
     self.backbone = Transformer(self.backbone_cfg, rngs=rngs)
     self.head = build_head(config, dim, self.tokenizer, rngs=rngs, dtype=dt)
     self.drop = nnx.Dropout(m.token_dropout, rngs=rngs) if m.token_dropout > 0 else None
+    if (m.input_noise > 0 or m.input_noise_eval > 0) and not self.continuous:
+      raise ValueError(f"model.input_noise={m.input_noise}, model.input_noise_eval="
+                       f"{m.input_noise_eval}: noise augmentation applies to continuous tokens, "
+                       f"but head {head_node(config)['name']!r} takes discrete ones")
+    self.input_noise, self.input_noise_eval = m.input_noise, m.input_noise_eval
     self.rngs = rngs
 
   # -- training ---------------------------------------------------------------------------------
@@ -66,7 +113,12 @@ class RasterAR(nnx.Module):
   def forward(self, tokens, labels, *, train: bool = False):
     """tokens [B, N(, C)], labels int32 [B] -> the head's Distribution over [B, N]."""
     b = tokens.shape[0]
-    x = jnp.concatenate([self.class_embed(labels)[:, None], self.embed_tokens(tokens[:, :-1])],
+    if self.continuous:  # latents of the wrong channel count: one line naming both shapes.
+      check_targets(tokens, self.head.token_shape, jnp.float32, tokens.shape[:2], self.head_name)
+    context = tokens[:, :-1]
+    if train and self.input_noise > 0:  # CAM: random-level noise on the context in training.
+      context = context_noise(self.rngs.sample(), context.astype(jnp.float32), self.input_noise)
+    x = jnp.concatenate([self.class_embed(labels)[:, None], self.embed_tokens(context)],
                         1)
     if self.drop is not None:
       x = self.drop(x, deterministic=not train)
@@ -99,7 +151,10 @@ class RasterAR(nnx.Module):
     weights = None
     if "mask" in batch:  # padded evaluation batches
       weights = jnp.broadcast_to(batch["mask"][:, None], tokens.shape[:2]).astype(jnp.float32)
-    loss, per_token = dist.loss(tokens, weights=weights)
+    # Heads whose loss draws noise (diffusion, flow) take a key; evaluation uses a fixed one so
+    # the test loss is deterministic. Other heads ignore it.
+    key = self.rngs.sample() if train else jax.random.key(0)
+    loss, per_token = dist.loss(tokens, key=key, weights=weights)
     w = jnp.ones_like(per_token) if weights is None else weights
     return loss, token_metrics(dist, loss, per_token, tokens, w)
 
@@ -126,6 +181,8 @@ class RasterAR(nnx.Module):
     pos = jax.vmap(lambda i: jax.lax.dynamic_slice_in_dim(self.order.grid_positions, i, t, 0))(
         jnp.broadcast_to(token_index, (b,)))
     slot = token_index + 1
+    if self.input_noise_eval > 0:  # CAM: a small fixed noise level on generated context.
+      tokens = decode_noise(tokens.astype(jnp.float32), token_index, self.input_noise_eval)
     h, caches = self.backbone(self.embed_tokens(tokens), positions=pos,
                               mask=self.order.decode_mask(slot, t), caches=caches,
                               cache_index=slot)
@@ -136,6 +193,6 @@ class RasterAR(nnx.Module):
     return "sequential"
 
 
-@MODELS.register("raster_ar", fields=GeneratorFields)
+@MODELS.register("raster_ar", fields=RasterARFields)
 def _build(config, *, rngs):
   return RasterAR(config, rngs=rngs)

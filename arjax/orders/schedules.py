@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import List, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -194,3 +195,19 @@ def rar_random_ratio(step, start: int, end: int):
     return jnp.where(jnp.asarray(step) < start, 1.0, 0.0)
   frac = (jnp.asarray(step, jnp.float32) - start) / (end - start)
   return jnp.clip(1.0 - frac, 0.0, 1.0)
+
+
+def mar_mask_ratio(key, shape=(), minimum: float = 0.7, std: float = 0.25):
+  """MAR's training mask ratio (Li et al. 2024; LTH14/mar models/mar.py): a normal of mean 1 and
+  standard deviation `std` truncated to [minimum, 1] (scipy's truncnorm((minimum - 1) / std, 0,
+  loc=1, scale=std)), float32 `shape`. MAR draws one ratio per batch and masks
+  ceil(N * ratio) tokens (`mar_num_masked`)."""
+  if not (0.0 <= minimum < 1.0 and std > 0):
+    raise ValueError(f"MAR mask ratio needs 0 <= minimum < 1 and std > 0, got minimum={minimum}, "
+                     f"std={std}")
+  return 1.0 + std * jax.random.truncated_normal(key, (minimum - 1.0) / std, 0.0, shape)
+
+
+def mar_num_masked(ratio, num_tokens: int, xp=jnp):
+  """ceil(N * ratio): the number of masked tokens for a mask ratio (MAR's random_masking)."""
+  return xp.ceil(num_tokens * ratio).astype(xp.int32)
