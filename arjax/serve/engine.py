@@ -11,8 +11,9 @@ by one token:
   * a slot at index i > 0 feeds x_{i-1} at its own cache position (`decode_tokens` with
     per-row token indexes, arjax.nn.attention.write_cache) and draws x_i.
 
-Both kinds share one compiled step: decode_tokens runs for every row, decode_prefix only when a
-slot is being reset (`lax.cond`), and reset rows take the prefix's distribution and cache rows.
+Both kinds share one compiled step: decode_prefix runs (for every row, see `_step_fn`) only when
+a slot is being reset (`lax.cond`), then decode_tokens for every row; reset rows take the
+prefix's distribution. The cache is updated in place (donated), never copied.
 
 Randomness never depends on the batch: the draw of token i of image j of a request with seed s
 uses key fold_in(fold_in(key(s), j), i), and sampling options (temperature, top-k, top-p,
@@ -111,19 +112,6 @@ def row_scales(schedule: GuidanceSchedule, scale, index, n: int):
   return 1.0 + (scale - 1.0) * (unit.at(progress) - 1.0)
 
 
-def _batch_axes(fm: FunctionalModel, rows: int):
-  """The batch axis of every cache leaf: the axis whose size follows the number of rows."""
-  model = fm.bind(fm.abstract_params)
-  a = jax.eval_shape(lambda: model.init_cache(rows))
-  b = jax.eval_shape(lambda: model.init_cache(rows + 1))
-  def axis(x, y):
-    diff = [i for i, (p, q) in enumerate(zip(x.shape, y.shape)) if p != q]
-    if len(diff) != 1:
-      raise ValueError(f"cannot find the batch axis of a cache leaf {x.shape}")
-    return diff[0]
-  return jax.tree.map(axis, a, b)
-
-
 def _where_rows(rows, new, old, axis: int):
   """rows bool [R] -> new where rows (along `axis`), else old."""
   shape = [1] * new.ndim
@@ -161,7 +149,6 @@ class Engine:
     self.rows = 2 * self.slots if self.guidance else self.slots
     from arjax.sampling.guidance_schedule import from_config
     self.schedule = from_config(config, 2.0)
-    self._axes = _batch_axes(fm, self.rows)
     # The caches live where the step's outputs do (replicated over the variables' mesh), so
     # the first step and every later one see the same input sharding (one compile).
     leaf = jax.tree.leaves(variables)[0]
@@ -189,19 +176,26 @@ class Engine:
     double = (lambda x: jnp.concatenate([x, x])) if self.guidance else (lambda x: x)
     feed_labels = (jnp.concatenate([label, jnp.full_like(label, self.null_class)])
                    if self.guidance else label)
-    # Rows at index 0 need no token; clipping keeps their (discarded) write inside the cache.
-    feed_index = jnp.clip(index - 1, 0, n - 2)
-    dist, new = model.decode_tokens(double(prev)[:, None], double(feed_index), caches)
     reset = double(active & (index == 0))
 
-    def with_prefix(dist, new):
-      pdist, pcaches = model.decode_prefix(feed_labels, caches)
-      dist = jax.tree.map(lambda a, b: _where_rows(reset, a, b, 0), pdist, dist)
-      new = jax.tree.map(lambda a, b, ax: _where_rows(reset, a, b, ax), pcaches, new,
-                         self._axes)
-      return dist, new
+    # A reset row feeds its class token (the prefix). decode_prefix writes the prefix slot of
+    # every row, so every other row rewrites its own class token there: the same label through
+    # the same computation, so the same keys and values as when that row was reset (rows are
+    # independent). Writing every row in place avoids keeping the old cache for a per-row
+    # merge, which would cost a copy of the whole cache at each step.
+    def prefix(caches):
+      return model.decode_prefix(feed_labels, caches)
 
-    dist, new = jax.lax.cond(reset.any(), with_prefix, lambda d, c: (d, c), dist, new)
+    def no_prefix(caches):
+      shapes = jax.eval_shape(prefix, caches)[0]
+      return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), caches
+
+    pdist, caches = jax.lax.cond(reset.any(), prefix, no_prefix, caches)
+    # Rows at index 0 need no token; clipping keeps their (discarded) write inside the cache,
+    # at a slot their next step overwrites before reading it.
+    feed_index = jnp.clip(index - 1, 0, n - 2)
+    dist, caches = model.decode_tokens(double(prev)[:, None], double(feed_index), caches)
+    dist = jax.tree.map(lambda a, b: _where_rows(reset, a, b, 0), pdist, dist)
     if self.guidance:
       cond, uncond = split_halves(dist)
       scale = row_scales(self.schedule, floats[:, CFG], index, n)
@@ -211,7 +205,7 @@ class Engine:
     logits = dist.logits[:, 0]                                                    # [S, V]
     keys = row_keys(ints[:, SEED], ints[:, IMAGE], index)
     tokens = sample_rows(logits, keys, floats[:, TEMPERATURE], ints[:, TOP_K], floats[:, TOP_P])
-    return tokens, new
+    return tokens, caches
 
   def step(self, ints: np.ndarray, floats: np.ndarray) -> np.ndarray:
     """One decode step of every slot (see the class docstring) -> the drawn tokens int32 [S]."""
@@ -220,13 +214,15 @@ class Engine:
     return np.asarray(tokens)
 
   def warmup(self):
-    """Compiles the step with and without a reset row, leaving the slots as they were."""
+    """Compiles the step (with and without a reset row) and the image decoding; the slots are
+    left empty."""
     ints, floats = self.empty_inputs()
     self.step(ints, floats)
     ints[0, ACTIVE] = 1
     self.step(ints, floats)
     self.caches = self._init(self.variables)
     self.steps = 0
+    self.decode_images(np.zeros((1, self.num_tokens), np.int32))
 
   def decode_images(self, tokens: np.ndarray) -> np.ndarray:
     """int32 [K, N] -> uint8 images [K, H, W, C] through the model's tokenizer (one compiled
