@@ -15,6 +15,7 @@ Legend: S slots, K images of a request, N tokens per image.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from typing import Callable, List, Optional
@@ -157,7 +158,7 @@ class Batcher:
               self.completed += 1
               finished.append(job)
       for job in finished:
-        job.on_done(job, None)
+        _notify(job, None)
 
   def _fail_all(self, error: BaseException) -> None:
     with self._cv:
@@ -166,4 +167,12 @@ class Batcher:
       self._running, self._queue = [], collections.deque()
       self._ints[:, ACTIVE] = 0
     for job in jobs:
-      job.on_done(job, error)
+      _notify(job, error)
+
+
+def _notify(job: Job, error: Optional[BaseException]) -> None:
+  # A callback that fails (e.g. its event loop has closed) must not stop the loop serving others.
+  try:
+    job.on_done(job, error)
+  except Exception:  # noqa: BLE001
+    logging.getLogger(__name__).exception("a request's completion callback failed")
