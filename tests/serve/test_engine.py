@@ -18,11 +18,11 @@ from arjax.sampling.guidance_schedule import GuidanceSchedule
 from arjax.serve.engine import process_rows, row_keys, row_scales, sample_rows
 
 V = 12
-OPTIONS = list(itertools.product([0.0, 0.5, 1.0, 1.7], [0, 1, 3, V, V + 5], [1.0, 0.9, 0.3]))
+OPTIONS = list(itertools.product([0.0, 0.5, 1.7], [0, 1, 3, V, V + 5], [1.0, 0.9, 0.3]))
 
 
 def test_process_and_sample_rows_equal_the_head_row_by_row():
-  s = len(OPTIONS)  # 60 rows, every combination of temperature, top_k, top_p.
+  s = len(OPTIONS)  # 45 rows, every combination of temperature, top_k, top_p.
   logits = 3.0 * jax.random.normal(jax.random.key(0), (s, V))
   temperature = jnp.asarray([o[0] for o in OPTIONS], jnp.float32)
   top_k = jnp.asarray([o[1] for o in OPTIONS], jnp.int32)
@@ -32,7 +32,7 @@ def test_process_and_sample_rows_equal_the_head_row_by_row():
   keys = row_keys(seed, image, index)
   processed = np.asarray(jax.jit(process_rows)(logits, temperature, top_k, top_p))
   draws = []
-  for trial in range(4):  # several keys per row, so filtering is seen in the draws.
+  for trial in range(2):  # several keys per row, so filtering is seen in the draws.
     k = jax.vmap(lambda key: jax.random.fold_in(key, trial))(keys)
     draws.append(np.asarray(jax.jit(sample_rows)(logits, k, temperature, top_k, top_p)))
   for i, (t, kk, p) in enumerate(OPTIONS):
@@ -42,7 +42,7 @@ def test_process_and_sample_rows_equal_the_head_row_by_row():
           process_logits(logits[i], temperature=t, **opts)), err_msg=str(OPTIONS[i]))
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(int(seed[i])), int(image[i])),
                              int(index[i]))
-    for trial in range(4):
+    for trial in range(2):
       want = sample_tokens(jax.random.fold_in(key, trial), logits[i], temperature=t, **opts)
       assert draws[trial][i] == int(want), (OPTIONS[i], trial)
   # The filters did act: top-1 rows always draw the argmax.
