@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "tensorboardX>=2.6,<3",
     "absl-py>=2.1,<3",
+    "aiohttp>=3.9,<4",
 ]
 
 setuptools.setup(
