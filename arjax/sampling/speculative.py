@@ -99,12 +99,17 @@ class SpeculativeSampler(Sampler):
                guidance: Optional[GuidanceSchedule] = None,
                options: Optional[SpeculativeOptions] = None):
     super().__init__(fm, sampling, guidance)
-    self.spec = options or SpeculativeOptions()
     model = fm.bind(fm.abstract_params)
     self.num_tokens = int(model.tokenizer.tokens_per_image)
+    # Without options (build_sampler by name): the default window, shortened for models of
+    # fewer than 17 tokens; a window given explicitly is checked, never shortened.
+    default = SpeculativeOptions()
+    self.spec = options or dataclasses.replace(default, window=min(default.window,
+                                                                   self.num_tokens - 1))
     self.vocab_size = int(model.tokenizer.vocab_size)
     self.spec.validate(self.num_tokens)
     self._run = jax.jit(self._decode, donate_argnames=("caches",))
+    self._init = jax.jit(lambda p, rows: self.fm.bind(p).init_cache(rows), static_argnums=1)
 
   @classmethod
   def cannot_run(cls, model) -> Optional[str]:
@@ -176,8 +181,7 @@ class SpeculativeSampler(Sampler):
 
   # -- the jitted loop ---------------------------------------------------------------------------
   def init_caches(self, params, batch: int):
-    rows = 2 * batch if self.use_cfg else batch
-    return jax.jit(lambda p: self.fm.bind(p).init_cache(rows))(params)
+    return self._init(params, 2 * batch if self.use_cfg else batch)
 
   def _decode(self, params, labels, caches, keys):
     model = self.fm.bind(params)

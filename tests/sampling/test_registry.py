@@ -76,7 +76,8 @@ def test_default_sampler_comes_from_the_model_and_bad_names_are_listed(givt):
   fm, _, config = givt
   assert isinstance(build_sampler(fm, SamplingConfig(), config), SequentialSampler)
   with pytest.raises(KeyError, match=r"unknown sampler 'jacobi' \(config field 'sampling.name'\); "
-                                     r"expected one of \['cached_groups', 'order', 'sequential'\]"):
+                                     r"expected one of \['cached_groups', 'gsd', 'mc_sjd', "
+                                     r"'order', 'sequential', 'sjd'\]"):
     build_sampler(fm, SamplingConfig(name="jacobi"))
   with pytest.raises(ValueError, match=r"sampler 'cached_groups' cannot run model RasterAR with "
                                        r"order 'raster': .*samplers that can: \['sequential'\]"):
@@ -89,5 +90,5 @@ def test_default_sampler_comes_from_the_model_and_bad_names_are_listed(givt):
 def test_config_sampling_name_picks_the_sampler():
   fm, config = tiny_model(tiny_config(sampling__name="order"))
   with pytest.raises(ValueError, match=r"sampler 'order' cannot run model RasterAR.*samplers "
-                                       r"that can: \['sequential'\]"):
+                                       r"that can: \['gsd', 'mc_sjd', 'sequential', 'sjd'\]"):
     build_sampler(fm, SamplingConfig(), config)
