@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from arjax.core.functional import FunctionalModel
+from arjax.models import build_model
 from arjax.sampling import (SAMPLERS, GSDSampler, MCSJDSampler, SamplingConfig, SJDSampler,
                             SequentialSampler, SpeculativeOptions)
 from tests.helpers import tiny_config, tiny_model
@@ -193,10 +195,10 @@ def test_registry_options_and_refusals(tiny):
     SJDSampler(fm, SamplingConfig(), options=SpeculativeOptions(window=2)).row_keys(
         jax.random.split(jax.random.key(0), 3), 2)
   # A bidirectional order (MaskGIT) is refused by name; a causal raster-like one is runnable.
-  masked, _ = tiny_model(tiny_config(model__name="ordered_ar", order__name="masked",
-                                     mesh__data=1))
+  abstract = lambda c: FunctionalModel.abstract(lambda: build_model(c, seed=0))  # no weights
+  masked = abstract(tiny_config(model__name="ordered_ar", order__name="masked", mesh__data=1))
   with pytest.raises(ValueError, match=r"sampler 'mc_sjd' cannot run model OrderedAR with order "
                                        r"'masked': order 'masked' uses bidirectional attention"):
     MCSJDSampler(masked, SamplingConfig())
-  ordered, _ = tiny_model(tiny_config(model__name="ordered_ar", mesh__data=1))
+  ordered = abstract(tiny_config(model__name="ordered_ar", mesh__data=1))
   assert SJDSampler.cannot_run(ordered.bind(ordered.abstract_params)) is None
