@@ -44,6 +44,8 @@ class SequentialSampler(Sampler):
                guidance: Optional[GuidanceSchedule] = None):
     super().__init__(fm, sampling, guidance)
     self._run = jax.jit(self._decode, donate_argnames=("caches",))
+    # One jitted cache constructor per sampler (a fresh jax.jit per call retraced every time).
+    self._init = jax.jit(lambda p, rows: self.fm.bind(p).init_cache(rows), static_argnums=1)
 
   @classmethod
   def cannot_run(cls, model):
@@ -54,8 +56,7 @@ class SequentialSampler(Sampler):
     return None
 
   def init_caches(self, params, batch: int):
-    rows = 2 * batch if self.use_cfg else batch
-    return jax.jit(lambda p: self.fm.bind(p).init_cache(rows))(params)
+    return self._init(params, 2 * batch if self.use_cfg else batch)
 
   def _decode(self, params, labels, caches, rng):
     model = self.fm.bind(params)

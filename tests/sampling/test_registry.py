@@ -1,12 +1,14 @@
 """Samplers by name over one state, on a categorical and on a continuous (GIVT GMM) raster
 model: KV-cached decoding of continuous tokens equals recomputation, greedy GMM decoding equals
 a recompute-everything reference, guidance runs, and the bad-name / bad-sampler messages."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arjax.sampling import (CachedGroupSampler, SamplingConfig, SequentialSampler,
+from arjax.sampling import (SAMPLERS, CachedGroupSampler, SamplingConfig, SequentialSampler,
                             build_sampler)
 from tests.helpers import tiny_config, tiny_model
 
@@ -75,9 +77,11 @@ def test_greedy_gmm_decoding_equals_recomputed_reference_and_cfg_runs(givt):
 def test_default_sampler_comes_from_the_model_and_bad_names_are_listed(givt):
   fm, _, config = givt
   assert isinstance(build_sampler(fm, SamplingConfig(), config), SequentialSampler)
+  # Every registered sampler is listed (the list grows with the samplers; 'sequential' and
+  # 'order' are among them).
+  assert {"sequential", "order", "cached_groups"} <= set(SAMPLERS.names())
   with pytest.raises(KeyError, match=r"unknown sampler 'jacobi' \(config field 'sampling.name'\); "
-                                     r"expected one of \['cached_groups', 'next_scale', 'order', "
-                                     r"'sequential'\]"):
+                                     + re.escape(f"expected one of {SAMPLERS.names()}")):
     build_sampler(fm, SamplingConfig(name="jacobi"))
   with pytest.raises(ValueError, match=r"sampler 'cached_groups' cannot run model RasterAR with "
                                        r"order 'raster': .*samplers that can: \['sequential'\]"):
@@ -90,5 +94,5 @@ def test_default_sampler_comes_from_the_model_and_bad_names_are_listed(givt):
 def test_config_sampling_name_picks_the_sampler():
   fm, config = tiny_model(tiny_config(sampling__name="order"))
   with pytest.raises(ValueError, match=r"sampler 'order' cannot run model RasterAR.*samplers "
-                                       r"that can: \['sequential'\]"):
+                                       r"that can: \['gsd', 'mc_sjd', 'sequential', 'sjd'\]"):
     build_sampler(fm, SamplingConfig(), config)
