@@ -5,8 +5,9 @@ from arjax.sampling.decode import SequentialSampler, class_grid_labels
 from arjax.sampling.guidance import cfg_logits, double_labels
 from arjax.sampling.orders import OrderSampler
 from arjax.sampling.cached_groups import CachedGroupSampler
+from arjax.sampling.cached_orders import CachedOrderSampler
 from arjax.sampling.state import SamplerState
 
 __all__ = ["SAMPLERS", "Sampler", "build_sampler", "SamplingConfig", "sampling_from_config",
-           "SequentialSampler", "OrderSampler", "CachedGroupSampler", "SamplerState",
+           "SequentialSampler", "OrderSampler", "CachedGroupSampler", "CachedOrderSampler", "SamplerState",
            "class_grid_labels", "cfg_logits", "double_labels"]
