@@ -63,6 +63,12 @@ class _PermutationOrder(Order):
   def __init__(self, num_tokens, grid_positions, grid, *, schedule: str = "one",
                num_steps: int = 0, sizes=()):
     super().__init__(num_tokens, grid_positions, grid)
+    # Name the config field here; the schedule formulas below only see numbers.
+    if num_steps < 0:
+      raise ValueError(f"order.num_steps={num_steps}; expected >= 1 (0: the order's default)")
+    if schedule == "sizes" and (min(sizes, default=0) < 1 or sum(sizes) != num_tokens):
+      raise ValueError(f"order.group_sizes={tuple(sizes)}; expected sizes >= 1 summing to the "
+                       f"{num_tokens} tokens")
     self.schedule = schedule
     self.cumulative = schedules.group_cumulative(schedule, num_steps or num_tokens, num_tokens,
                                                  sizes)
