@@ -76,7 +76,8 @@ def test_default_sampler_comes_from_the_model_and_bad_names_are_listed(givt):
   fm, _, config = givt
   assert isinstance(build_sampler(fm, SamplingConfig(), config), SequentialSampler)
   with pytest.raises(KeyError, match=r"unknown sampler 'jacobi' \(config field 'sampling.name'\); "
-                                     r"expected one of \['cached_groups', 'order', 'sequential'\]"):
+                                     r"expected one of \['cached_groups', 'cached_order', 'order', "
+                                     r"'sequential'\]"):
     build_sampler(fm, SamplingConfig(name="jacobi"))
   with pytest.raises(ValueError, match=r"sampler 'cached_groups' cannot run model RasterAR with "
                                        r"order 'raster': .*samplers that can: \['sequential'\]"):
