@@ -12,10 +12,11 @@ defaults (arccos schedule, 64 steps).
 [class, P_pi0, x_pi0, P_pi1, x_pi1, ..., P_pi(N-1)], under a causal mask; only the P slots
 predict (each the token at its own position). Parallel decoding feeds the m queries of a step
 together: with `Layout.hide_unknown` a query sees the earlier queries of its step but not their
-(unknown) tokens. There is no KV cache for RandAR here: every step recomputes the whole training
-layout with the not-yet-generated tokens hidden (`OrderSampler`), which gives the logits of
-RandAR's inference layout [.., P_q0, P_q1, ..] (tests/orders/test_issue_checks.py compares the
-two at every step).
+(unknown) tokens. `OrderSampler` recomputes the whole training layout at every step with the
+not-yet-generated tokens hidden, which gives the logits of RandAR's inference layout
+[.., P_q0, P_q1, ..] (tests/orders/test_issue_checks.py compares the two at every step); the
+KV-cached 'cached_order' sampler (RandAR's default) feeds [x_q0, P_q1, x_q1, ..., x_q(m-1)] and
+the next queries per step, as RandAR's cache rewrite does (arjax.orders.cache_plan).
 
 Legend: B batch, N tokens, L = 2N slots (randar) or N slots (random).
 """
