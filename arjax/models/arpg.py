@@ -70,6 +70,9 @@ class ARPG(OrderedAR):
   def default_sampler(self) -> str:
     return "cached_groups"
 
+  def cached_order_support(self):
+    return "its two-pass decoder caches content only: use the 'cached_groups' sampler"
+
   def layout_dist(self, tokens, labels, layout: Layout, *, train: bool = False):
     """tokens int32 [B, N], labels [B], a 'random' layout of L = N slots -> (Distribution
     [B, L], layout).

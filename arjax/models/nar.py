@@ -6,7 +6,8 @@ which predicts its right neighbour; one extra block on top of the stack feeds he
 predicts its lower neighbour. The logits of cell (h, w) are
   (0, 0): the mean of R and B at the class slot;   row 0: R of the left neighbour;
   column 0: B of the upper neighbour;               elsewhere: the mean of R(left) and B(up).
-Sampling generates one anti-diagonal per step (2H - 1 steps) through the 'order' sampler.
+Sampling generates one anti-diagonal per step (2H - 1 steps), KV-cached by the 'cached_order'
+sampler (each diagonal's slots enter the caches once), or recomputed by the 'order' sampler.
 Both heads are categorical (their logits are averaged).
 
 Legend: B batch, N = H W tokens, L = N + 1 slots, D width, V vocabulary.
@@ -17,12 +18,14 @@ from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from arjax.heads.base import build_head
 from arjax.heads.categorical import Categorical
 from arjax.models.ordered_ar import OrderedAR, OrderedFields
 from arjax.models.registry import MODELS
+from arjax.nn.attention import init_cache
 from arjax.nn.layers import make_norm
 from arjax.nn.transformer import Block
 from arjax.orders import register_support
@@ -98,7 +101,53 @@ class NAR(OrderedAR):
     return self.grid_dist_of_layout(tokens, labels, layout)
 
   def default_sampler(self) -> str:
-    return "order"
+    return "cached_order"
+
+  # -- KV-cached sampling ('cached_order'): step c feeds the anti-diagonal c - 1 (the class at
+  # step 0), whose slots see only earlier diagonals, into the main stack's and the extra block's
+  # caches; the right / lower heads of those slots predict diagonal c.
+  def cache_read_slots(self, tgt_ranks):
+    """[N, 2] by rank: the slots whose head R (first) and head B (second) predict the cell,
+    as `combine_neighbour_logits` combines them (slot 0 the class, slot 1 + i cell i)."""
+    del tgt_ranks  # NAR predicts through its heads, not slot targets.
+    h, w = self.order.grid
+    perm = np.asarray(self.order.sample_plan(jax.random.key(0), 1).perm)[0]
+    out = np.full((self.num_tokens, 2), -1)
+    for r, cell in enumerate(perm):
+      i, j = divmod(int(cell), w)
+      if i == 0 and j == 0:
+        out[r] = (0, 0)
+      else:
+        out[r] = (1 + cell - 1 if j > 0 else -1, 1 + cell - w if i > 0 else -1)
+    return out
+
+  def init_slot_cache(self, batch: int, length: int):
+    cfg = self.backbone_cfg
+    return {"kv": self.backbone.init_cache(batch, length),
+            "extra": init_cache(batch, length, cfg.kv_heads, cfg.head_dim, cfg.compute_dtype)}
+
+  def decode_slots(self, slot_tokens, labels, src, pos, tgt, mask, cache, cache_index):
+    """The slots' (right, lower) Categoricals [B, F] and the cache (as grid_dist_of_layout)."""
+    x, rope_pos, cond = self.embed_sources(slot_tokens, labels, src, pos, tgt)
+    bb = self.backbone
+    rope = bb.rope_tables(rope_pos)
+    x = x.astype(self.backbone_cfg.compute_dtype)
+    x, kv = bb.run_blocks(x, mask=mask, rope=rope, cond=cond, caches=cache["kv"],
+                          cache_index=cache_index)
+    right = self.head(bb.norm(x))
+    x, extra = self.extra_block(x, mask=mask, rope=rope, cond=cond, cache=cache["extra"],
+                                cache_index=cache_index)
+    below = self.head_below(self.norm_below(x))
+    return (right, below), {"kv": kv, "extra": extra}
+
+  def read_targets(self, out, read_a, read_b):
+    """Categorical [B, G]: the mean of R(read_a) and B(read_b) where both exist, else the one
+    that does (combine_neighbour_logits' rule)."""
+    right, below = out
+    r = jnp.take(right.logits, jnp.maximum(read_a, 0), axis=1)
+    d = jnp.take(below.logits, jnp.maximum(read_b, 0), axis=1)
+    a, b = (read_a >= 0)[None, :, None], (read_b >= 0)[None, :, None]
+    return right.replace(logits=jnp.where(a & b, (r + d) / 2, jnp.where(a, r, d)))
 
 
 @MODELS.register("nar", fields=OrderedFields)

@@ -30,6 +30,7 @@ from typing import Dict, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from arjax.heads.base import build_head, head_is_continuous, token_metrics
@@ -39,6 +40,7 @@ from arjax.nn.layers import AdaLNModulation, Embed, LayerNorm, modulate, make_pa
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import SRC_CLASS, SRC_QUERY, SRC_START, build_order, register_support
 from arjax.orders.base import Layout
+from arjax.orders.cache_plan import rank_space, read_slots_from_targets
 from arjax.tokenizers import build_tokenizer
 
 register_support("raster_ar", orders=("raster",))  # RasterAR reads RasterOrder's own API.
@@ -237,10 +239,61 @@ class OrderedAR(nnx.Module):
 
   def default_sampler(self) -> str:
     """The sampler of this model's order: KV-cached sequential decoding for orders sampled
-    cell by cell in raster order, else the order-driven sampler."""
+    cell by cell in raster order, KV-cached slot decoding ('cached_order') for the other
+    fixed-group orders (RandAR, LPD, PAR), else the recomputing order sampler (masked orders,
+    whose bidirectional model has nothing to cache)."""
     o = self.order
     raster = o.name == "raster" or (o.name == "random" and not getattr(o, "sample_random", True))
-    return "sequential" if raster and self.supports_cached_raster else "order"
+    if raster and self.supports_cached_raster:
+      return "sequential"
+    return "cached_order" if self.cached_order_support() is None else "order"
+
+  # -- KV-cached sampling of fixed-group orders ('cached_order', arjax.sampling.cached_orders) --
+  # The sampler feeds, at each step, the slots of the order's layout that arjax.orders.cache_plan
+  # schedules (kept slots enter the cache; a step's queries are fed after them and overwritten).
+
+  def cached_order_support(self):
+    """None when the 'cached_order' sampler can run this model, else why not."""
+    if self.order.confidence or not self.order.causal:
+      return (f"order {self.order.name!r} picks its cells by confidence under a bidirectional "
+              "mask, so no slot's state is final before the last step (nothing to cache)")
+    if self.slot_table is not None:
+      return "its adaLN condition depends on the slot index (model.timestep_cond)"
+    return None
+
+  def cache_layout(self):
+    """The order's sampling layout in rank space, start slots included (numpy):
+    (src, pos, tgt int [L], mask bool [L, L], step_of int [N] by rank, read_slots int [N, 2])."""
+    order, n = self.order, self.num_tokens
+    plan = order.sample_plan(jax.random.key(0), 1)
+    layout = order.sample_layout(plan, jnp.ones((1, n), bool)).prepend(self.start_slots)
+    perm = np.asarray(plan.perm)[0]
+    l = layout.num_slots
+    mask = np.asarray(layout.mask.materialize(1, l, l))[0, 0]
+    src, pos, tgt = (rank_space(np.asarray(x)[0], perm) for x in (layout.src, layout.pos,
+                                                                   layout.tgt))
+    step_of = np.asarray(plan.step_of)[0][perm]
+    return src, pos, tgt, mask, step_of, self.cache_read_slots(tgt)
+
+  def cache_read_slots(self, tgt_ranks):
+    """[N, 2]: the slot whose output predicts rank r (one head: second column -1)."""
+    return read_slots_from_targets(tgt_ranks, self.num_tokens)
+
+  def init_slot_cache(self, batch: int, length: int):
+    return self.backbone.init_cache(batch, length)
+
+  def decode_slots(self, slot_tokens, labels, src, pos, tgt, mask, cache, cache_index):
+    """Feeds slots (src / pos / tgt int32 [B, F] as cells or SRC_*, their tokens [B, F]) at
+    cache slots cache_index [B] ... under `mask` over the cache -> (Distribution [B, F], cache)."""
+    x, rope_pos, _ = self.embed_sources(slot_tokens, labels, src, pos, tgt)
+    h, cache = self.backbone(x, positions=rope_pos, mask=mask, caches=cache,
+                             cache_index=cache_index)
+    return self.head(h), cache
+
+  def read_targets(self, out, read_a, read_b):
+    """The Distribution [B, G] of a step's targets from the fed rows read_a int32 [G]."""
+    del read_b  # one head per prediction.
+    return jax.tree.map(lambda x: jnp.take(x, jnp.maximum(read_a, 0), axis=1), out)
 
   # KV-cached raster decoding (the SequentialSampler protocol) for causal orders without queries:
   # slot P-1 is the class, slot P + i carries x_i and predicts x_(i+1).

@@ -44,6 +44,9 @@ class LpdOrder(_PermutationOrder):
   def __init__(self, num_tokens, grid_positions, grid, *, locality_orders: int = 0,
                locality_seed: int = 0, **kw):
     super().__init__(num_tokens, grid_positions, grid, **kw)
+    if locality_orders < 0:
+      raise ValueError(f"order.locality_orders={locality_orders}; expected >= 0 (0: uniformly "
+                       "random orders)")
     cum = np.asarray([0] + list(self.cumulative))
     sizes = np.diff(cum)
     # [M, N] locality-aware sampling orders, drawn once on the host (see arjax.orders.locality).
@@ -109,6 +112,8 @@ class ParOrder(Order):
 
   def __init__(self, num_tokens, grid_positions, grid, regions: int = 4):
     super().__init__(num_tokens, grid_positions, grid)
+    if regions < 1:
+      raise ValueError(f"order.regions={regions}; expected a square >= 1")
     n, g = regions, num_tokens // regions
     if g < 2:
       raise ValueError(f"order.regions={regions} leaves fewer than 2 groups of {num_tokens}")

@@ -66,6 +66,9 @@ class MaskedOrder(Order):
     if reveal not in ("maskgit", "maskgil"):
       raise ValueError(f"order.reveal={reveal!r}; expected 'maskgit' or 'maskgil'")
     schedules.check_steps(num_steps, num_tokens, "order.num_steps")
+    if not (math.isfinite(gumbel_temperature) and gumbel_temperature >= 0):
+      raise ValueError(f"order.gumbel_temperature={gumbel_temperature}; expected a finite "
+                       "number >= 0")
     self.mask_schedule, self.loss_on, self.reveal = mask_schedule, loss_on, reveal
     self.steps, self.gumbel_temperature = num_steps, gumbel_temperature
     r = np.linspace(1.0, 0.0, num_steps)

@@ -12,10 +12,11 @@ defaults (arccos schedule, 64 steps).
 [class, P_pi0, x_pi0, P_pi1, x_pi1, ..., P_pi(N-1)], under a causal mask; only the P slots
 predict (each the token at its own position). Parallel decoding feeds the m queries of a step
 together: with `Layout.hide_unknown` a query sees the earlier queries of its step but not their
-(unknown) tokens. There is no KV cache for RandAR here: every step recomputes the whole training
-layout with the not-yet-generated tokens hidden (`OrderSampler`), which gives the logits of
-RandAR's inference layout [.., P_q0, P_q1, ..] (tests/orders/test_issue_checks.py compares the
-two at every step).
+(unknown) tokens. `OrderSampler` recomputes the whole training layout at every step with the
+not-yet-generated tokens hidden, which gives the logits of RandAR's inference layout
+[.., P_q0, P_q1, ..] (tests/orders/test_issue_checks.py compares the two at every step); the
+KV-cached 'cached_order' sampler (RandAR's default) feeds [x_q0, P_q1, x_q1, ..., x_q(m-1)] and
+the next queries per step, as RandAR's cache rewrite does (arjax.orders.cache_plan).
 
 Legend: B batch, N tokens, L = 2N slots (randar) or N slots (random).
 """
@@ -63,6 +64,12 @@ class _PermutationOrder(Order):
   def __init__(self, num_tokens, grid_positions, grid, *, schedule: str = "one",
                num_steps: int = 0, sizes=()):
     super().__init__(num_tokens, grid_positions, grid)
+    # Name the config field here; the schedule formulas below only see numbers.
+    if num_steps < 0:
+      raise ValueError(f"order.num_steps={num_steps}; expected >= 1 (0: the order's default)")
+    if schedule == "sizes" and (min(sizes, default=0) < 1 or sum(sizes) != num_tokens):
+      raise ValueError(f"order.group_sizes={tuple(sizes)}; expected sizes >= 1 summing to the "
+                       f"{num_tokens} tokens")
     self.schedule = schedule
     self.cumulative = schedules.group_cumulative(schedule, num_steps or num_tokens, num_tokens,
                                                  sizes)

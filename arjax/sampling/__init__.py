@@ -5,12 +5,13 @@ from arjax.sampling.decode import SequentialSampler, class_grid_labels
 from arjax.sampling.guidance import cfg_logits, double_labels
 from arjax.sampling.orders import OrderSampler
 from arjax.sampling.cached_groups import CachedGroupSampler
+from arjax.sampling.cached_orders import CachedOrderSampler
 from arjax.sampling.next_scale import NextScaleSampler
 from arjax.sampling.speculative import (GSDSampler, MCSJDSampler, SJDSampler,
                                         SpeculativeOptions)
 from arjax.sampling.state import SamplerState
 
 __all__ = ["SAMPLERS", "Sampler", "build_sampler", "SamplingConfig", "sampling_from_config",
-           "SequentialSampler", "OrderSampler", "CachedGroupSampler", "SamplerState",
-           "SJDSampler", "MCSJDSampler", "GSDSampler", "SpeculativeOptions",
+           "SequentialSampler", "OrderSampler", "CachedGroupSampler", "CachedOrderSampler",
+           "SamplerState", "SJDSampler", "MCSJDSampler", "GSDSampler", "SpeculativeOptions",
            "class_grid_labels", "cfg_logits", "double_labels"]

@@ -13,6 +13,7 @@ the step's distribution from the model:
   sequential     KV-cached next-cell decoding (decode_prefix / decode_tokens): raster orders.
   order          recomputes the whole layout at each step (grid_dist): any order, inpainting.
   cached_groups  KV-cached parallel groups from target queries (ARPG: predict_group).
+  cached_order   KV-cached slots of a fixed-group order's layout (RandAR, LPD, PAR, NAR).
 
 `build_sampler` takes the name from the SamplingConfig, else config.sampling.name, else the
 model's `default_sampler()`; a sampler that cannot run the model says which samplers can.
@@ -80,15 +81,30 @@ class Sampler:
   def draw(self, dist, key):
     return dist.sample(key, temperature=self.sampling.temperature, **self.options)
 
+  def draw_cells(self, dist, key, cells, n: int):
+    """Draws [B, G, *T] from dist [B, G] where prediction (b, g) is grid cell cells[b, g] of
+    N = n: each with its own key fold_in(key, b * N + cell), so a cell's draw does not depend
+    on which other cells a step predicts (a cached and a recomputing sampler of one order draw
+    the same tokens from the same logits)."""
+    b = cells.shape[0]
+    idx = jnp.arange(b, dtype=jnp.int32)[:, None] * n + jnp.clip(cells, 0, n - 1)
+    keys = jax.vmap(jax.vmap(lambda i: jax.random.fold_in(key, i)))(idx)
+
+    def one(d, k):  # one prediction, as a [1, 1] Distribution.
+      return self.draw(jax.tree.map(lambda x: x[None, None], d), k)[0, 0]
+
+    return jax.vmap(jax.vmap(one))(dist, keys)
+
   def reveal_step(self, state: SamplerState, dist, order, plan, num_steps: int, *,
-                  to_grid, num_unknown_start=None) -> SamplerState:
+                  to_grid, num_unknown_start=None, cells=None) -> SamplerState:
     """One sampling step: guide, draw, reveal, write. dist: the (doubled under CFG) prediction
-    of the step; to_grid(x [B, L, ...]) -> [B, N, ...] places its positions on the grid."""
+    of the step; to_grid(x [B, L, ...]) -> [B, N, ...] places its positions on the grid;
+    cells int32 [B, L]: their grid cells, to draw each with its own key (`draw_cells`)."""
     n = state.known.shape[1]
     progress = self.guidance.progress(state.known.sum(1), n, state.step, num_steps)
     guided = self.guidance.guide(dist, progress)
     key = jax.random.fold_in(state.key, state.step)
-    draw = self.draw(guided, key)
+    draw = self.draw(guided, key) if cells is None else self.draw_cells(guided, key, cells, n)
     confidence = lambda: to_grid(guided.confidence(draw, temperature=self.sampling.temperature,
                                                    **self.options))
     reveal = order.reveal_cells(state.step, state.known, plan, key=jax.random.fold_in(key, 1),

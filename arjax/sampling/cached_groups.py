@@ -74,7 +74,7 @@ class CachedGroupSampler(Sampler):
       dist = model.predict_group(g.double(cells), state.cache, a + 1)         # [B', G]
       cells = jnp.where(slot[None] < size, cells, -1)                        # drop the padding.
       state = self.reveal_step(state, dist, order, plan, num_steps,
-                               to_grid=lambda x: scatter_cells(x, cells, n))
+                               to_grid=lambda x: scatter_cells(x, cells, n), cells=cells)
       # Append this step's tokens (content slots 1 + a ... a + size) for the next steps.
       cache = model.feed_content(g.double(state.tokens), feed_labels, g.double(cells),
                                  state.cache, a + 1)

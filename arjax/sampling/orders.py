@@ -8,7 +8,11 @@ fixed-group orders (raster, random, RandAR, ARPG, LPD, PAR, NAR), the most confi
 cells within the mask budget for confidence orders (MaskGIT / MaskGIL, `MaskedOrder.reveal_cells`).
 Given cells (inpainting / outpainting: `known`, `given`) are never overwritten, so they come
 out exactly. Each step recomputes the whole layout (no KV cache), so a parallel step costs one
-forward pass of the full sequence; KV-cached decoding is 'sequential' and 'cached_groups'.
+forward pass of the full sequence; KV-cached decoding is 'sequential', 'cached_groups' (ARPG)
+and 'cached_order' (RandAR, LPD, PAR, NAR), which draw the same tokens from the same key (every
+cell is drawn with its own key, `Sampler.draw_cells`). For masked (MaskGIT) orders this sampler
+is already one compiled step in a `lax.fori_loop`: the bidirectional model sees every slot
+change at every step, so nothing can be cached.
 
 Guidance is the `GuidanceSchedule` wrapper (constant, linear, power-cosine) of every sampler.
 
@@ -71,12 +75,13 @@ class OrderSampler(Sampler):
     num_steps = order.num_steps()
     unknown_start = (~known).sum(1)
     state = SamplerState.create(where_cells(known, given, jnp.zeros_like(given)), known, rng)
+    cells = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))  # each cell its own key.
 
     def body(k, state):
       dist = model.grid_dist(g.double(state.tokens), feed_labels, g.double(state.known),
                              feed_plan)
       return self.reveal_step(state, dist, order, plan, num_steps, to_grid=lambda x: x,
-                              num_unknown_start=unknown_start)
+                              num_unknown_start=unknown_start, cells=cells)
 
     state = jax.lax.fori_loop(0, num_steps, body, state)
     return state.tokens, state.known

@@ -303,7 +303,8 @@ def test_more_steps_than_tokens_is_refused(name, kw):
 
 
 def test_bad_group_sizes_and_step_counts_are_named():
-  with pytest.raises(ValueError, match="must be >= 1 and sum to the 16 tokens"):
+  with pytest.raises(ValueError, match=r"order.group_sizes=\(4, 4, 4\); expected sizes >= 1 "
+                                       "summing to the 16 tokens"):
     _order("lpd", schedule="sizes", group_sizes=(4, 4, 4))
   with pytest.raises(ValueError, match="group schedule 'one' takes 16 steps, got 5"):
     _order("random", schedule="one", num_steps=5)
