@@ -110,12 +110,14 @@ def base_config() -> ml_collections.ConfigDict:
   t = c.train = ml_collections.ConfigDict()
   t.batch_size = 64               # global batch size (examples).
   t.num_steps = 2000              # optimizer steps.
+  t.optimizer = "adamw"           # adamw | lion | adafactor (arjax.train.optim.OPTIMIZERS).
+  t.schedule = "cosine"           # cosine | linear | constant | rsqrt, after linear warmup.
   t.lr = 1e-3                     # peak learning rate.
   t.warmup_steps = 100            # linear warmup steps.
-  t.end_lr_ratio = 0.1            # cosine decays to lr * end_lr_ratio.
-  t.weight_decay = 0.05           # AdamW decoupled weight decay.
-  t.b1 = 0.9                      # Adam beta1.
-  t.b2 = 0.95                     # Adam beta2.
+  t.end_lr_ratio = 0.1            # cosine / linear decay to lr * end_lr_ratio.
+  t.weight_decay = 0.05           # decoupled weight decay (not on norms and 1-D parameters).
+  t.b1 = 0.9                      # Adam / Lion beta1 (Adafactor: momentum, 0 for none).
+  t.b2 = 0.95                     # Adam / Lion beta2.
   t.grad_clip = 1.0               # global-norm gradient clipping (0: off).
   t.ema_decay = 0.0               # parameter EMA decay (0: no EMA).
   t.log_every = 50                # steps between metric writes and progress lines.

@@ -189,7 +189,17 @@ class Experiment:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (save, then exit 0)."""
+  """SIGTERM -> the loop saves a checkpoint between steps and returns (exit 0).
+
+  A Python signal handler sets a flag. With several processes (a jax.distributed job), every
+  process all-gathers the flags at every step (`should_stop`), so a signal to any process, in
+  any order and timing, stops all of them at the same step, where they save one checkpoint
+  together (a process that stopped alone would leave the others waiting in the next step's
+  collectives). The handler is installed after jax.distributed.initialize, replacing the
+  preemption notifier it installs (whose sync-point protocol let the processes of a two-process
+  CPU job with staggered signals stop at different steps in our test). After a stop, a later
+  SIGTERM (a launcher forwarding it, the second of staggered signals) is absorbed, not fatal:
+  the checkpoint is written."""
 
   def __init__(self):
     self.requested = False
@@ -204,8 +214,23 @@ class _Preemption:
     _log.warning("SIGTERM received: checkpointing and exiting")
     self.requested = True
 
+  def should_stop(self) -> bool:
+    """Whether to save and stop now: the same answer on every process, at every call."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+    if flags.max() and not self.requested:
+      _log.warning("another process received SIGTERM: checkpointing and exiting")
+    return bool(flags.max())
+
   def __exit__(self, *exc):
-    if self._old is not None:
+    if self._old is None:
+      return
+    if self.requested:
+      signal.signal(signal.SIGTERM, lambda signum, frame: _log.warning(
+          "SIGTERM received again: the run has already stopped"))
+    else:
       signal.signal(signal.SIGTERM, self._old)
 
 
@@ -221,13 +246,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """
   check_keep(config.train.keep_checkpoints)
   parallel.maybe_initialize_distributed()
-  check_workdir(workdir)
-  with WorkdirLock(workdir, process_index=jax.process_index(),
-                   process_count=jax.process_count()):
-    return _train_and_evaluate(config, workdir)
+  # From here (after jax.distributed has installed its preemption notifier): a SIGTERM while
+  # the job compiles stops it after its first step, on every process together.
+  with _Preemption() as preempt:
+    check_workdir(workdir)
+    with WorkdirLock(workdir, process_index=jax.process_index(),
+                     process_count=jax.process_count()):
+      return _train_and_evaluate(config, workdir, preempt)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        preempt: _Preemption) -> Dict[str, Any]:
   t = config.train
   exp = Experiment(config)
   checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
@@ -260,48 +289,47 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
   last_time, last_step = time.time(), start
   step = start
   results: Dict[str, Any] = {}
-  with _Preemption() as preempt:
-    try:
-      while step < t.num_steps:
-        batch = exp.to_global(next(it))
-        state, m = train_step(state, batch)
-        step += 1
-        checks.fault_point("step", step)  # [scale] crash-test hook (ARJAX_FAULT_INJECT)
-        acc = m if acc is None else acc.merge(m)
-        if step % t.log_every == 0 or step == t.num_steps:
-          values = {k: float(v) for k, v in acc.compute().items()}
-          nonfinite = int(jax.device_get(state.nonfinite))
-          now = time.time()
-          rate = (step - last_step) / max(now - last_time, 1e-9)
-          values["steps_per_second"] = rate
-          values["examples_per_second"] = rate * t.batch_size
-          writer.scalars(step, values)
-          eta = (t.num_steps - step) / max(rate, 1e-9)
-          shown = "  ".join(f"{k} {values[k]:.4f}" for k in ("loss", "bits_per_dim", "psnr")
-                            if k in values)
-          _log.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, t.num_steps, shown, rate,
-                    time.strftime("%H:%M:%S", time.gmtime(eta)))
-          acc, last_time, last_step = None, now, step
-          if nonfinite >= t.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"{nonfinite} consecutive non-finite steps ending at step {step}; parameters "
-                "were kept at their last finite values and no NaN was checkpointed")
-        if step % t.checkpoint_every == 0 and step < t.num_steps:
-          ckpt.save(step, state, it.get_state(), _meta(config))
-          checks.fault_point("save", step)  # [scale] kill while the async save is in flight
-        if step % t.eval_every == 0 and step < t.num_steps:
-          evaluate_and_write(exp, state, writer, workdir, step)
-        if preempt.requested:
-          ckpt.save(step, state, it.get_state(), _meta(config), force=True)
-          ckpt.close()
-          writer.close()
-          _log.warning("preempted at step %d: checkpoint saved", step)
-          return {"preempted": True, "step": step}
-      ckpt.save(step, state, it.get_state(), _meta(config), force=True)
-      results = evaluate_and_write(exp, state, writer, workdir, step)
-    finally:
-      ckpt.close()
-      writer.close()
+  try:
+    while step < t.num_steps:
+      batch = exp.to_global(next(it))
+      state, m = train_step(state, batch)
+      step += 1
+      checks.fault_point("step", step)  # [scale] crash-test hook (ARJAX_FAULT_INJECT)
+      acc = m if acc is None else acc.merge(m)
+      if step % t.log_every == 0 or step == t.num_steps:
+        values = {k: float(v) for k, v in acc.compute().items()}
+        nonfinite = int(jax.device_get(state.nonfinite))
+        now = time.time()
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        values["steps_per_second"] = rate
+        values["examples_per_second"] = rate * t.batch_size
+        writer.scalars(step, values)
+        eta = (t.num_steps - step) / max(rate, 1e-9)
+        shown = "  ".join(f"{k} {values[k]:.4f}" for k in ("loss", "bits_per_dim", "psnr")
+                          if k in values)
+        _log.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, t.num_steps, shown, rate,
+                  time.strftime("%H:%M:%S", time.gmtime(eta)))
+        acc, last_time, last_step = None, now, step
+        if nonfinite >= t.max_nonfinite_steps:
+          raise NonFiniteError(
+              f"{nonfinite} consecutive non-finite steps ending at step {step}; parameters "
+              "were kept at their last finite values and no NaN was checkpointed")
+      if step % t.checkpoint_every == 0 and step < t.num_steps:
+        ckpt.save(step, state, it.get_state(), _meta(config))
+        checks.fault_point("save", step)  # [scale] kill while the async save is in flight
+      if step % t.eval_every == 0 and step < t.num_steps:
+        evaluate_and_write(exp, state, writer, workdir, step)
+      if preempt.should_stop():
+        ckpt.save(step, state, it.get_state(), _meta(config), force=True)
+        ckpt.close()
+        writer.close()
+        _log.warning("preempted at step %d: checkpoint saved", step)
+        return {"preempted": True, "step": step}
+    ckpt.save(step, state, it.get_state(), _meta(config), force=True)
+    results = evaluate_and_write(exp, state, writer, workdir, step)
+  finally:
+    ckpt.close()
+    writer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
