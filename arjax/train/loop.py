@@ -282,8 +282,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = exp.jit_train_step(shardings)
   train_step = memory.ReportingStep(train_step, abstract, shardings)  # [scale] per-device bytes
   start = int(jax.device_get(state.step))
-  _log.info("model %s: %s parameters; training steps %d -> %d", config.model.name,
-            f"{exp.fm.param_count():,}", start, t.num_steps)
+  if jax.process_index() == 0:
+    # clu's table of every parameter (shape, size, mean, std) from the abstract shapes (no
+    # transfer of sharded values), in the workdir next to the metrics.
+    from clu import parameter_overview
+    with open(os.path.join(workdir, "parameters.txt"), "w") as f:
+      f.write(parameter_overview.get_parameter_overview(exp.fm.abstract_params,
+                                                        include_stats=False) + "\n")
+  _log.info("model %s: %s parameters (table: %s); training steps %d -> %d", config.model.name,
+            f"{exp.fm.param_count():,}", os.path.join(workdir, "parameters.txt"), start,
+            t.num_steps)
 
   acc = None
   last_time, last_step = time.time(), start

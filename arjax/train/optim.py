@@ -117,7 +117,11 @@ def make_optimizer(t) -> optax.GradientTransformation:
 
 
 def with_learning_rate(opt_state, learning_rate):
-  """The optimizer state of `make_optimizer` with the rate the next update applies."""
+  """The optimizer state of `make_optimizer` with the rate the next update applies. The state
+  of any other optax transformation (its rate its own, e.g. optax.sgd(0.1) in tests) is returned
+  as it is."""
+  if not hasattr(opt_state, "hyperparams") or "learning_rate" not in opt_state.hyperparams:
+    return opt_state
   hyper = dict(opt_state.hyperparams)
   hyper["learning_rate"] = jnp.asarray(learning_rate, hyper["learning_rate"].dtype)
   return opt_state._replace(hyperparams=hyper)

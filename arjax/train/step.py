@@ -140,7 +140,11 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema, model_state=model_state, nonfinite=nonfinite,
                               rejected=rejected)
-    out = collect(dict(metrics, grad_norm=grad_norm), finite, learning_rate, rejected)
+    # Parameter and update norms next to the gradient norm (the update of a rejected step is
+    # the one that was not applied; averages skip rejected steps).
+    norms = dict(grad_norm=grad_norm, param_norm=optax.tree_utils.tree_norm(params),
+                 update_norm=optax.tree_utils.tree_norm(updates))
+    out = collect(dict(metrics, **norms), finite, learning_rate, rejected)
     return new_state, out
 
   return train_step
