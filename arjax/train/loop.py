@@ -67,7 +67,9 @@ class Experiment:
     self.config = config
     self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
     self.rules = [tuple(r) for r in config.sharding_rules]
-    from flax import nnx
+    self._eval_step = None   # built once (eval_step)
+    self._samplers = {}      # SamplingConfig -> sampler, built once each (sampler)
+    self._cache = {}         # key -> jitted evaluation function (cached)
     # A generator on a token cache decodes its samples through the tokenizer run named by
     # tokenizer.checkpoint: restored here (parameters only, frozen) and handed to the model,
     # which never restores a run itself. None for every other tokenizer.
@@ -153,7 +155,7 @@ class Experiment:
   def bits_per_dim(self, params, split: str = "test", num_examples: int = -1) -> Dict[str, float]:
     """Mean NLL over every token of the split (padded last batch masked, nothing dropped)."""
     e = self.config.eval
-    step = jax.jit(with_activation_sharding(make_eval_step(self.fm), self.mesh, self.rules))
+    step = self.eval_step()
     it = data_lib.make_iterator(self.config.data, split=split, global_batch_size=e.batch_size,
                                 seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
     total, count, seen = 0.0, 0.0, 0
@@ -173,9 +175,32 @@ class Experiment:
     nll = total / max(count, 1.0)
     return {"nll": nll, "bits_per_dim": nll / math.log(2.0), "num_tokens": count}
 
+  def eval_step(self):
+    """The jitted evaluation step, built once per Experiment: every evaluation of a run reuses
+    its compiled program (a fresh jax.jit per evaluation compiled it again each time)."""
+    if self._eval_step is None:
+      self._eval_step = jax.jit(
+          with_activation_sharding(make_eval_step(self.fm), self.mesh, self.rules))
+    return self._eval_step
+
+  def cached(self, key, build):
+    """build() once per Experiment and key (a jitted evaluation function): every evaluation of a
+    run reuses the compiled program."""
+    if key not in self._cache:
+      self._cache[key] = build()
+    return self._cache[key]
+
+  def sampler(self, sampling):
+    """The sampler for `sampling` (a SamplingConfig), built once per Experiment and options, so
+    its compiled sampling programs are reused by every evaluation of the run."""
+    from arjax.sampling import build_sampler
+    if sampling not in self._samplers:
+      # The sampler the model's order needs.
+      self._samplers[sampling] = build_sampler(self.fm, sampling, self.config)
+    return self._samplers[sampling]
+
   def sample_grid(self, params, rng, per_class: Optional[int] = None, **overrides):
     from arjax.sampling import SamplingConfig, class_grid_labels
-    from arjax.sampling import build_sampler
     e = self.config.eval
     sampling = SamplingConfig(cfg_scale=overrides.get("cfg_scale", e.cfg_scale),
                               temperature=overrides.get("temperature", e.temperature),
@@ -183,8 +208,7 @@ class Experiment:
                               top_p=overrides.get("top_p", e.top_p))
     per_class = per_class or e.samples_per_class
     labels = class_grid_labels(self.config.model.num_classes, per_class)
-    sampler = build_sampler(self.fm, sampling, self.config)  # the sampler the model's order needs.
-    images = sampler.sample_images(params, labels, rng)
+    images = self.sampler(sampling).sample_images(params, labels, rng)
     return np.asarray(jax.device_get(images)), np.asarray(labels)
 
 
