@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 
 import ml_collections
 
-from arjax.registry import complete_node
+from arjax.registry import Range, check_finite, complete_node
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -110,12 +110,14 @@ def base_config() -> ml_collections.ConfigDict:
   t = c.train = ml_collections.ConfigDict()
   t.batch_size = 64               # global batch size (examples).
   t.num_steps = 2000              # optimizer steps.
+  t.optimizer = "adamw"           # adamw | lion | adafactor (arjax.train.optim.OPTIMIZERS).
+  t.schedule = "cosine"           # cosine | linear | constant | rsqrt, after linear warmup.
   t.lr = 1e-3                     # peak learning rate.
   t.warmup_steps = 100            # linear warmup steps.
-  t.end_lr_ratio = 0.1            # cosine decays to lr * end_lr_ratio.
-  t.weight_decay = 0.05           # AdamW decoupled weight decay.
-  t.b1 = 0.9                      # Adam beta1.
-  t.b2 = 0.95                     # Adam beta2.
+  t.end_lr_ratio = 0.1            # cosine / linear decay to lr * end_lr_ratio.
+  t.weight_decay = 0.05           # decoupled weight decay (not on norms and 1-D parameters).
+  t.b1 = 0.9                      # Adam / Lion beta1 (Adafactor: momentum, 0 for none).
+  t.b2 = 0.95                     # Adam / Lion beta2.
   t.grad_clip = 1.0               # global-norm gradient clipping (0: off).
   t.ema_decay = 0.0               # parameter EMA decay (0: no EMA).
   t.log_every = 50                # steps between metric writes and progress lines.
@@ -218,7 +220,7 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
   path, _, arg = spec.partition(":")
   module = load_config_module(path)
   if not hasattr(module, "get_config"):
-    raise AttributeError(f"config file {path!r} defines no get_config(arg)")
+    raise ValueError(f"config file {path!r} defines no get_config(arg)")
   config = module.get_config(arg or None)
   added: Set[str] = set(complete(config))
   for item in overrides:
@@ -226,8 +228,77 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
     # An override may rename a part (order.name=lpd): the defaults completed for the old part
     # that the new one does not declare go, and the new part's come in for later overrides.
     added |= set(complete(config, drop=added))
+  validate(config)
   config.lock()
   return config
+
+
+_INT1 = Range(lo=1, integer=True)       # counts and intervals.
+_INT0 = Range(lo=0, integer=True)
+_PROB = Range(lo=0.0, hi=1.0)           # probabilities, fractions.
+_DECAY = Range(lo=0.0, hi=1.0, hi_open=True)
+_NONNEG = Range(lo=0.0)
+
+# The accepted values of the shared sections' fields (the parts' own fields are checked by
+# their declared fields: `arjax.registry.ranged`). A path a config lacks is skipped.
+FIELD_RANGES: Dict[str, Range] = {
+    "seed": Range(integer=True),
+    "train.batch_size": _INT1, "train.num_steps": _INT1,
+    "train.lr": Range(lo=0.0, lo_open=True), "train.warmup_steps": _INT0,
+    "train.end_lr_ratio": _PROB, "train.weight_decay": _NONNEG,
+    "train.b1": _DECAY, "train.b2": _DECAY, "train.grad_clip": _NONNEG,
+    "train.ema_decay": _DECAY, "train.log_every": _INT1, "train.eval_every": _INT1,
+    "train.checkpoint_every": _INT1, "train.keep_checkpoints": _INT1,
+    "train.max_nonfinite_steps": _INT1, "train.grad_accum_steps": _INT1,
+    "eval.batch_size": _INT1, "eval.num_examples": Range(lo=1, integer=True, also=(-1,)),
+    "eval.samples_per_class": _INT1, "eval.cfg_scale": _NONNEG, "eval.temperature": _NONNEG,
+    "eval.top_k": _INT0, "eval.top_p": Range(lo=0.0, hi=1.0, lo_open=True),
+    "mesh.data": Range(lo=1, integer=True, also=(-1,)), "mesh.fsdp": _INT1,
+    "mesh.tensor": _INT1,
+    "data.prefetch": _INT0, "data.worker_count": _INT0,
+    "model.num_classes": _INT1,
+    "model.backbone.num_layers": _INT1, "model.backbone.num_heads": _INT1,
+    "model.backbone.dim": _INT1, "model.backbone.num_kv_heads": _INT0,
+    "model.backbone.mlp_dim": _INT0, "model.backbone.multiple_of": _INT1,
+    "model.backbone.norm_eps": Range(lo=0.0, lo_open=True),
+    "model.backbone.rope_base": Range(lo=0.0, lo_open=True),
+    "model.backbone.max_positions": _INT0,
+}
+
+# Fields named like these are probabilities wherever they sit (class_dropout, resid_dropout, ...).
+_PROBABILITY_SUFFIXES = ("dropout", "drop_path", "_prob")
+
+
+def _leaves(node, prefix=""):
+  for key in node.keys():
+    value = node[key]
+    path = f"{prefix}{key}"
+    if hasattr(value, "keys"):
+      yield from _leaves(value, path + ".")
+    else:
+      yield path, value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field's value at start: no NaN or infinity anywhere, the shared sections'
+  ranges (FIELD_RANGES), probabilities in [0, 1], and the cross-field constraints. Raises
+  ValueError naming the field, the value and what is accepted (the parts' declared ranges are
+  checked when their nodes are read)."""
+  for path, value in _leaves(config):
+    check_finite(path, value)
+    if path in FIELD_RANGES:
+      FIELD_RANGES[path].check(path, value)
+    elif path.rsplit(".", 1)[-1].endswith(_PROBABILITY_SUFFIXES) and not isinstance(value, bool):
+      _PROB.check(path, value)
+  t = config.get("train")
+  if t is not None and "grad_accum_steps" in t and "batch_size" in t:
+    if t.batch_size % t.grad_accum_steps:
+      raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by "
+                       f"config.train.grad_accum_steps={t.grad_accum_steps}")
+  b = _node(config, "model.backbone")
+  if b is not None and "dim" in b and "num_heads" in b and b.dim % b.num_heads:
+    raise ValueError(f"config.model.backbone.dim={b.dim} is not divisible by "
+                     f"config.model.backbone.num_heads={b.num_heads}")
 
 
 # Fields every saved run's `config.tokenizer` carried before the parts declared their fields
@@ -298,7 +369,12 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> str:
     try:
       value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-      raise ValueError(f"config field {key!r} expects {type(current).__name__}, got {raw!r}")
+      try:  # nan / inf are floats (refused by name when the config is validated).
+        value = float(raw) if isinstance(current, float) else None
+      except ValueError:
+        value = None
+      if value is None:
+        raise ValueError(f"config field {key!r} expects {type(current).__name__}, got {raw!r}")
   if isinstance(current, bool) != isinstance(value, bool) or (
       isinstance(current, (int, float)) and not isinstance(value, (int, float))):
     raise ValueError(f"config field {key!r} expects {type(current).__name__}, got {raw!r}")

@@ -20,6 +20,8 @@ import argparse
 import json
 import os
 import sys
+
+from arjax import cli
 from typing import Any, Dict, Optional
 
 DEFAULT_HBM_GIB = 80.0  # an H100's 80 GB.
@@ -120,8 +122,8 @@ def print_report(spec: str, out: Dict[str, Any]) -> None:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m arjax.inspect", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m arjax.inspect", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="config file[:args]")
   parser.add_argument("--mesh", default="", help="e.g. data=16,fsdp=8: compile the train step "
                       "ahead of time for this mesh and report per-device memory")
@@ -153,4 +155,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run(main))

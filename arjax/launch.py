@@ -25,6 +25,8 @@ import re
 import signal
 import subprocess
 import sys
+
+from arjax import cli
 import threading
 import time
 from typing import Dict, List, Optional, Sequence
@@ -147,12 +149,11 @@ def _stop(procs: Sequence[subprocess.Popen], grace: float = 30.0):
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if "--" not in argv:
-    print("usage: python -m arjax.launch --num_processes N [...] -- COMMAND ...",
-          file=sys.stderr)
-    return 2
+    raise ValueError("no command: write python -m arjax.launch --num_processes N [...] -- "
+                     "COMMAND ...")
   split = argv.index("--")
-  parser = argparse.ArgumentParser(prog="python -m arjax.launch", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m arjax.launch", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--num_processes", type=int, required=True,
                       help="processes to start (one jax.distributed job)")
   parser.add_argument("--devices_per_process", type=int, default=1,
@@ -162,10 +163,18 @@ def main(argv=None) -> int:
                       help="cpu: fake CPU devices + gloo; native: leave devices to jax")
   parser.add_argument("--timeout", type=float, default=None, help="seconds before stopping all")
   args = parser.parse_args(argv[:split])
+  if args.num_processes < 1:
+    raise ValueError(f"--num_processes={args.num_processes}; expected an integer >= 1")
+  if args.devices_per_process < 1:
+    raise ValueError(f"--devices_per_process={args.devices_per_process}; expected an integer >= 1")
+  if args.timeout is not None and not args.timeout > 0:
+    raise ValueError(f"--timeout={args.timeout}; expected a positive number of seconds")
+  if not argv[split + 1:]:
+    raise ValueError("no command after '--'")
   return launch(argv[split + 1:], num_processes=args.num_processes,
                 devices_per_process=args.devices_per_process, port=args.port or None,
                 platform=args.platform, timeout=args.timeout)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run(main))

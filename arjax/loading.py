@@ -158,7 +158,13 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of an arjax.train run?")
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    try:
+      saved = json.load(f)
+    except ValueError as e:  # truncated or edited by hand.
+      raise ValueError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path} holds {type(saved).__name__}, expected the run's config object")
+  config = ml_collections.ConfigDict(saved)
   from arjax.config import upgrade_saved
   return upgrade_saved(config)  # runs saved before the parts declared their fields.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Dict, Generic, List, Optional, Tuple, Type, TypeVar
 
 T = TypeVar("T")
@@ -61,6 +62,65 @@ def subnodes(fields_cls: Type) -> Dict[str, Any]:
   return dict(getattr(fields_cls, "SUBNODES", {}))
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The accepted values of a numeric config field: [lo, hi] (an end open where `lo_open` /
+  `hi_open`; None: unbounded), integers only where `integer`, and the special values `also`
+  accepted outside the range (e.g. -1 for "all", 0 for "off")."""
+  lo: Optional[float] = None
+  hi: Optional[float] = None
+  lo_open: bool = False
+  hi_open: bool = False
+  integer: bool = False
+  also: Tuple[Any, ...] = ()
+
+  def describe(self) -> str:
+    kind = "an integer" if self.integer else "a finite number"
+    if self.lo is not None and self.hi is not None:
+      where = (f" in {'(' if self.lo_open else '['}{self.lo}, {self.hi}"
+               f"{')' if self.hi_open else ']'}")
+    elif self.lo is not None:
+      where = f" {'>' if self.lo_open else '>='} {self.lo}"
+    elif self.hi is not None:
+      where = f" {'<' if self.hi_open else '<='} {self.hi}"
+    else:
+      where = ""
+    also = "".join(f" or {a!r}" for a in self.also)
+    return kind + where + also
+
+  def accepts(self, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      return False
+    if value in self.also and type(value) is type(self.also[self.also.index(value)]):
+      return True
+    if self.integer and not isinstance(value, int):
+      return False
+    if not math.isfinite(value):  # NaN compares False with every bound: refuse it by name.
+      return False
+    if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+      return False
+    if self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi):
+      return False
+    return True
+
+  def check(self, path: str, value: Any) -> None:
+    """Raises ValueError naming the field, the value and the accepted range."""
+    if not self.accepts(value):
+      raise ValueError(f"config.{path}={value!r}; expected {self.describe()}")
+
+
+def ranged(default: Any, **bounds: Any) -> Any:
+  """A fields-dataclass field with a declared Range (checked by `read_fields`):
+  `num_steps: int = ranged(8, lo=1, integer=True)`."""
+  return dataclasses.field(default=default, metadata={"range": Range(**bounds)})
+
+
+def check_finite(path: str, value: Any) -> None:
+  """A float config value must be finite (NaN passes every comparison-based check unseen)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ValueError(f"config.{path}={value!r}; expected a finite number")
+
+
 def read_fields(fields_cls: Type, node: Any, where: str, ignore=("name",)):
   """Config node (ConfigDict / dict / None) -> fields_cls(**values), the declared defaults for
   fields the node does not set. An undeclared field fails naming the part and the field:
@@ -72,6 +132,15 @@ def read_fields(fields_cls: Type, node: Any, where: str, ignore=("name",)):
   extra = sorted(set(given) - known)
   if extra:
     raise ValueError(f"unknown field(s) {extra} for {where}; it declares {sorted(known)}")
+  # `where` ends with "(config.PATH)" when the part has a config node; values are named by it.
+  prefix = where.rsplit("(config.", 1)[-1].rstrip(")") if "(config." in where else where
+  prefix = prefix[len("config."):] if prefix.startswith("config.") else prefix
+  for f in dataclasses.fields(fields_cls):
+    if f.name not in given:
+      continue
+    check_finite(f"{prefix}.{f.name}", given[f.name])
+    if "range" in f.metadata:
+      f.metadata["range"].check(f"{prefix}.{f.name}", given[f.name])
   return fields_cls(**given)
 
 

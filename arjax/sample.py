@@ -12,13 +12,15 @@ import json
 import logging
 import os
 import sys
+
+from arjax import cli
 import time
 
 import numpy as np
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m arjax.sample", description=__doc__,
+  p = cli.ArgumentParser(prog="python -m arjax.sample", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
   p.add_argument("--num", type=int, default=40, help="number of samples")
@@ -37,6 +39,14 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.num <= 0:
     p.error(f"--num must be positive, got {args.num}")
+  from arjax.sampling.config import SamplingConfig as _Options
+  # The options typed are checked before anything is loaded (NaN, ranges): one line, at once.
+  given = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
+           if getattr(args, k) is not None}
+  try:
+    _Options(**given).validate()
+  except ValueError as err:
+    p.error(f"--{err}")
 
   import jax
   import jax.numpy as jnp
@@ -81,4 +91,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
-  sys.exit(main())
+  sys.exit(cli.run(main))

@@ -13,10 +13,12 @@ import json
 import logging
 import sys
 
+from arjax import cli
+
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m arjax.tokenize", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog="python -m arjax.tokenize", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--tokenizer_workdir", required=True, help="workdir of the tokenizer run")
   parser.add_argument("--data", required=True, help="data source, e.g. mnist or npz:PATH")
   parser.add_argument("--out", required=True, help="output ArrayRecord path with '{split}'")
@@ -36,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.run(main))

@@ -23,7 +23,7 @@ PACKAGE = os.path.join(ROOT, "arjax")
 # from the layers below it, never from a layer above.
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("entry points", ("train.__main__", "evaluate.__main__", "sample", "inspect", "tokenize",
-                      "convert", "launch", "serve")),
+                      "convert", "launch", "serve", "cli")),
     ("train, evaluate", ("train", "evaluate")),
     ("data, config, loading", ("data", "config", "recipes", "loading", "")),
     ("sampling", ("sampling",)),

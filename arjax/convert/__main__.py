@@ -14,10 +14,12 @@ import json
 import logging
 import sys
 
+from arjax import cli
+
 
 def main(argv=None):
   from arjax.convert import CONVERTERS
-  p = argparse.ArgumentParser(prog="python -m arjax.convert", description=__doc__,
+  p = cli.ArgumentParser(prog="python -m arjax.convert", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("name", help=f"one of {CONVERTERS.names()}")
   p.add_argument("--checkpoint", required=True, help="released checkpoint file")
@@ -44,4 +46,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.INFO)
-  sys.exit(main())
+  sys.exit(cli.run(main))

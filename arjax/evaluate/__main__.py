@@ -20,6 +20,8 @@ import logging
 import os
 import sys
 
+from arjax import cli
+
 
 def _row(out):
   f = lambda k: "" if out.get(k) is None else (f"{out[k]:.4g}" if isinstance(out[k], float) else str(out[k]))
@@ -33,7 +35,7 @@ HEADER = ("| step | N | cfg | T | FD (offline clf.) | acc | precision | recall |
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m arjax.evaluate", description=__doc__,
+  p = cli.ArgumentParser(prog="python -m arjax.evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
   p.add_argument("--metrics", default=None,
@@ -55,6 +57,19 @@ def main(argv=None):
   p.add_argument("--save_features", default=None, help="write sample feature mean/cov .npz")
   args = p.parse_args(argv)
 
+  for name in ("num_samples", "batch_size"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name}={getattr(args, name)}; expected an integer >= 1")
+  if args.num_examples is not None and args.num_examples < 1 and args.num_examples != -1:
+    p.error(f"--num_examples={args.num_examples}; expected an integer >= 1 or -1 (all)")
+  from arjax.sampling.config import SamplingConfig as _Options
+  # The options typed are checked before anything is loaded (NaN, ranges): one line, at once.
+  given = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
+           if getattr(args, k) is not None}
+  try:
+    _Options(**given).validate()
+  except ValueError as err:
+    p.error(f"--{err}")
   from arjax.evaluate import sample_metrics as sm
   try:
     names = sm.parse_metrics(args.metrics or "bpd")
@@ -156,4 +171,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
-  sys.exit(main())
+  sys.exit(cli.run(main))

@@ -29,6 +29,8 @@ class SamplingConfig:
     for field in ("cfg_scale", "temperature", "top_p"):
       if not math.isfinite(getattr(self, field)):  # NaN compares False with every bound.
         raise ValueError(f"{field}={getattr(self, field)}; expected a finite number")
+    if self.cfg_scale < 0:
+      raise ValueError(f"cfg_scale={self.cfg_scale}; expected >= 0 (1: no guidance)")
     if self.temperature < 0:
       raise ValueError(f"temperature={self.temperature}; expected >= 0")
     if self.top_k < 0:

@@ -44,7 +44,8 @@ def reconstruct_split(exp, params, split: str = "test", num_examples: int = -1
   from arjax import data as data_lib
   e = exp.config.eval
   fm = exp.fm
-  run = jax.jit(lambda p, images: fm.bind(p).reconstruct(images))
+  run = exp.cached("reconstruct",
+                   lambda: jax.jit(lambda p, images: fm.bind(p).reconstruct(images)))
   it = data_lib.make_iterator(exp.config.data, split=split, global_batch_size=e.batch_size,
                               seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
   out = {"images": [], "reconstructions": [], "tokens": [], "labels": []}

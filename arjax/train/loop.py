@@ -67,7 +67,9 @@ class Experiment:
     self.config = config
     self.mesh = mesh if mesh is not None else parallel.make_mesh(config.mesh)
     self.rules = [tuple(r) for r in config.sharding_rules]
-    from flax import nnx
+    self._eval_step = None   # built once (eval_step)
+    self._samplers = {}      # SamplingConfig -> sampler, built once each (sampler)
+    self._cache = {}         # key -> jitted evaluation function (cached)
     # A generator on a token cache decodes its samples through the tokenizer run named by
     # tokenizer.checkpoint: restored here (parameters only, frozen) and handed to the model,
     # which never restores a run itself. None for every other tokenizer.
@@ -153,7 +155,7 @@ class Experiment:
   def bits_per_dim(self, params, split: str = "test", num_examples: int = -1) -> Dict[str, float]:
     """Mean NLL over every token of the split (padded last batch masked, nothing dropped)."""
     e = self.config.eval
-    step = jax.jit(with_activation_sharding(make_eval_step(self.fm), self.mesh, self.rules))
+    step = self.eval_step()
     it = data_lib.make_iterator(self.config.data, split=split, global_batch_size=e.batch_size,
                                 seed=0, shuffle=False, num_epochs=1, drop_remainder=False)
     total, count, seen = 0.0, 0.0, 0
@@ -173,9 +175,32 @@ class Experiment:
     nll = total / max(count, 1.0)
     return {"nll": nll, "bits_per_dim": nll / math.log(2.0), "num_tokens": count}
 
+  def eval_step(self):
+    """The jitted evaluation step, built once per Experiment: every evaluation of a run reuses
+    its compiled program (a fresh jax.jit per evaluation compiled it again each time)."""
+    if self._eval_step is None:
+      self._eval_step = jax.jit(
+          with_activation_sharding(make_eval_step(self.fm), self.mesh, self.rules))
+    return self._eval_step
+
+  def cached(self, key, build):
+    """build() once per Experiment and key (a jitted evaluation function): every evaluation of a
+    run reuses the compiled program."""
+    if key not in self._cache:
+      self._cache[key] = build()
+    return self._cache[key]
+
+  def sampler(self, sampling):
+    """The sampler for `sampling` (a SamplingConfig), built once per Experiment and options, so
+    its compiled sampling programs are reused by every evaluation of the run."""
+    from arjax.sampling import build_sampler
+    if sampling not in self._samplers:
+      # The sampler the model's order needs.
+      self._samplers[sampling] = build_sampler(self.fm, sampling, self.config)
+    return self._samplers[sampling]
+
   def sample_grid(self, params, rng, per_class: Optional[int] = None, **overrides):
     from arjax.sampling import SamplingConfig, class_grid_labels
-    from arjax.sampling import build_sampler
     e = self.config.eval
     sampling = SamplingConfig(cfg_scale=overrides.get("cfg_scale", e.cfg_scale),
                               temperature=overrides.get("temperature", e.temperature),
@@ -183,13 +208,22 @@ class Experiment:
                               top_p=overrides.get("top_p", e.top_p))
     per_class = per_class or e.samples_per_class
     labels = class_grid_labels(self.config.model.num_classes, per_class)
-    sampler = build_sampler(self.fm, sampling, self.config)  # the sampler the model's order needs.
-    images = sampler.sample_images(params, labels, rng)
+    images = self.sampler(sampling).sample_images(params, labels, rng)
     return np.asarray(jax.device_get(images)), np.asarray(labels)
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (save, then exit 0)."""
+  """SIGTERM -> the loop saves a checkpoint between steps and returns (exit 0).
+
+  A Python signal handler sets a flag. With several processes (a jax.distributed job), every
+  process all-gathers the flags at every step (`should_stop`), so a signal to any process, in
+  any order and timing, stops all of them at the same step, where they save one checkpoint
+  together (a process that stopped alone would leave the others waiting in the next step's
+  collectives). The handler is installed after jax.distributed.initialize, replacing the
+  preemption notifier it installs (whose sync-point protocol let the processes of a two-process
+  CPU job with staggered signals stop at different steps in our test). After a stop, a later
+  SIGTERM (a launcher forwarding it, the second of staggered signals) is absorbed, not fatal:
+  the checkpoint is written."""
 
   def __init__(self):
     self.requested = False
@@ -204,8 +238,23 @@ class _Preemption:
     _log.warning("SIGTERM received: checkpointing and exiting")
     self.requested = True
 
+  def should_stop(self) -> bool:
+    """Whether to save and stop now: the same answer on every process, at every call."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+    if flags.max() and not self.requested:
+      _log.warning("another process received SIGTERM: checkpointing and exiting")
+    return bool(flags.max())
+
   def __exit__(self, *exc):
-    if self._old is not None:
+    if self._old is None:
+      return
+    if self.requested:
+      signal.signal(signal.SIGTERM, lambda signum, frame: _log.warning(
+          "SIGTERM received again: the run has already stopped"))
+    else:
       signal.signal(signal.SIGTERM, self._old)
 
 
@@ -221,13 +270,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """
   check_keep(config.train.keep_checkpoints)
   parallel.maybe_initialize_distributed()
-  check_workdir(workdir)
-  with WorkdirLock(workdir, process_index=jax.process_index(),
-                   process_count=jax.process_count()):
-    return _train_and_evaluate(config, workdir)
+  # From here (after jax.distributed has installed its preemption notifier): a SIGTERM while
+  # the job compiles stops it after its first step, on every process together.
+  with _Preemption() as preempt:
+    check_workdir(workdir)
+    with WorkdirLock(workdir, process_index=jax.process_index(),
+                     process_count=jax.process_count()):
+      return _train_and_evaluate(config, workdir, preempt)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        preempt: _Preemption) -> Dict[str, Any]:
   t = config.train
   exp = Experiment(config)
   checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
@@ -253,55 +306,62 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
   train_step = exp.jit_train_step(shardings)
   train_step = memory.ReportingStep(train_step, abstract, shardings)  # [scale] per-device bytes
   start = int(jax.device_get(state.step))
-  _log.info("model %s: %s parameters; training steps %d -> %d", config.model.name,
-            f"{exp.fm.param_count():,}", start, t.num_steps)
+  if jax.process_index() == 0:
+    # clu's table of every parameter (shape, size, mean, std) from the abstract shapes (no
+    # transfer of sharded values), in the workdir next to the metrics.
+    from clu import parameter_overview
+    with open(os.path.join(workdir, "parameters.txt"), "w") as f:
+      f.write(parameter_overview.get_parameter_overview(exp.fm.abstract_params,
+                                                        include_stats=False) + "\n")
+  _log.info("model %s: %s parameters (table: %s); training steps %d -> %d", config.model.name,
+            f"{exp.fm.param_count():,}", os.path.join(workdir, "parameters.txt"), start,
+            t.num_steps)
 
   acc = None
   last_time, last_step = time.time(), start
   step = start
   results: Dict[str, Any] = {}
-  with _Preemption() as preempt:
-    try:
-      while step < t.num_steps:
-        batch = exp.to_global(next(it))
-        state, m = train_step(state, batch)
-        step += 1
-        checks.fault_point("step", step)  # [scale] crash-test hook (ARJAX_FAULT_INJECT)
-        acc = m if acc is None else acc.merge(m)
-        if step % t.log_every == 0 or step == t.num_steps:
-          values = {k: float(v) for k, v in acc.compute().items()}
-          nonfinite = int(jax.device_get(state.nonfinite))
-          now = time.time()
-          rate = (step - last_step) / max(now - last_time, 1e-9)
-          values["steps_per_second"] = rate
-          values["examples_per_second"] = rate * t.batch_size
-          writer.scalars(step, values)
-          eta = (t.num_steps - step) / max(rate, 1e-9)
-          shown = "  ".join(f"{k} {values[k]:.4f}" for k in ("loss", "bits_per_dim", "psnr")
-                            if k in values)
-          _log.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, t.num_steps, shown, rate,
-                    time.strftime("%H:%M:%S", time.gmtime(eta)))
-          acc, last_time, last_step = None, now, step
-          if nonfinite >= t.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"{nonfinite} consecutive non-finite steps ending at step {step}; parameters "
-                "were kept at their last finite values and no NaN was checkpointed")
-        if step % t.checkpoint_every == 0 and step < t.num_steps:
-          ckpt.save(step, state, it.get_state(), _meta(config))
-          checks.fault_point("save", step)  # [scale] kill while the async save is in flight
-        if step % t.eval_every == 0 and step < t.num_steps:
-          evaluate_and_write(exp, state, writer, workdir, step)
-        if preempt.requested:
-          ckpt.save(step, state, it.get_state(), _meta(config), force=True)
-          ckpt.close()
-          writer.close()
-          _log.warning("preempted at step %d: checkpoint saved", step)
-          return {"preempted": True, "step": step}
-      ckpt.save(step, state, it.get_state(), _meta(config), force=True)
-      results = evaluate_and_write(exp, state, writer, workdir, step)
-    finally:
-      ckpt.close()
-      writer.close()
+  try:
+    while step < t.num_steps:
+      batch = exp.to_global(next(it))
+      state, m = train_step(state, batch)
+      step += 1
+      checks.fault_point("step", step)  # [scale] crash-test hook (ARJAX_FAULT_INJECT)
+      acc = m if acc is None else acc.merge(m)
+      if step % t.log_every == 0 or step == t.num_steps:
+        values = {k: float(v) for k, v in acc.compute().items()}
+        nonfinite = int(jax.device_get(state.nonfinite))
+        now = time.time()
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        values["steps_per_second"] = rate
+        values["examples_per_second"] = rate * t.batch_size
+        writer.scalars(step, values)
+        eta = (t.num_steps - step) / max(rate, 1e-9)
+        shown = "  ".join(f"{k} {values[k]:.4f}" for k in ("loss", "bits_per_dim", "psnr")
+                          if k in values)
+        _log.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, t.num_steps, shown, rate,
+                  time.strftime("%H:%M:%S", time.gmtime(eta)))
+        acc, last_time, last_step = None, now, step
+        if nonfinite >= t.max_nonfinite_steps:
+          raise NonFiniteError(
+              f"{nonfinite} consecutive non-finite steps ending at step {step}; parameters "
+              "were kept at their last finite values and no NaN was checkpointed")
+      if step % t.checkpoint_every == 0 and step < t.num_steps:
+        ckpt.save(step, state, it.get_state(), _meta(config))
+        checks.fault_point("save", step)  # [scale] kill while the async save is in flight
+      if step % t.eval_every == 0 and step < t.num_steps:
+        evaluate_and_write(exp, state, writer, workdir, step)
+      if preempt.should_stop():
+        ckpt.save(step, state, it.get_state(), _meta(config), force=True)
+        ckpt.close()
+        writer.close()
+        _log.warning("preempted at step %d: checkpoint saved", step)
+        return {"preempted": True, "step": step}
+    ckpt.save(step, state, it.get_state(), _meta(config), force=True)
+    results = evaluate_and_write(exp, state, writer, workdir, step)
+  finally:
+    ckpt.close()
+    writer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
       json.dump(results, f, indent=2)

@@ -27,6 +27,7 @@ import optax
 from clu import metrics as clu_metrics
 
 from arjax.core.functional import FunctionalModel
+from arjax.train.optim import with_learning_rate
 from arjax.train.state import TrainState
 
 
@@ -115,7 +116,10 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
           state.params, batch, rng, state.model_state, state.step)
     grad_norm = optax.tree_utils.tree_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # The rate applied is the rate logged: both are schedule(state.step), rejected steps or not.
+    learning_rate = schedule(state.step)
+    updates, opt_state = tx.update(grads, with_learning_rate(state.opt_state, learning_rate),
+                                   state.params)
     params = optax.apply_updates(state.params, updates)
     # [scale] Finite gradients can still give a non-finite update (lr=inf, overflow in the
     # optimizer): reject those steps too, so no NaN/Inf reaches the parameters or a checkpoint.
@@ -136,7 +140,11 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, sched
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema, model_state=model_state, nonfinite=nonfinite,
                               rejected=rejected)
-    out = collect(dict(metrics, grad_norm=grad_norm), finite, schedule(state.step), rejected)
+    # Parameter and update norms next to the gradient norm (the update of a rejected step is
+    # the one that was not applied; averages skip rejected steps).
+    norms = dict(grad_norm=grad_norm, param_norm=optax.tree_utils.tree_norm(params),
+                 update_norm=optax.tree_utils.tree_norm(updates))
+    out = collect(dict(metrics, **norms), finite, learning_rate, rejected)
     return new_state, out
 
   return train_step
