@@ -19,6 +19,8 @@ import os
 import socket
 import sys
 
+from arjax import cli
+
 HOST = "127.0.0.1"
 
 
@@ -44,8 +46,8 @@ def bind(port: int) -> socket.socket:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m arjax.serve", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(prog="python -m arjax.serve", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True, help="an arjax.train run")
   p.add_argument("--port", type=int, default=8000, help="TCP port on 127.0.0.1 (0: any free)")
   p.add_argument("--slots", type=int, default=8, help="images generated at once (batch rows)")
@@ -109,4 +111,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   logging.basicConfig(level=logging.WARNING)
-  sys.exit(main())
+  sys.exit(cli.run(main))
