@@ -266,7 +266,8 @@ FIELD_RANGES: Dict[str, Range] = {
 }
 
 # Fields named like these are probabilities wherever they sit (class_dropout, resid_dropout, ...).
-_PROBABILITY_SUFFIXES = ("dropout", "drop_path", "_prob")
+# (A part whose probability field has a sentinel declares its range itself: VAR's drop_path.)
+_PROBABILITY_SUFFIXES = ("dropout", "_prob")
 
 
 def _leaves(node, prefix=""):

@@ -52,7 +52,7 @@ from arjax.models.registry import MODELS, GeneratorFields, model_fields
 from arjax.nn.layers import make_param
 from arjax.orders import build_order, register_support
 from arjax.tokenizers import build_tokenizer
-from arjax.registry import read_fields
+from arjax.registry import ranged, read_fields
 
 MAX_SCALE_MUL = math.log(100.0)  # VAR clamps the learned log attention scale here.
 
@@ -66,7 +66,8 @@ class VarFields(GeneratorFields):
   width: int = 0                  # C (0: 64 * depth).
   num_heads: int = 0              # H (0: depth).
   mlp_ratio: float = 4.0          # MLP width / C.
-  drop_path: float = -1.0         # largest drop-path rate (< 0: 0.1 * depth / 24, VAR's).
+  drop_path: float = ranged(-1.0, lo=0.0, hi=1.0, hi_open=True, also=(-1.0,))
+  # largest drop-path rate (-1: 0.1 * depth / 24, VAR's).
   code_dim: int = 32              # Dv, channels of the quantizer's f_hat (VAR's Cvae).
   norm_eps: float = 1e-6          # LayerNorm epsilon.
   init_std: float = -1.0          # init std of linears (< 0: sqrt(1 / (3 C)), VAR's).
