@@ -99,6 +99,9 @@ class RasterAR(nnx.Module):
     weights = None
     if "mask" in batch:  # padded evaluation batches
       weights = jnp.broadcast_to(batch["mask"][:, None], tokens.shape[:2]).astype(jnp.float32)
+    if "token_mask" in batch:  # text sources: the tokens scored (arjax.data.text)
+      tm = batch["token_mask"].astype(jnp.float32)
+      weights = tm if weights is None else weights * tm
     loss, per_token = dist.loss(tokens, weights=weights)
     w = jnp.ones_like(per_token) if weights is None else weights
     return loss, token_metrics(dist, loss, per_token, tokens, w)
