@@ -175,6 +175,44 @@ class DiffusionLM(nnx.Module):
     loss = per_seq.mean() / x.shape[1]
     return loss, {"loss": loss, "bits_per_token": loss / math.log(2)}
 
+  # -- decoding (arjax.sampling.diffusion_lm) ----------------------------------------------------
+  def init_cache(self, batch: int):
+    return self.backbone.init_cache(batch, self.seq_len)
+
+  def ar_step(self, token, index, caches):
+    """KV-cached AR step: token int32 [B, 1] (BOS at index 0, else x_{index-1}) at position and
+    cache slot `index` -> (logits [B, V] of x_index, caches)."""
+    b = token.shape[0]
+    pos = jnp.full((b, 1), index, jnp.int32)
+    logits, caches = self._run(token, pos, MaskSpec(kind="causal", q_offset=index), caches=caches,
+                               cache_index=index)
+    return logits[:, 0], caches
+
+  def _block_mask(self, q_ids, block_size: int):
+    kv_ids = jnp.arange(self.seq_len, dtype=jnp.int32)[None] // block_size
+    return MaskSpec(kind="block_causal", q_block_ids=q_ids, kv_block_ids=kv_ids)
+
+  def decode_block(self, block, start, caches, block_size: int):
+    """Block x_t int32 [B, b] at positions start .. start + b - 1 over KV caches holding the
+    clean blocks before it -> (logits [B, b, V], caches with this block's K/V written at its
+    slots). The block sees itself bidirectionally and the cached earlier blocks (block-causal
+    ids); slots of later blocks are hidden. Callers keep the returned caches only once the block
+    is complete (SDAR), so a partly masked block never enters the cache."""
+    b = block.shape[1]
+    pos = jnp.broadcast_to(start + jnp.arange(b, dtype=jnp.int32), block.shape)
+    q_ids = jnp.full((1, b), start // block_size, jnp.int32)
+    return self._run(block, pos, self._block_mask(q_ids, block_size), caches=caches,
+                     cache_index=start)
+
+  def recompute_logits(self, tokens, block_size: int):
+    """tokens int32 [B, L] (clean earlier blocks, the current block partly masked) -> logits
+    [B, L, V] from one block-causal pass over the whole sequence, no cache (the reference of
+    cached block decoding: a block's logits depend only on itself and earlier blocks)."""
+    b, n = tokens.shape
+    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+    q_ids = jnp.arange(n, dtype=jnp.int32)[None] // block_size
+    return self._run(tokens, pos, self._block_mask(q_ids, block_size))[0]
+
   def default_sampler(self) -> str:
     return {"ar": "text_ar", "mdlm": "mdlm", "bd3lm": "sdar"}[self.objective]
 

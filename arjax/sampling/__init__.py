@@ -6,6 +6,7 @@ from arjax.sampling.guidance import cfg_logits, double_labels
 from arjax.sampling.orders import OrderSampler
 from arjax.sampling.cached_groups import CachedGroupSampler
 from arjax.sampling.state import SamplerState
+from arjax.sampling import diffusion_lm  # noqa: F401  (text_ar, mdlm, sdar, fast_dllm)
 
 __all__ = ["SAMPLERS", "Sampler", "build_sampler", "SamplingConfig", "sampling_from_config",
            "SequentialSampler", "OrderSampler", "CachedGroupSampler", "SamplerState",
