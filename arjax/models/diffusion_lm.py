@@ -217,7 +217,7 @@ class DiffusionLM(nnx.Module):
     return {"ar": "text_ar", "mdlm": "mdlm", "bd3lm": "sdar"}[self.objective]
 
 
-# -- exact references for tiny L --------------------------------------------------------------------
+# -- exact references for tiny L ---------------------------------------------------------------
 def nelbo_exact(logits_fn, x, block_size: int, mask_id: int) -> np.ndarray:
   """Exact continuous-time NELBO [B] (nats) of a masked / block diffusion model, by enumerating
   every masked subset of every block (tiny L only).

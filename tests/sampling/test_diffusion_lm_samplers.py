@@ -52,7 +52,8 @@ def one_at_a_time(fm, params, block, sub_block):
 
 
 def run(name, fm, params, **opts):
-  s = SAMPLERS.get(name)(fm, SamplingConfig(temperature=0.0, name=name), decode=DecodeOptions(**opts))
+  s = SAMPLERS.get(name)(fm, SamplingConfig(temperature=0.0, name=name),
+                         decode=DecodeOptions(**opts))
   tokens, nfe = s.sample(params, jax.random.key(0), B)
   return np.asarray(tokens), int(nfe)
 
@@ -98,10 +99,10 @@ def test_mdlm_sampler_fills_every_position():
   assert tok.min() >= 0 and tok.max() < V and nfe == 4
 
 
-@pytest.mark.parametrize("opts,msg", [(dict(threshold=0.0), "sampling.threshold=0.0"),
-                                      (dict(threshold=1.5), "sampling.threshold=1.5"),
-                                      (dict(steps=0), "sampling.steps=0"),
-                                      (dict(block_size=3), "sampling.block_size=3 does not divide")])
+@pytest.mark.parametrize("opts,msg", [
+    (dict(threshold=0.0), "sampling.threshold=0.0"),
+    (dict(threshold=1.5), "sampling.threshold=1.5"),
+    (dict(steps=0), "sampling.steps=0"), (dict(block_size=3), "sampling.block_size=3 does not")])
 def test_bad_options_name_the_field(bd3, opts, msg):
   fm, _ = bd3
   with pytest.raises(ValueError, match=msg):
