@@ -4,9 +4,9 @@
   python -m arjax.sample --workdir workdirs/char_ar --num 4
 
 A causal Llama-style transformer (raster order over a 1 x L grid of characters, 2D RoPE with
-row 0) predicts each character of a 128-character window from the ones before it; the class
+row 0) predicts each character of a 64-character window from the ones before it; the class
 token (one class) is the beginning-of-sequence token. Evaluation: bits/char on the whole
-validation split (the last 10 % of the characters, tiled by 128-character windows, every
+validation split (the last 10 % of the characters, tiled by 64-character windows, every
 character scored once) and text samples from the KV-cached sequential sampler
 (WORKDIR/samples/text_STEP.txt). The run recorded in docs/text.md (the budget below) reaches
 the figure stated there; the issue's bar is <= 2.5 bits/char. `:smoke` runs the same code for
@@ -14,7 +14,7 @@ a few steps.
 """
 from arjax.config import base_config, parse_arg
 
-SEQ_LEN = 128
+SEQ_LEN = 64
 
 
 def get_config(arg=None):
@@ -31,7 +31,7 @@ def get_config(arg=None):
   c.model.backbone.num_layers = 4
   c.model.backbone.multiple_of = 32
   c.train.batch_size = 32
-  c.train.num_steps = 2000
+  c.train.num_steps = 1500
   c.train.lr = 3e-3
   c.train.warmup_steps = 100
   c.train.weight_decay = 0.05
