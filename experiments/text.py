@@ -42,7 +42,7 @@ from arjax.tokenizers.char import CHARS  # noqa: E402
 V = len(CHARS)
 
 
-def backbone(dim=128, layers=3, heads=4):
+def backbone(dim=96, layers=2, heads=4):
   return TransformerConfig(num_layers=layers, num_heads=heads, dim=dim, mlp_dim=3 * dim,
                            position="rope1d")
 
@@ -213,13 +213,13 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True)
-  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--steps", type=int, default=500)
   p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--seq_len", type=int, default=64)
-  p.add_argument("--lr", type=float, default=3e-3)
-  p.add_argument("--convert_steps", type=int, default=200)
+  p.add_argument("--seq_len", type=int, default=32)
+  p.add_argument("--lr", type=float, default=4e-3)
+  p.add_argument("--convert_steps", type=int, default=150)
   p.add_argument("--sdtt_rounds", type=int, default=2)
-  p.add_argument("--sdtt_steps", type=int, default=150)
+  p.add_argument("--sdtt_steps", type=int, default=100)
   args = p.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
   res_path = os.path.join(args.workdir, "results.json")
