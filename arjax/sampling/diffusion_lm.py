@@ -53,7 +53,7 @@ class DecodeOptions:
   cache: bool = True           # block samplers: KV cache of finished blocks (False: recompute).
   lrd: bool = False            # mdlm: latent refinement decoding (see `lrd_*`).
   lrd_kl_stop: float = 1e-3    # LRD: stop refining when KL(prev || new) per token falls below.
-  lrd_max_rounds: int = 4      # LRD: refinement rounds per step at most.
+  lrd_max_rounds: int = 4      # LRD: forward passes per step at most (1: no refinement).
 
   def validate(self, seq_len: int, model_block: int):
     if not (isinstance(self.steps, int) and self.steps >= 1):
@@ -174,8 +174,9 @@ def lrd_logits(model, tokens, opts: DecodeOptions):
   """Latent refinement (LRD, arXiv 2510.11052; no official code, so this follows the paper's
   description): masked positions are fed as soft embeddings, (1 - a) e_[MASK] + a sum_v p(v)
   e_v with a = 1 - normalised entropy of the current prediction, and the prediction is refined
-  until the mean KL(previous || new) over masked tokens falls below `lrd_kl_stop` or after
-  `lrd_max_rounds` rounds. Returns (logits [B, L, V], forward passes used)."""
+  until the mean KL(previous || new) over masked tokens falls below `lrd_kl_stop` (so at least
+  one refinement: the first KL needs two predictions) or `lrd_max_rounds` passes were run.
+  Returns (logits [B, L, V], forward passes used)."""
   b, n = tokens.shape
   masked = tokens == model.mask_id
   table = model.embed.embedding[...]

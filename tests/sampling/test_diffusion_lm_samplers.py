@@ -113,3 +113,18 @@ def test_sampler_refuses_other_objective(bd3):
   fm, _ = bd3
   with pytest.raises(ValueError, match="text_ar"):
     SAMPLERS.get("text_ar")(fm, SamplingConfig(name="text_ar"))
+
+
+def test_lrd_kl_stop():
+  """LRD's rounds: lrd_max_rounds=1 is the hard-embedding pass alone (plain MDLM sampling);
+  a KL stop every KL passes ends after one refinement (the first KL needs two predictions);
+  a stop no KL reaches refines up to lrd_max_rounds at every step."""
+  fm, params = make("mdlm", block_size=L)
+  plain, nfe = run("mdlm", fm, params, steps=4)
+  one, nfe_one = run("mdlm", fm, params, steps=4, lrd=True, lrd_max_rounds=1)
+  np.testing.assert_array_equal(one, plain)
+  assert nfe_one == nfe == 4
+  _, nfe_stop = run("mdlm", fm, params, steps=4, lrd=True, lrd_kl_stop=1e9)
+  assert nfe_stop == 4 * 2
+  _, nfe_all = run("mdlm", fm, params, steps=4, lrd=True, lrd_kl_stop=0.0, lrd_max_rounds=3)
+  assert nfe_all == 4 * 3
