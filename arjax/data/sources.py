@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from arjax.data import idx
+from arjax.data.errors import MissingSplitError  # noqa: F401  (raised here; importable from here)
 from arjax.registry import Registry
 
 Example = Dict[str, np.ndarray]
@@ -52,11 +53,6 @@ _FIELD = "data.source"
 _EXPECTED_IMAGE = "uint8 [N, H, W] or [N, H, W, C]"
 
 
-class MissingSplitError(KeyError):
-  """The source exists but has no data for the requested split."""
-
-  def __str__(self) -> str:   # KeyError would quote the message.
-    return str(self.args[0])
 
 
 # -- validation ------------------------------------------------------------------------------

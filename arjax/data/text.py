@@ -122,7 +122,7 @@ def split_ids(ids: np.ndarray, split: str, where: str) -> np.ndarray:
     return ids[:cut]
   if split in _TEST_SPLITS:
     return ids[cut:]
-  from arjax.data.sources import MissingSplitError
+  from arjax.data.errors import MissingSplitError
   raise MissingSplitError(f"{_FIELD}={where!r} has splits ['train', 'test' (alias "
                           f"'validation')], not {split!r}")
 
@@ -283,7 +283,7 @@ class TaskSource:
       raise ValueError(f"data.seq_len={seq_len!r} is too short for {_FIELD}={name!r}: its "
                        f"sequences need {min_len} tokens")
     if split not in ("train",) + _TEST_SPLITS:
-      from arjax.data.sources import MissingSplitError
+      from arjax.data.errors import MissingSplitError
       raise MissingSplitError(f"{_FIELD}={name!r} has splits ['train', 'test'], not {split!r}")
     if num <= 0:
       raise ValueError(f"{_FIELD}={name!r}: {num} examples in split {split!r}; expected > 0")

@@ -196,3 +196,36 @@ def test_char_tokenizer_round_trip_and_layout():
     tok.encode_text("abc#")
   with pytest.raises(ValueError, match="batch must carry 'tokens'"):
     tok.encode(np.zeros((1, 4, 4, 1), np.uint8))
+
+
+def test_raster_model_scores_exactly_the_token_mask():
+  """raster_ar's loss on text batches is the mean NLL over token_mask * mask (numpy reference
+  from the logits), and a text model is evaluated as 'text'."""
+  import jax
+  import jax.numpy as jnp
+  from arjax.train.evaluation import evaluation_kind
+  from tests.helpers import tiny_config, tiny_model
+  c = tiny_config(tokenizer__name="char", model__num_classes=1, model__class_dropout=0.0)
+  c.tokenizer.length = 8
+  c.model.backbone.num_layers = 1
+  fm, _ = tiny_model(c)
+  params = fm.initial_params()
+  assert evaluation_kind(fm.bind(params)) == "text"
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 65, (3, 8)).astype(np.int32)
+  token_mask = (rng.random((3, 8)) < 0.5).astype(np.float32)
+  mask = np.array([1.0, 1.0, 0.0], np.float32)
+  batch = {"tokens": jnp.asarray(tokens), "label": jnp.zeros((3,), jnp.int32),
+           "token_mask": jnp.asarray(token_mask), "mask": jnp.asarray(mask)}
+  # Jitted: eager op-by-op dispatch of the model is many times slower on a busy CPU.
+  metrics, logits = jax.jit(lambda p, b: (fm.bind(p).loss(b, train=False)[1],
+                                          fm.bind(p).logits(b["tokens"], b["label"])))(params,
+                                                                                     batch)
+  logits = np.asarray(logits, np.float64)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                                                              keepdims=True)) \
+      - logits.max(-1, keepdims=True)
+  nll = -np.take_along_axis(logp, tokens[..., None], -1)[..., 0]
+  w = token_mask * mask[:, None]
+  np.testing.assert_allclose(float(metrics["nll"]), (nll * w).sum() / w.sum(), rtol=1e-5)
+  assert float(metrics["num_tokens"]) == w.sum()
