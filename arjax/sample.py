@@ -3,6 +3,7 @@
 
 Samples class-conditional images from the latest checkpoint of a run (classes cycle 0, 1, ...)
 and writes PREFIX.png (a grid, one column per class) and PREFIX.npz (images, labels, tokens).
+A text model (tokenizer 'char' or 'sequence') prints its samples and writes them to PREFIX.txt.
 The run is loaded with `arjax.load` (parameters and model state only: no optimizer, no data).
 """
 from __future__ import annotations
@@ -78,7 +79,20 @@ def main(argv=None):
   else:
     sampler = build_sampler(fm, sampling, config)  # the sampler the model's order needs.
     tokens = sampler.sample_tokens(params, labels, jax.random.key(args.seed))
-  images = np.asarray(fm.bind(params).tokenizer.decode(tokens))
+  tokenizer = fm.bind(params).tokenizer
+  if getattr(tokenizer, "is_text", False):  # a text model: print the samples.
+    texts = tokenizer.decode_text(np.asarray(jax.device_get(tokens)))
+    seconds = time.time() - t0
+    for i, t in enumerate(texts):
+      print(f"--- sample {i} ---\n{t}")
+    prefix = args.out or os.path.join(args.workdir, "samples", f"sample_seed{args.seed}")
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    with open(prefix + ".txt", "w") as f:
+      f.write("\n\n----------\n\n".join(texts) + "\n")
+    print(json.dumps({"step": step, "num": args.num, "txt": prefix + ".txt",
+                      "seconds": round(seconds, 2), **sampling.__dict__}))
+    return 0
+  images = np.asarray(tokenizer.decode(tokens))
   seconds = time.time() - t0
   prefix = args.out or os.path.join(args.workdir, "samples", f"sample_seed{args.seed}")
   os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)

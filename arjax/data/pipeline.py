@@ -41,7 +41,8 @@ _STATE_VERSION = 1
 def default_config() -> ml_collections.ConfigDict:
   """Data fields of an experiment config (config.data)."""
   c = ml_collections.ConfigDict()
-  c.source = "mnist"      # 'mnist' | 'fashion_mnist' (bundled) | 'tfds:NAME' | 'array_record:PATH' | 'npz:PATH'.
+  c.source = "mnist"      # 'mnist' | 'fashion_mnist' (bundled) | 'tfds:NAME' | 'array_record:PATH' | 'npz:PATH' | text: 'tinyshakespeare' | 'txt:PATH' | 'recall:OPTS' | 'treecall:OPTS'.
+  c.seq_len = 256         # tokens per example L of text sources (arjax.data.text); image sources ignore it.
   c.pp = ""               # preprocessing ops joined by '|', e.g. "resize(16)|flip_lr" (arjax.data.preprocess).
   c.tfds_data_dir = ""    # data_dir for 'tfds:' sources ('' = the TFDS default).
   c.worker_count = 0      # grain worker processes (0 = in-process).
@@ -59,6 +60,7 @@ class _Settings:
   worker_count: int
   prefetch: int
   splits: Dict[str, str]
+  seq_len: int
 
 
 def _settings(cfg: ml_collections.ConfigDict) -> _Settings:
@@ -77,6 +79,8 @@ def _settings(cfg: ml_collections.ConfigDict) -> _Settings:
   for key in ("worker_count", "prefetch"):
     if not isinstance(values[key], int) or values[key] < 0:
       raise ValueError(f"data.{key}={values[key]!r}; expected an int >= 0")
+  if not isinstance(values["seq_len"], int) or values["seq_len"] <= 0:
+    raise ValueError(f"data.seq_len={values['seq_len']!r}; expected an int > 0")
   if not isinstance(values["splits"], dict):
     raise ValueError(f"data.splits={values['splits']!r}; expected a dict like "
                      "{'train': 'train', 'test': 'test'}")
@@ -98,7 +102,7 @@ class _Split:
 def _open_split(s: _Settings, split: str) -> _Split:
   pp = preprocess.parse(s.pp)
   source_split = s.splits.get(split, split)
-  source = sources.open_source(s.source, source_split, s.tfds_data_dir)
+  source = sources.open_source(s.source, source_split, s.tfds_data_dir, s.seq_len)
   ids = np.flatnonzero(pp.keep(source.labels())).astype(np.int64) if pp.filters else None
   out = _Split(source, ids, pp, split)
   if not len(out):

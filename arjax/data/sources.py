@@ -19,6 +19,13 @@ Schemes (registry `SOURCES`; a bare name is a bundled data set):
                      data set prepared as ArrayRecord (needs `pip install -e .[tfds]`); its
                      "image" and "label" features are read.
 
+Text (arjax.data.text; examples {"tokens" int32 [L], "token_mask" float32 [L], "label"}, with
+L = data.seq_len):
+  tinyshakespeare, corpus:NAME  a bundled text corpus (90/10 train/test split of characters).
+  txt:PATH           a user's UTF-8 text file in the 65-character vocabulary, split the same way.
+  recall, recall:OPTS, treecall, treecall:OPTS
+                     tinylang's associative recall and its PCFG variant, generated from a seed.
+
 A source without split structure (a path without "{split}" and plain keys) has only the
 split "train": reading another split from it is an error, never a silent copy of train
 (set data.splits.test = "train" to evaluate on training data on purpose).
@@ -37,6 +44,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from arjax.data import idx
+from arjax.data.errors import MissingSplitError  # noqa: F401  (raised here; importable from here)
 from arjax.registry import Registry
 
 Example = Dict[str, np.ndarray]
@@ -45,11 +53,6 @@ _FIELD = "data.source"
 _EXPECTED_IMAGE = "uint8 [N, H, W] or [N, H, W, C]"
 
 
-class MissingSplitError(KeyError):
-  """The source exists but has no data for the requested split."""
-
-  def __str__(self) -> str:   # KeyError would quote the message.
-    return str(self.args[0])
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ def _split_path(path: str, split: str, spec: str) -> str:
 
 
 @SOURCES.register("bundled")
-def bundled_source(arg: str, split: str, data_dir: str = "") -> ArraySource:
+def bundled_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0) -> ArraySource:
   """MNIST / Fashion-MNIST as shipped in arjax/data/bundled (uint8 [N, 28, 28, 1])."""
   if arg not in idx.BUNDLED:
     raise KeyError(f"unknown bundled data set {arg!r} ({_FIELD}); expected one of "
@@ -187,7 +190,7 @@ def bundled_source(arg: str, split: str, data_dir: str = "") -> ArraySource:
 
 
 @SOURCES.register("npz")
-def npz_source(arg: str, split: str, data_dir: str = "") -> ArraySource:
+def npz_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0) -> ArraySource:
   """One .npz file (layout in the module docstring)."""
   spec = f"npz:{arg}"
   if "{split}" in arg:
@@ -227,7 +230,7 @@ def _decode_msgpack(record: bytes) -> Dict[str, Any]:
 
 
 @SOURCES.register("array_record")
-def array_record_source(arg: str, split: str, data_dir: str = "") -> RecordSource:
+def array_record_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0) -> RecordSource:
   """ArrayRecord file(s) of msgpack-serialised example dicts (see `write_array_record`)."""
   import grain  # Deferred like every optional reader.
 
@@ -289,7 +292,7 @@ def _tfds_decode(example: Dict[str, Any]) -> Dict[str, Any]:
 
 
 @SOURCES.register("tfds")
-def tfds_source(arg: str, split: str, data_dir: str = "") -> RecordSource:
+def tfds_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0) -> RecordSource:
   """A TFDS data set prepared as ArrayRecord, read without TensorFlow."""
   tfds = _import_tfds()
   spec = f"tfds:{arg}"
@@ -315,8 +318,10 @@ def parse_spec(spec: str):
   if not sep:
     if spec in idx.BUNDLED:
       return "bundled", spec
+    if spec in BARE_NAMES:
+      return BARE_NAMES[spec]
     raise KeyError(f"unknown data source {spec!r} (config field {_FIELD!r}); expected a "
-                   f"bundled name {sorted(idx.BUNDLED)} or SCHEME:ARG with scheme one of "
+                   f"bundled name {sorted(idx.BUNDLED) + sorted(BARE_NAMES)} or SCHEME:ARG with scheme one of "
                    f"{SOURCES.names()}")
   if scheme not in SOURCES:
     raise KeyError(f"unknown data source scheme {scheme!r} in {spec!r} (config field "
@@ -324,6 +329,41 @@ def parse_spec(spec: str):
   if not arg:
     raise ValueError(f"{_FIELD}={spec!r}: nothing after '{scheme}:'")
   return scheme, arg
+
+
+# -- text ------------------------------------------------------------------------------------
+@SOURCES.register("corpus")
+def corpus_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0):
+  """A bundled text corpus as windows of data.seq_len characters (arjax.data.text)."""
+  from arjax.data import text
+  return text.TextWindows(arg, split, text.split_ids(text.corpus_ids(arg), split, arg), seq_len)
+
+
+@SOURCES.register("txt")
+def txt_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0):
+  """A user's UTF-8 text file as windows of data.seq_len characters (arjax.data.text)."""
+  from arjax.data import text
+  spec = f"txt:{arg}"
+  return text.TextWindows(spec, split, text.split_ids(text.file_ids(arg), split, spec), seq_len)
+
+
+@SOURCES.register("recall")
+def recall_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0):
+  """tinylang's associative recall, generated (arjax.data.text)."""
+  from arjax.data import text
+  return text.recall_source(arg, split, seq_len)
+
+
+@SOURCES.register("treecall")
+def treecall_source(arg: str, split: str, data_dir: str = "", seq_len: int = 0):
+  """tinylang's associative recall over a random PCFG, generated (arjax.data.text)."""
+  from arjax.data import text
+  return text.treecall_source(arg, split, seq_len)
+
+
+# Bare names of sources that are not bundled image sets: name -> (scheme, arg).
+BARE_NAMES = {"tinyshakespeare": ("corpus", "tinyshakespeare"), "recall": ("recall", ""),
+              "treecall": ("treecall", "")}
 
 
 def _stamp(arg: str, split: str):
@@ -334,16 +374,17 @@ def _stamp(arg: str, split: str):
 
 
 @functools.lru_cache(maxsize=16)
-def _open_cached(scheme: str, arg: str, split: str, data_dir: str, stamp):
+def _open_cached(scheme: str, arg: str, split: str, data_dir: str, seq_len: int, stamp):
   del stamp  # Only part of the cache key.
-  return SOURCES.get(scheme, field=_FIELD)(arg, split, data_dir)
+  return SOURCES.get(scheme, field=_FIELD)(arg, split, data_dir, seq_len=seq_len)
 
 
-def open_source(spec: str, split: str, data_dir: str = ""):
-  """Opens (and caches) the source `spec` for `split`, checking its layout."""
+def open_source(spec: str, split: str, data_dir: str = "", seq_len: int = 0):
+  """Opens (and caches) the source `spec` for `split`, checking its layout. `seq_len`: tokens
+  per example of text sources (data.seq_len); image sources ignore it."""
   scheme, arg = parse_spec(spec)
-  return _open_cached(scheme, arg, split, data_dir, _stamp(arg, split))
+  return _open_cached(scheme, arg, split, data_dir, seq_len, _stamp(arg, split))
 
 
 def source_names() -> Sequence[str]:
-  return sorted(idx.BUNDLED) + [f"{s}:..." for s in SOURCES.names()]
+  return sorted(idx.BUNDLED) + sorted(BARE_NAMES) + [f"{s}:..." for s in SOURCES.names()]

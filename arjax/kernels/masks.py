@@ -171,3 +171,32 @@ def as_mask_spec(mask: Union[str, MaskSpec, None]) -> MaskSpec:
                        "build a MaskSpec for the other kinds")
     return MaskSpec(kind=mask)
   raise TypeError(f"mask must be a MaskSpec or a name, got {type(mask).__name__}")
+
+
+def block_diffusion_visible(q_idx, k_idx, length: int, block_size: int):
+  """BD3-LM's 2L x 2L visibility (Arriola et al. 2025, `block_diff_mask` of kuleshov-group/bd3lms).
+
+  Indices 0..L-1 are the noisy sequence x_t, L..2L-1 the clean x_0. A noisy token sees the noisy
+  tokens of its own block (bidirectionally) and the clean tokens of earlier blocks; a clean token
+  sees the clean tokens of its own and earlier blocks (block-causal); no clean token sees a
+  noisy one. q_idx int32 [..., Lq, 1], k_idx int32 [..., 1, Lk] -> bool [..., Lq, Lk].
+  """
+  q_noisy, k_noisy = q_idx < length, k_idx < length
+  qb, kb = (q_idx % length) // block_size, (k_idx % length) // block_size
+  return ((q_noisy & k_noisy & (qb == kb)) | (q_noisy & ~k_noisy & (kb < qb))
+          | (~q_noisy & ~k_noisy & (kb <= qb)))
+
+
+def block_diffusion_mask(length: int, block_size: int) -> MaskSpec:
+  """The training mask of block diffusion over [x_t, x_0] (2L tokens) as a MaskSpec.
+
+  It is one [1, 1, 2L, 2L] pattern shared by the batch (kind 'dense', which every attention
+  implementation takes). With block_size = 1 the clean half is causal and each noisy token sees
+  itself and the clean tokens before it; with block_size = L the noisy half is bidirectional and
+  sees nothing of the clean half (masked diffusion).
+  """
+  if not (isinstance(block_size, int) and block_size >= 1 and length % block_size == 0):
+    raise ValueError(f"block_size={block_size} does not divide the sequence length {length}")
+  idx = jnp.arange(2 * length, dtype=jnp.int32)
+  return MaskSpec(kind="dense", dense=block_diffusion_visible(idx[:, None], idx[None, :], length,
+                                                              block_size)[None, None])

@@ -208,11 +208,15 @@ class OrderedAR(nnx.Module):
       labels = self.drop_labels(labels)
     return tokens, labels
 
-  def weighted_loss(self, batch, dist, targets, w):
+  def weighted_loss(self, batch, dist, targets, w, cells=None):
     """(loss, metrics) of a Distribution [B, T] against targets [B, T] with weights w [B, T]
-    (padded evaluation rows, batch['mask'], weigh zero)."""
+    (padded evaluation rows, batch['mask'], weigh zero). cells: int32 [B, T], the grid cell of
+    each target (None: target t is cell t), to read batch['token_mask'] [B, N] of text data."""
     if "mask" in batch:  # padded evaluation batches
       w = w * batch["mask"][:, None].astype(jnp.float32)
+    if "token_mask" in batch:  # text sources: the tokens scored, gathered to the targets' cells
+      tm = batch["token_mask"].astype(jnp.float32)
+      w = w * (tm if cells is None else gather_cells(tm, cells))
     loss, per_token = dist.loss(targets, weights=w)
     return loss, token_metrics(dist, loss, per_token, targets, w)
 
@@ -224,7 +228,7 @@ class OrderedAR(nnx.Module):
     layout = self.order.train_layout(key, tokens.shape[0], batch.get("step"), train)
     dist, layout = self.layout_dist(tokens, labels, layout, train=train)
     loss, metrics = self.weighted_loss(batch, dist, gather_cells(tokens, layout.tgt),
-                                       (layout.tgt >= 0).astype(jnp.float32))
+                                       (layout.tgt >= 0).astype(jnp.float32), layout.tgt)
     if hasattr(self.order, "random_ratio") and self.order.anneals:
       metrics["random_ratio"] = self.order.random_ratio(batch.get("step"), train)
     return loss, metrics

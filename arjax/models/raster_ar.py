@@ -151,6 +151,9 @@ class RasterAR(nnx.Module):
     weights = None
     if "mask" in batch:  # padded evaluation batches
       weights = jnp.broadcast_to(batch["mask"][:, None], tokens.shape[:2]).astype(jnp.float32)
+    if "token_mask" in batch:  # text sources: the tokens scored (arjax.data.text)
+      tm = batch["token_mask"].astype(jnp.float32)
+      weights = tm if weights is None else weights * tm
     # Heads whose loss draws noise (diffusion, flow) take a key; evaluation uses a fixed one so
     # the test loss is deterministic. Other heads ignore it.
     key = self.rngs.sample() if train else jax.random.key(0)

@@ -12,6 +12,7 @@ from arjax.orders import random as _random  # noqa: F401  ('random', 'arpg', 'ra
 from arjax.orders import groups  # noqa: F401  ('lpd', 'par', 'nar')
 from arjax.orders import masked  # noqa: F401  ('masked')
 from arjax.orders import scales  # noqa: F401  ('scales': VAR's next-scale order)
+from arjax.orders import ardm  # noqa: F401  ('ardm')
 
 __all__ = ["ORDERS", "Layout", "Order", "Plan", "SRC_CLASS", "SRC_QUERY", "SRC_START",
            "build_order", "check_support", "register_support"]

@@ -3,6 +3,9 @@
 A model class says what it is with a class attribute `evaluation` (absent: 'generator'):
 
   generator  test bits/dim and a class-conditional sample grid (arjax.train.loop).
+  text       a generator over a text tokenizer: test (validation) bits/char, which is the
+             bits/dim of a character token, and text samples written to a file
+             (arjax.train.loop).
   tokenizer  reconstructions of the test split: PSNR, SSIM, codebook usage and perplexity
              (discrete tokens); VTBench-style detail measures (edge F1, high-band PSNR and
              energy ratio, PSNR/SSIM on the most detailed quarter of the images); on bundled
@@ -33,7 +36,12 @@ _log = logging.getLogger("arjax.train")
 
 
 def evaluation_kind(model) -> str:
-  return getattr(model, "evaluation", "generator")
+  """The model's `evaluation`; a generator over a text tokenizer ('char', 'sequence':
+  `tokenizer.is_text`) is evaluated as 'text' (bits/char and text samples)."""
+  kind = getattr(model, "evaluation", "generator")
+  if kind == "generator" and getattr(getattr(model, "tokenizer", None), "is_text", False):
+    return "text"
+  return kind
 
 
 def reconstruct_split(exp, params, split: str = "test", num_examples: int = -1

@@ -91,7 +91,13 @@ class Experiment:
                                                     self.mesh, self.rules)
 
   def _check_data_fits_model(self):
-    if self.info["image_shape"] is None:  # a token cache: no images to tokenize.
+    if self.info["image_shape"] is None:  # a token cache or text: no images to tokenize.
+      tokens = self.info["shapes"].get("tokens")
+      n = self.abstract_model.tokenizer.tokens_per_image
+      if tokens is not None and getattr(self.abstract_model.tokenizer, "is_text", False) and (
+          tokens[0] != n):
+        raise ValueError(f"data.seq_len gives sequences of {tokens[0]} tokens but "
+                         f"tokenizer.length={n}; set them equal")
       return
     shape = tuple(self.info["image_shape"])
     # Parameters (and model state) go in as eval_shape arguments (tracers), so a learned
@@ -372,6 +378,40 @@ def evaluate_and_write(exp: Experiment, state: TrainState, writer: MetricWriter,
                        step: int) -> Dict[str, Any]:
   """Runs the evaluation of the model's kind (arjax.train.evaluation) and writes its results."""
   return EVALUATIONS.get(exp.evaluation, field="model.name")(exp, state, writer, workdir, step)
+
+
+def sample_text(exp: Experiment, params, rng, num: int):
+  """`num` unconditional text samples (class 0) from the model's sampler, as strings."""
+  from arjax.sampling import SamplingConfig, build_sampler
+  e = exp.config.eval
+  sampling = SamplingConfig(cfg_scale=1.0, temperature=e.temperature, top_k=e.top_k,
+                            top_p=e.top_p)
+  sampler = build_sampler(exp.fm, sampling, exp.config)
+  tokens = sampler.sample_tokens(params, jnp.zeros((num,), jnp.int32), rng)
+  return exp.abstract_model.tokenizer.decode_text(np.asarray(jax.device_get(tokens)))
+
+
+@EVALUATIONS.register("text")
+def evaluate_text(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
+                  step: int) -> Dict[str, Any]:
+  """Test (validation) bits/char and text samples (WORKDIR/samples/text_STEP.txt)."""
+  params = exp.eval_params(state)
+  e = exp.config.eval
+  t0 = time.time()
+  bpd = exp.bits_per_dim(params, "test", e.num_examples)
+  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 10_000_000 + step)
+  texts = sample_text(exp, params, rng, e.samples_per_class)
+  path = os.path.join(workdir, "samples", f"text_{step:07d}.txt")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      f.write("\n\n----------\n\n".join(texts) + "\n")
+  values = {"test_bits_per_char": bpd["bits_per_dim"], "test_nll": bpd["nll"]}
+  writer.scalars(step, values)
+  writer.flush()
+  _log.info("eval at step %d: test bits/char %.4f (%.0f characters), samples %s (%.1fs)", step,
+            bpd["bits_per_dim"], bpd["num_tokens"], path, time.time() - t0)
+  return {"step": step, **values, "test_tokens": bpd["num_tokens"], "samples": path}
 
 
 @EVALUATIONS.register("generator")
