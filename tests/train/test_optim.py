@@ -117,8 +117,6 @@ class _Toy:
   """A FunctionalModel stand-in: loss = scale * sum((w - x)^2); scale = NaN rejects a step."""
 
   def bind(self, params, rng=None, model_state=None):
-    toy = self
-
     class Bound:
       def loss(self, batch, train=True):
         value = batch["scale"][0] * jnp.sum((params["w"] - batch["x"][0]) ** 2)
