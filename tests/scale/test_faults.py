@@ -170,8 +170,13 @@ def test_infinite_learning_rate_update_is_rejected(compile_cache):
   # Finite loss and gradients but a NaN update (lr=inf): the step must still be rejected.
   from arjax import data
   from arjax.train.loop import Experiment
-  config = load_config(RUN_CONFIG, ["train.lr=1e999", "train.warmup_steps=0"])  # 1e999 = inf
-  assert config.train.lr == float("inf")
+  # The config refuses lr=inf at load (arjax.config.validate); the step's guard is the second
+  # line of defence, so the field is set after loading, past validation.
+  with pytest.raises(ValueError, match=r"config.train.lr=inf; expected a finite number"):
+    load_config(RUN_CONFIG, ["train.lr=1e999"])  # 1e999 = inf
+  config = load_config(RUN_CONFIG, ["train.warmup_steps=0"])
+  with config.unlocked():
+    config.train.lr = float("inf")
   exp = Experiment(config)
   _, shardings = exp.abstract_state()
   state = exp.init_state()  # the reference run's program: a compilation cache hit.
