@@ -31,6 +31,19 @@ class ArgumentParser(argparse.ArgumentParser):
     raise SystemExit(2)
 
 
+def check_sampling_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """The sampling options given on the command line (--cfg_scale, --temperature, --top_k,
+  --top_p; None: not given) checked by SamplingConfig's rules (NaN, ranges) before anything is
+  loaded; a bad one is `parser.error`, one line naming the option."""
+  from arjax.sampling.config import SamplingConfig
+  given = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
+           if getattr(args, k, None) is not None}
+  try:
+    SamplingConfig(**given).validate()
+  except ValueError as err:
+    parser.error(f"--{err}")
+
+
 def message(err: BaseException) -> str:
   """The exception's text on one line (a KeyError's str() adds quotes; newlines folded)."""
   text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -40,14 +40,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.num <= 0:
     p.error(f"--num must be positive, got {args.num}")
-  from arjax.sampling.config import SamplingConfig as _Options
-  # The options typed are checked before anything is loaded (NaN, ranges): one line, at once.
-  given = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
-           if getattr(args, k) is not None}
-  try:
-    _Options(**given).validate()
-  except ValueError as err:
-    p.error(f"--{err}")
+  # The sampling options typed are checked before anything is loaded: one line, at once.
+  cli.check_sampling_options(p, args)
 
   import jax
   import jax.numpy as jnp

@@ -62,14 +62,8 @@ def main(argv=None):
       p.error(f"--{name}={getattr(args, name)}; expected an integer >= 1")
   if args.num_examples is not None and args.num_examples < 1 and args.num_examples != -1:
     p.error(f"--num_examples={args.num_examples}; expected an integer >= 1 or -1 (all)")
-  from arjax.sampling.config import SamplingConfig as _Options
-  # The options typed are checked before anything is loaded (NaN, ranges): one line, at once.
-  given = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p")
-           if getattr(args, k) is not None}
-  try:
-    _Options(**given).validate()
-  except ValueError as err:
-    p.error(f"--{err}")
+  # The sampling options typed are checked before anything is loaded: one line, at once.
+  cli.check_sampling_options(p, args)
   from arjax.evaluate import sample_metrics as sm
   try:
     names = sm.parse_metrics(args.metrics or "bpd")
