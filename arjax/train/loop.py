@@ -382,12 +382,12 @@ def evaluate_and_write(exp: Experiment, state: TrainState, writer: MetricWriter,
 
 def sample_text(exp: Experiment, params, rng, num: int):
   """`num` unconditional text samples (class 0) from the model's sampler, as strings."""
-  from arjax.sampling import SamplingConfig, build_sampler
+  from arjax.sampling import SamplingConfig
   e = exp.config.eval
   sampling = SamplingConfig(cfg_scale=1.0, temperature=e.temperature, top_k=e.top_k,
                             top_p=e.top_p)
-  sampler = build_sampler(exp.fm, sampling, exp.config)
-  tokens = sampler.sample_tokens(params, jnp.zeros((num,), jnp.int32), rng)
+  # The Experiment's sampler for these options: built and compiled once per run.
+  tokens = exp.sampler(sampling).sample_tokens(params, jnp.zeros((num,), jnp.int32), rng)
   return exp.abstract_model.tokenizer.decode_text(np.asarray(jax.device_get(tokens)))
 
 
