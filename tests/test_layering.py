@@ -33,9 +33,9 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("core, parallel, kernels, registry", ("core", "parallel", "kernels", "registry")),
 ]
 
-# Module pairs allowed to import each other. Only the sampling cycle that the generation-core
-# rewrite (issue 12, item 2) removes; delete this entry when that lands.
-ALLOWED_MUTUAL = {frozenset({"arjax.sampling.orders", "arjax.sampling.cached_groups"})}
+# Module pairs allowed to import each other: none (the sampling cycle the generation core
+# removed was the last).
+ALLOWED_MUTUAL: set = set()
 
 
 def _module_name(path: str) -> str:
@@ -207,7 +207,7 @@ def test_the_walk_sees_function_level_and_module_level_imports():
 
 def test_the_checks_catch_what_they_must(tmp_path, monkeypatch):
   """The rules applied to made-up modules: a function-level upward import, a package cycle
-  and a module pair are each reported; the allow-listed pair is not."""
+  and a module pair are each reported."""
   fake = tmp_path / "fake.py"
   fake.write_text("import jax\n\ndef f():\n  from arjax.train.loop import Experiment\n"
                   "  import arjax.sampling.decode\n  from arjax.kernels import decode\n")
@@ -220,9 +220,7 @@ def test_the_checks_catch_what_they_must(tmp_path, monkeypatch):
   assert _package_cycles({"arjax.orders.x": [("arjax.heads.y", 1)],
                           "arjax.heads.y": [("arjax.orders.z", 2)]}) == [["heads", "orders"]]
   assert _mutual_modules({"arjax.nn.a": [("arjax.nn.b", 1)], "arjax.nn.b": [("arjax.nn.a", 1)],
-                          "arjax.sampling.orders": [("arjax.sampling.cached_groups", 1)],
-                          "arjax.sampling.cached_groups": [("arjax.sampling.orders", 1)]}
-                         ) == ["arjax.nn.a <-> arjax.nn.b"]
+                          "arjax.nn.c": [("arjax.nn.a", 1)]}) == ["arjax.nn.a <-> arjax.nn.b"]
   assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
