@@ -347,6 +347,21 @@ class _CompletingParser(flags.ArgumentParser):
     return config
 
 
+def _flag_error(text: str, config) -> str:
+  """absl's 'flag --config.train.lr=abc: could not convert string to float: ...' -> "config
+  field 'train.lr' expects float, got 'abc' (could not convert ...)"; other flag errors ('Missing
+  value for flag --config.train.lr', a misplaced override) as they are."""
+  m = re.match(r"^flag --config\.([^=]+)=(.*?): (.*)$", text, re.S)
+  if not m or config is None:
+    return text
+  path, raw, why = m.groups()
+  current = config
+  for p in path.split("."):
+    current = current[p] if hasattr(current, "keys") and p in current else None
+  kind = "a section (a dict)" if hasattr(current, "keys") else type(current).__name__
+  return f"config field {path!r} expects {kind}, got {raw!r} ({why})"
+
+
 def parse_config_flags(argv: List[str]) -> Tuple[Optional[ml_collections.ConfigDict],
                                                   Optional[str], List[str]]:
   """`--config FILE[:ARG]` and its `--config.FIELD=VALUE` overrides parsed out of argv by
@@ -368,8 +383,7 @@ def parse_config_flags(argv: List[str]) -> Tuple[Optional[ml_collections.ConfigD
     if parser.error is not None:
       raise parser.error from None
     if isinstance(err, flags.Error):
-      # absl: 'flag --config.train.lr=abc: could not convert ...', 'Missing value for flag ...'
-      raise ValueError(str(err)) from err
+      raise ValueError(_flag_error(str(err), fv["config"].value)) from err
     raise
   if parser.error is not None:
     raise parser.error
