@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import importlib.util
 import os
 import re
@@ -292,9 +293,10 @@ def _check_path(config, path: str) -> None:
   node, parts = config, path.split(".")
   for i, p in enumerate(parts):
     if not hasattr(node, "keys") or p not in node:
-      where = ".".join(parts[:i]) or "config"
-      known = sorted(node.keys()) if hasattr(node, "keys") else []
-      raise KeyError(f"unknown config field {path!r} (no {p!r} in {where}; it has {known})")
+      where = "config" + "".join("." + q for q in parts[:i])
+      close = difflib.get_close_matches(p, list(node.keys()), n=1) if hasattr(node, "keys") else []
+      hint = f"; did you mean {close[0]!r}?" if close else ""
+      raise KeyError(f"unknown config field {path!r} (no {p!r} in {where}{hint})")
     node = node[p]
 
 
@@ -359,6 +361,7 @@ def _flag_error(text: str, config) -> str:
   for p in path.split("."):
     current = current[p] if hasattr(current, "keys") and p in current else None
   kind = "a section (a dict)" if hasattr(current, "keys") else type(current).__name__
+  why = " ".join(str(why).replace("`", "'").split())
   return f"config field {path!r} expects {kind}, got {raw!r} ({why})"
 
 

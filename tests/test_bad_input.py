@@ -228,3 +228,36 @@ def test_python_m_prints_one_line_and_debug_shows_the_traceback(tmp_path):
   assert debug.returncode != 0
   assert "Traceback (most recent call last)" in debug.stderr
   assert "config.train.lr=nan" in debug.stderr
+
+
+def markdown_table() -> str:
+  """The table of docs/reliability.md: every case run as the test runs it, its message as
+  printed (TMP: a temporary directory). `python -m tests.test_bad_input` prints it."""
+  import contextlib
+  import io
+  import tempfile
+  root = tempfile.mkdtemp()
+  os.makedirs(f"{root}/bad_json")
+  with open(f"{root}/bad_json/config.json", "w") as f:
+    f.write('{"model": {"name": "raster_ar"')
+  with open(f"{root}/no_getconfig.py", "w") as f:
+    f.write("X = 1\n")
+  rows = ["| entry point | arguments | exit | message |", "|---|---|---|---|"]
+  for i, (module, argv, _) in enumerate(CASES):
+    fill = dict(tmp=f"{root}/w{i}", bad_json=f"{root}/bad_json",
+                no_getconfig=f"{root}/no_getconfig.py")
+    argv = [a.format(**fill) for a in argv]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+      try:
+        code = cli.run(importlib.import_module(module).main, argv)
+      except SystemExit as e:
+        code = e.code
+    line = err.getvalue().strip().replace(root, "TMP")
+    rows.append(f"| `{module.replace('.__main__', '')}` | `{' '.join(argv).replace(root, 'TMP')}`"
+                f" | {code} | `{line}` |")
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  print(markdown_table())
