@@ -370,9 +370,9 @@ def parse_config_flags(argv: List[str]) -> Tuple[Optional[ml_collections.ConfigD
   """`--config FILE[:ARG]` and its `--config.FIELD=VALUE` overrides parsed out of argv by
   ml_collections.config_flags, on a private FlagValues (so repeated calls never collide).
   Returns (the completed, validated, locked config, or None without --config; the FILE[:ARG]
-  given; the other arguments in order, for the entry point's own parser). A user mistake (missing file, unknown
-  field, a value of the wrong type or range, an override without a value) raises ValueError or
-  KeyError naming the flag or field."""
+  given; the other arguments in order, for the entry point's own parser). A user mistake
+  (missing file, unknown field, a value of the wrong type or range, an override without a
+  value) raises ValueError or KeyError naming the flag or field."""
   argv = list(argv)
   fv = flags.FlagValues()
   holder = config_flags.DEFINE_config_file(
