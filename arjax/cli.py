@@ -31,6 +31,29 @@ class ArgumentParser(argparse.ArgumentParser):
     raise SystemExit(2)
 
 
+CONFIG_HELP = ("experiment config file[:args]; then --config.FIELD=VALUE (or --config.FIELD VALUE) "
+               "overrides any field, parsed by ml_collections.config_flags")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str],
+                      required: bool = True):
+  """An entry point's arguments: `--config FILE[:ARGS]` with its `--config.FIELD=VALUE`
+  overrides through ml_collections.config_flags (arjax.config.parse_config_flags: the parts'
+  defaults completed first, every field checked), the rest through `parser` (which should declare
+  `--config` with CONFIG_HELP, for --help). Returns (argparse namespace, the locked config or
+  None when not required and not given). `--help` is answered before the config is loaded."""
+  from arjax.config import parse_config_flags
+  argv = list(argv)
+  if "-h" in argv or "--help" in argv:
+    parser.parse_args(argv)  # prints the usage and exits.
+  config, spec, rest = parse_config_flags(argv)
+  args = parser.parse_args(rest)
+  if config is None and required:
+    parser.error("the following arguments are required: --config")
+  args.config = spec
+  return args, config
+
+
 def check_sampling_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   """The sampling options given on the command line (--cfg_scale, --temperature, --top_k,
   --top_p; None: not given) checked by SamplingConfig's rules (NaN, ranges) before anything is

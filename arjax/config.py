@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import importlib.util
 import os
-from typing import Any, Dict, Iterable, List, Optional, Set
+import re
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from arjax.registry import Range, check_finite, complete_node
 
@@ -216,21 +220,186 @@ def complete(config: ml_collections.ConfigDict, drop: Iterable[str] = ()) -> Lis
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
   """Loads 'path/to/config.py[:ARG]', completes the parts' nodes with their declared defaults,
-  applies 'a.b=value' overrides (type-checked) and checks the result (`complete`)."""
-  path, _, arg = spec.partition(":")
-  module = load_config_module(path)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {path!r} defines no get_config(arg)")
-  config = module.get_config(arg or None)
-  added: Set[str] = set(complete(config))
-  for item in overrides:
-    added.discard(apply_override(config, item))
-    # An override may rename a part (order.name=lpd): the defaults completed for the old part
-    # that the new one does not declare go, and the new part's come in for later overrides.
-    added |= set(complete(config, drop=added))
+  applies the overrides through `ml_collections.config_flags` (each 'a.b=value' or
+  '--config.a.b=value'; type-checked, an unknown field fails naming it) and checks the result
+  (`complete`, `validate`). The locked config."""
+  argv = ["--config", spec] + [o if o.startswith(_FLAG + ".") else f"{_FLAG}.{o}"
+                               for o in overrides]
+  config, _, rest = parse_config_flags(argv)
+  if rest:
+    raise ValueError(f"not a config override: {' '.join(rest)!r}; expected FIELD=VALUE")
+  return config
+
+
+# Config flags: `--config FILE[:ARG]` and `--config.FIELD=VALUE` (or `--config.FIELD VALUE`),
+# parsed by ml_collections.config_flags, the only parser of overrides.
+_FLAG = "--config"
+
+
+class _ListParser(flags.ArgumentParser):
+  """config_flags has no parser for list fields (e.g. sharding_rules): a Python literal list."""
+
+  def parse(self, argument):
+    if isinstance(argument, list):
+      return argument
+    try:
+      value = ast.literal_eval(argument)
+    except (ValueError, SyntaxError):
+      value = None
+    if not isinstance(value, list):
+      raise ValueError(f"expected a list literal such as [['batch', 'data']], got {argument!r}")
+    return value
+
+  def flag_type(self):
+    return "list"
+
+
+class _NoneFieldParser(flags.ArgumentParser):
+  """A field whose default is None (e.g. a backbone's cond_dim: 'as wide as the model') takes
+  any Python literal (config_flags has no parser for None-typed fields); a bare word is refused
+  (write a string as "'text'"), as every non-string field refuses one."""
+
+  def parse(self, argument):
+    if not isinstance(argument, str):
+      return argument
+    try:
+      return ast.literal_eval(argument)
+    except (ValueError, SyntaxError):
+      raise ValueError(f"expected a Python literal (a number, True/False, None, a quoted "
+                       f"string, a list), got {argument!r}") from None
+
+  def flag_type(self):
+    return "literal"
+
+
+config_flags.register_flag_parser_for_type(list, _ListParser())
+config_flags.register_flag_parser_for_type(type(None), _NoneFieldParser())
+
+
+def _override_paths(argv: List[str]) -> List[Tuple[str, Optional[str]]]:
+  """(field path, value or None when it is the next argument) of each '--config.FIELD[=V]' in
+  argv, in order (config_flags' own rule for which arguments are overrides)."""
+  out = []
+  for i, arg in enumerate(argv):
+    m = re.match(r"^--?(no)?config\.([^=]+)(=(.*))?$", arg)
+    if m:
+      value = m.group(4) if m.group(3) else (argv[i + 1] if i + 1 < len(argv) else None)
+      out.append((m.group(2), value))
+  return out
+
+
+def _check_path(config, path: str) -> None:
+  """An override's field must exist: KeyError naming it and the node's fields."""
+  node, parts = config, path.split(".")
+  for i, p in enumerate(parts):
+    if not hasattr(node, "keys") or p not in node:
+      where = "config" + "".join("." + q for q in parts[:i])
+      close = difflib.get_close_matches(p, list(node.keys()), n=1) if hasattr(node, "keys") else []
+      hint = f"; did you mean {close[0]!r}?" if close else ""
+      raise KeyError(f"unknown config field {path!r} (no {p!r} in {where}{hint})")
+    node = node[p]
+
+
+def _part_name_paths() -> Set[str]:
+  return {f"{p}.name" for p, _ in PARTS}
+
+
+class _CompletingParser(flags.ArgumentParser):
+  """config_flags' parser of the `--config FILE[:ARG]` value, completing the parts' nodes before
+  config_flags defines the override flags: a part's declared field is overridable even where the
+  file never set it. A part renamed by an override (`--config.order.name=lpd`) is renamed here
+  first, in argv order, so that the new part's fields exist when the overrides are defined.
+  Errors are kept (absl would fold them into a generic flag error) and re-raised as they were."""
+
+  def __init__(self, argv: List[str]):
+    self.argv = argv
+    self.error: Optional[BaseException] = None
+
+  def flag_type(self):
+    return "config file"
+
+  def parse(self, argument):
+    try:
+      return self._load(argument)
+    except Exception as err:  # re-raised by parse_config_flags, unwrapped.
+      self.error = err
+      raise
+
+  def _load(self, spec: str):
+    path, _, arg = spec.partition(":")
+    module = load_config_module(path)
+    if not hasattr(module, "get_config"):
+      raise ValueError(f"config file {path!r} defines no get_config(arg)")
+    config = module.get_config(arg or None)
+    if not isinstance(config, ml_collections.ConfigDict):
+      raise ValueError(f"config file {path!r}: get_config returned {type(config).__name__}, "
+                       "expected a ConfigDict")
+    added: Set[str] = set(complete(config))
+    names = _part_name_paths()
+    for field, value in _override_paths(self.argv):
+      if field in names and value is not None:
+        _check_path(config, field)
+        node, leaf = _node(config, field.rsplit(".", 1)[0]), "name"
+        node[leaf] = value
+        added.discard(field)
+        # The defaults completed for the old part that the new one does not declare go.
+        added |= set(complete(config, drop=added))
+    for field, _ in _override_paths(self.argv):
+      _check_path(config, field)
+    return config
+
+
+def _flag_error(text: str, config) -> str:
+  """absl's 'flag --config.train.lr=abc: could not convert string to float: ...' -> "config
+  field 'train.lr' expects float, got 'abc' (could not convert ...)"; other flag errors ('Missing
+  value for flag --config.train.lr', a misplaced override) as they are."""
+  m = re.match(r"^flag --config\.([^=]+)=(.*?): (.*)$", text, re.S)
+  if not m or config is None:
+    return text
+  path, raw, why = m.groups()
+  current = config
+  for p in path.split("."):
+    current = current[p] if hasattr(current, "keys") and p in current else None
+  kind = "a section (a dict)" if hasattr(current, "keys") else type(current).__name__
+  why = " ".join(str(why).replace("`", "'").split())
+  return f"config field {path!r} expects {kind}, got {raw!r} ({why})"
+
+
+def parse_config_flags(argv: List[str]) -> Tuple[Optional[ml_collections.ConfigDict],
+                                                  Optional[str], List[str]]:
+  """`--config FILE[:ARG]` and its `--config.FIELD=VALUE` overrides parsed out of argv by
+  ml_collections.config_flags, on a private FlagValues (so repeated calls never collide).
+  Returns (the completed, validated, locked config, or None without --config; the FILE[:ARG]
+  given; the other arguments in order, for the entry point's own parser). A user mistake
+  (missing file, unknown field, a value of the wrong type or range, an override without a
+  value) raises ValueError or KeyError naming the flag or field."""
+  argv = list(argv)
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file(
+      "config", None, "experiment config file[:args]", flag_values=fv, lock_config=False,
+      sys_argv=["prog"] + argv)
+  parser = _CompletingParser(argv)
+  fv["config"].parser = parser
+  try:
+    rest = fv(["prog"] + argv, known_only=True)[1:]
+  except Exception as err:
+    if parser.error is not None:
+      raise parser.error from None
+    if isinstance(err, flags.Error):
+      raise ValueError(_flag_error(str(err), fv["config"].value)) from err
+    raise
+  if parser.error is not None:
+    raise parser.error
+  config = holder.value
+  if config is None:
+    stray = [a for a in rest if re.match(r"^--?(no)?config\.", a)]
+    if stray:
+      raise ValueError(f"{stray[0]} without --config FILE before it")
+    return None, None, rest
+  complete(config)  # a final check: every part's node holds its declared fields only.
   validate(config)
   config.lock()
-  return config
+  return config, fv["config"].config_filename, rest
 
 
 _INT1 = Range(lo=1, integer=True)       # counts and intervals.
@@ -347,44 +516,6 @@ def upgrade_saved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     if key in node and key not in declared and node[key] == old:
       del node[key]
   return config
-
-
-def apply_override(config: ml_collections.ConfigDict, item: str) -> str:
-  """'train.lr=3e-4' -> sets the field, checking that it exists and that the type fits;
-  returns the dotted path of the field."""
-  key, sep, raw = item.partition("=")
-  if not sep:
-    raise ValueError(f"override {item!r} is not of the form field=value")
-  node = config
-  parts = key.split(".")
-  for p in parts[:-1]:
-    if p not in node:
-      raise KeyError(f"unknown config field {key!r} (no {p!r})")
-    node = node[p]
-  leaf = parts[-1]
-  if leaf not in node:
-    raise KeyError(f"unknown config field {key!r}")
-  current = node[leaf]
-  value: Any = raw
-  if not isinstance(current, str):
-    try:
-      value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-      try:  # nan / inf are floats (refused by name when the config is validated).
-        value = float(raw) if isinstance(current, float) else None
-      except ValueError:
-        value = None
-      if value is None:
-        raise ValueError(f"config field {key!r} expects {type(current).__name__}, got {raw!r}")
-  if isinstance(current, bool) != isinstance(value, bool) or (
-      isinstance(current, (int, float)) and not isinstance(value, (int, float))):
-    raise ValueError(f"config field {key!r} expects {type(current).__name__}, got {raw!r}")
-  if isinstance(current, float) and isinstance(value, int):
-    value = float(value)
-  if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
-    raise ValueError(f"config field {key!r} expects int, got {raw!r}")
-  node[leaf] = value
-  return key
 
 
 def to_dict(config) -> Dict[str, Any]:

@@ -1,5 +1,5 @@
 """python -m arjax.inspect --config PATH[:ARGS] [--mesh data=16,fsdp=8] [--topology v5p:4x4x4]
-                         [--no_compile] [--hbm_gib 80] [--json] [field=value ...]
+                         [--no_compile] [--hbm_gib 80] [--json] [--config.FIELD=VALUE ...]
 
 Prints the parameter count (from jax.eval_shape: nothing is allocated) and FLOPs per token and
 per train step of a config. With --mesh it also lowers and compiles the train step ahead of
@@ -124,7 +124,7 @@ def print_report(spec: str, out: Dict[str, Any]) -> None:
 def main(argv=None):
   parser = cli.ArgumentParser(prog="python -m arjax.inspect", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="config file[:args]")
+  parser.add_argument("--config", help=cli.CONFIG_HELP)
   parser.add_argument("--mesh", default="", help="e.g. data=16,fsdp=8: compile the train step "
                       "ahead of time for this mesh and report per-device memory")
   parser.add_argument("--topology", default="", help="TPU topology for --mesh, e.g. v5p:4x4x4 "
@@ -134,17 +134,16 @@ def main(argv=None):
   parser.add_argument("--no_compile", action="store_true", help="with --mesh: per-device "
                       "state bytes from the shardings only (seconds), no compiled step")
   parser.add_argument("--json", action="store_true", help="print JSON only")
-  parser.add_argument("overrides", nargs="*", help="field=value config overrides")
-  args = parser.parse_args(argv)
+  args, config = cli.parse_with_config(parser, argv if argv is not None else sys.argv[1:])
   mesh_sizes = None
+  # Loading the config above started no jax backend (config files build ConfigDicts, parts
+  # declare dataclasses), so the fake CPU devices below are still set before jax starts.
   if args.mesh:
     import numpy as np
     from arjax.parallel.checks import parse_mesh
     mesh_sizes = parse_mesh(args.mesh)
     if not args.topology:
       _use_fake_cpu_devices(int(np.prod(list(mesh_sizes.values()))))
-  from arjax.config import load_config
-  config = load_config(args.config, args.overrides)
   mesh = mesh_from(mesh_sizes, args.topology or None) if mesh_sizes else None
   out = inspect_config(config, mesh=mesh, hbm_gib=args.hbm_gib, compile=not args.no_compile)
   if args.json:

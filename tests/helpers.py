@@ -5,7 +5,7 @@ from typing import Any, Dict
 
 import jax
 
-from arjax.config import apply_override, base_config
+from arjax.config import base_config
 from arjax.models import build_model
 from arjax.core.functional import FunctionalModel
 

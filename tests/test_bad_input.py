@@ -101,10 +101,36 @@ CASES = [
      "seed"),
     ("arjax.train.__main__", ["--config", QUICK, "--workdir", "{tmp}", "--unknown_flag"],
      "--unknown_flag"),
+    # config_flags' own mistakes: an unknown section, a bool/int/list of the wrong form, an
+    # override before --config or without it, a whole section overridden by a scalar, a missing
+    # value in the space form, a renamed part's undeclared field.
+    ("arjax.train.__main__", ["--config", QUICK, "--workdir", "{tmp}", "--config.trian.lr=1"],
+     "trian.lr"),
+    ("arjax.train.__main__", ["--config", QUICK, "--workdir", "{tmp}",
+                              "--config.train.async_checkpointing=maybe"],
+     "config field 'train.async_checkpointing' expects bool"),
+    ("arjax.train.__main__", ["--config", QUICK, "--workdir", "{tmp}",
+                              "--config.train.num_steps", "many"], "'train.num_steps' expects int"),
+    ("arjax.train.__main__", ["--config", QUICK, "--workdir", "{tmp}",
+                              "--config.sharding_rules=3"], "'sharding_rules' expects list"),
+    ("arjax.train.__main__", ["--config.train.lr=0.1", "--config", QUICK, "--workdir", "{tmp}"],
+     "--config.train.lr"),
+    ("arjax.train.__main__", ["--workdir", "{tmp}", "--config.train.lr=0.1"],
+     "--config.train.lr"),
+    ("arjax.train.__main__", ["--config", QUICK, "--workdir", "{tmp}", "--config.train=1"],
+     "'train' expects a section"),
+    ("arjax.train.__main__", ["--config", QUICK, "--workdir", "{tmp}", "--config.order.name=lpd",
+                              "--config.order.anneal_start=0.5"], "order.anneal_start"),
     # arjax.inspect
     ("arjax.inspect", ["--config", "configs/nope.py"], "nope.py"),
-    ("arjax.inspect", ["--config", QUICK, "train.lr=nan"], "train.lr"),
-    ("arjax.inspect", ["--config", QUICK, "model.backbone.dim=0"], "model.backbone.dim"),
+    ("arjax.inspect", ["--config", QUICK, "--config.train.lr=nan"], "train.lr"),
+    ("arjax.inspect", ["--config", QUICK, "--config.model.backbone.dim=0"],
+     "model.backbone.dim"),
+    ("arjax.inspect", ["--config", QUICK, "--config.model.backbone.dim=wide"],
+     "'model.backbone.dim' expects int"),
+    ("arjax.inspect", ["--config", QUICK, "--config.model.backbone.widht=64"],
+     "model.backbone.widht"),
+    ("arjax.inspect", ["--config", QUICK, "train.lr=0.1"], "train.lr=0.1"),
     ("arjax.inspect", ["--config", QUICK, "--hbm_gib", "abc"], "--hbm_gib"),
     # arjax.sample: options are checked before the workdir is read.
     ("arjax.sample", ["--workdir", NO_WORKDIR], "checkpoint"),
@@ -135,6 +161,8 @@ CASES = [
     ("arjax.convert.__main__", ["llamagen", "--checkpoint", "/nonexistent/c.pt", "--workdir",
                                 "{tmp}"], "/nonexistent/c.pt"),
     ("arjax.convert.__main__", ["llamagen", "--checkpoint", "x.pt"], "--workdir"),
+    ("arjax.convert.__main__", ["llamagen", "--checkpoint", "x.pt", "--workdir", "{tmp}",
+                                "train.lr=0.1"], "train.lr=0.1"),
     # arjax.tokenize
     ("arjax.tokenize", ["--tokenizer_workdir", NO_WORKDIR, "--data", "mnist", "--out",
                         "{tmp}/t_{{split}}.ar"], NO_WORKDIR),
@@ -200,3 +228,36 @@ def test_python_m_prints_one_line_and_debug_shows_the_traceback(tmp_path):
   assert debug.returncode != 0
   assert "Traceback (most recent call last)" in debug.stderr
   assert "config.train.lr=nan" in debug.stderr
+
+
+def markdown_table() -> str:
+  """The table of docs/reliability.md: every case run as the test runs it, its message as
+  printed (TMP: a temporary directory). `python -m tests.test_bad_input` prints it."""
+  import contextlib
+  import io
+  import tempfile
+  root = tempfile.mkdtemp()
+  os.makedirs(f"{root}/bad_json")
+  with open(f"{root}/bad_json/config.json", "w") as f:
+    f.write('{"model": {"name": "raster_ar"')
+  with open(f"{root}/no_getconfig.py", "w") as f:
+    f.write("X = 1\n")
+  rows = ["| entry point | arguments | exit | message |", "|---|---|---|---|"]
+  for i, (module, argv, _) in enumerate(CASES):
+    fill = dict(tmp=f"{root}/w{i}", bad_json=f"{root}/bad_json",
+                no_getconfig=f"{root}/no_getconfig.py")
+    argv = [a.format(**fill) for a in argv]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+      try:
+        code = cli.run(importlib.import_module(module).main, argv)
+      except SystemExit as e:
+        code = e.code
+    line = err.getvalue().strip().replace(root, "TMP")
+    rows.append(f"| `{module.replace('.__main__', '')}` | `{' '.join(argv).replace(root, 'TMP')}`"
+                f" | {code} | `{line}` |")
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  print(markdown_table())

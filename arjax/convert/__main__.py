@@ -1,5 +1,5 @@
 """python -m arjax.convert NAME --checkpoint FILE --workdir DIR [--size S] [--config PATH]
-                          [--vae FILE] [--vae_override F=V] [field=value ...]
+                          [--vae FILE] [--vae_override F=V] [--config.FIELD=VALUE ...]
 
 Converts a released checkpoint into an arjax workdir that `arjax.sample` and `arjax.evaluate`
 load. NAME: llamagen (LlamaGen c2i GPT, sizes B / L / XL / XXL / 3B); var (VAR var_d{d}.pth,
@@ -29,8 +29,14 @@ def main(argv=None):
   p.add_argument("--vae", default=None, help="var: the VQ-VAE checkpoint (vae_ch160v4096z32.pth)")
   p.add_argument("--vae_override", action="append", default=[],
                  help="var: a field=value override of the VQ-VAE's config (repeatable)")
-  p.add_argument("overrides", nargs="*", help="field=value config overrides")
-  args = p.parse_intermixed_args(argv)
+  args, extra = p.parse_known_args(argv)
+  # The generator's config is known only once NAME and --size are: its --config.FIELD=VALUE
+  # overrides are handed to arjax.config.load_config, which parses them with config_flags.
+  args.overrides = []
+  for item in extra:
+    if not item.startswith("--config.") or "=" not in item:
+      p.error(f"unrecognized argument {item!r}; config overrides are --config.FIELD=VALUE")
+    args.overrides.append(item)
   try:
     convert = CONVERTERS.get(args.name)
   except KeyError as e:

@@ -21,9 +21,11 @@ import contextlib
 
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import chex
 import jax
 from flax import nnx, traverse_util
 
+from arjax.core.checks import check_array, check_key
 from arjax.parallel.sharding import logical_axes_tree
 
 Params = Dict[str, Any]
@@ -98,6 +100,9 @@ class FunctionalModel:
     """
     params, merged = self.split_model_state(params)
     model_state = merged if model_state is None else model_state
+    self.check_params(params)
+    if rng is not None:
+      check_key(rng, "rng", "FunctionalModel.bind")
     state = jax.tree.map(lambda x: x, self._template)
     nnx.replace_by_pure_dict(state, params)
     carried = jax.tree.map(lambda x: x, self._state_initial)
@@ -111,6 +116,30 @@ class FunctionalModel:
         streams[name] = sub
       nnx.reseed(model, **streams)
     return model
+
+  def check_params(self, params: Params, where: str = "FunctionalModel.bind") -> None:
+    """Every parameter present at its built shape (chex asserts on static shapes: under jit they
+    run when traced). One ValueError line naming the first missing, unknown or misshapen path."""
+    if not isinstance(params, dict):
+      raise ValueError(f"{where}: params must be a nested dict of arrays (fm.initial_params() "
+                       f"or a checkpoint's), got {type(params).__name__}")
+    have = {_key(k): v for k, v in traverse_util.flatten_dict(params).items()}
+    want = {_key(k): v for k, v in traverse_util.flatten_dict(self.abstract_params).items()}
+    missing = sorted(set(want) - set(have))
+    unknown = sorted(set(have) - set(want))
+    if missing or unknown:
+      name = "/".join((missing or unknown)[0])
+      raise ValueError(f"{where}: params {'lack' if missing else 'hold an unknown'} parameter "
+                       f"{name!r} ({len(missing)} missing, {len(unknown)} unknown of "
+                       f"{len(want)})")
+    try:  # one chex call over the tree (cheaper than one per leaf: bind runs outside jit too).
+      chex.assert_trees_all_equal_shapes(
+          [have[k] for k in sorted(want)], [want[k] for k in sorted(want)])
+    except AssertionError:
+      for path in sorted(want):  # the first misshapen parameter, as one line.
+        check_array(have[path], f"parameter {'/'.join(path)!r}", where,
+                    shape=want[path].shape, legend=" (as the model was built)")
+      raise
 
   def model_state_of(self, model: nnx.Module) -> Params:
     """The model state of a bound module (after a forward pass that updated it)."""

@@ -29,7 +29,8 @@ static fields (options such as label smoothing) are not leaves. A Distribution a
       GMM. Iterative heads (diffusion, flow) return a Distribution whose `sample` runs the
       combined inner loop (guiding the noise / velocity prediction at each inner step).
 
-`check_targets` gives the one-line error for targets of the wrong dtype or trailing shape.
+`check_targets` gives the one-line error for targets of the wrong dtype or shape (chex asserts at
+trace time); the base class checks `loss`'s weights ([B, L]) before any head's own `loss` runs.
 
 Legend: B batch, L positions, D width, C channels of a continuous token.
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -57,19 +59,52 @@ def weighted_mean(per_token, weights=None):
 def check_targets(targets, token_shape: Tuple[int, ...], token_dtype, lead: Tuple[int, ...],
                   head: str):
   """Raises one line naming both shapes unless targets are [*lead, *token_shape] of the head's
-  kind of dtype (integer for categorical heads, floating for continuous ones)."""
+  kind of dtype (integer for categorical heads, floating for continuous ones). chex asserts on
+  static shapes and dtypes: under jit they run once, at trace time."""
   want = tuple(lead) + tuple(token_shape)
-  kind_ok = (jnp.issubdtype(targets.dtype, jnp.integer) if jnp.issubdtype(token_dtype, jnp.integer)
-             else jnp.issubdtype(targets.dtype, jnp.floating))
-  if tuple(targets.shape) != want or not kind_ok:
+  kind = int if jnp.issubdtype(token_dtype, jnp.integer) else float
+  try:
+    if not hasattr(targets, "shape"):
+      raise AssertionError
+    chex.assert_shape(targets, want)
+    chex.assert_type(targets, kind)
+  except AssertionError:
+    got = (f"{list(targets.shape)} of {targets.dtype}" if hasattr(targets, "shape")
+           else type(targets).__name__)
     raise ValueError(f"head {head!r} takes targets {list(want)} of {jnp.dtype(token_dtype).name}, "
-                     f"got {list(targets.shape)} of {targets.dtype}")
+                     f"got {got}") from None
+
+
+def check_weights(weights, lead: Tuple[int, ...], head: str):
+  """Loss weights must be None or [*lead] (one per position); one line otherwise."""
+  if weights is None:
+    return
+  try:
+    chex.assert_shape(weights, tuple(lead))
+  except AssertionError:
+    raise ValueError(f"head {head!r} takes loss weights {list(lead)} (one per position), got "
+                     f"{list(getattr(weights, 'shape', ()))}") from None
 
 
 class Distribution(struct.PyTreeNode):
   """Base class of the per-position distributions a head returns (see the module docstring)."""
 
   head_name = "distribution"
+
+  def __init_subclass__(cls, **kwargs):
+    # Each head's own `loss` checks its weights first (its targets it checks itself, with
+    # check_targets, against its own token shape).
+    super().__init_subclass__(**kwargs)
+    own = cls.__dict__.get("loss")
+    if own is None or getattr(own, "checks_weights", False):
+      return
+
+    def loss(self, targets, key=None, weights=None):
+      check_weights(weights, self.lead_shape, self.head_name)
+      return own(self, targets, key=key, weights=weights)
+
+    loss.__doc__, loss.checks_weights = own.__doc__, True
+    cls.loss = loss
 
   @property
   def lead_shape(self) -> Tuple[int, ...]:

@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from arjax.core.checks import check_array
 from arjax.models.registry import MODELS
 from arjax.registry import Registry, read_fields
 from arjax.registry import defaults as registry_defaults
@@ -223,6 +224,9 @@ class Autoencoder(nnx.Module):
 
   def decode(self, tokens) -> jax.Array:
     """tokens [B, N] (continuous: [B, N, D]) -> uint8 [B, H, W, C]."""
+    check_array(tokens, "tokens", "autoencoder decode", shape=(None, self.tokens_per_image, ...),
+                kind="int" if self.vocab_size else "float",
+                legend=" ([B, N], continuous: [B, N, D])")
     return to_uint8(self.decode_latents(self.quantizer.decode(tokens, self.grid)))
 
   def reconstruct(self, images) -> Tuple[jax.Array, jax.Array]:

@@ -22,11 +22,13 @@ Legend: B batch, N tokens, T the head's token shape.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
+from arjax.core.checks import check_array, check_key
 from arjax.core.functional import FunctionalModel
 from arjax.registry import Registry
 from arjax.sampling.config import SamplingConfig
@@ -44,6 +46,41 @@ class Sampler:
   """Base class of the registered samplers (see the module docstring)."""
 
   name = "sampler"
+
+  def __init_subclass__(cls, **kwargs):
+    # Every sampler's own sample_tokens checks its inputs first (check_inputs), so a wrong
+    # shape is one line naming the argument, not an error deep inside the traced loop.
+    super().__init_subclass__(**kwargs)
+    own = cls.__dict__.get("sample_tokens")
+    if own is None or getattr(own, "checks_inputs", False):
+      return
+
+    @functools.wraps(own)
+    def sample_tokens(self, params, labels, rng, known=None, given=None, **more):
+      self.check_inputs(labels, rng, known, given)
+      return own(self, params, labels, rng, known=known, given=given, **more)
+
+    sample_tokens.checks_inputs = True
+    cls.sample_tokens = sample_tokens
+
+  def check_inputs(self, labels, rng, known=None, given=None) -> None:
+    """chex checks of sample_tokens' arguments (static shapes and dtypes: free under jit):
+    labels an integer [B], rng one PRNG key, known a bool mask ([N], [B, N], [H, W] or
+    [B, H, W]; its sizes are checked by the order, `check_known`), given tokens [B, ...].
+    ValueError naming the argument otherwise."""
+    where = f"sampler {self.name!r} sample_tokens"
+    check_array(labels, "labels", where, rank=1, kind="int", legend=" (B class labels)")
+    check_key(rng, "rng", where)
+    b = labels.shape[0]
+    if known is not None:
+      check_array(known, "known", where, kind="bool",
+                  shape=(...,), legend=" (the inpainting mask)")
+      if known.ndim not in (1, 2, 3):
+        raise ValueError(f"{where}: known must be a bool mask [N], [B, N], [H, W] or [B, H, W], "
+                         f"got {list(known.shape)}")
+    if given is not None:
+      check_array(given, "given", where, shape=(b, ...),
+                  legend=f" (B={b} as labels: the inpainting tokens [B, N, *T] or [B, H, W, *T])")
 
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None):

@@ -68,6 +68,9 @@ class OrderSampler(Sampler):
     model = self.fm.bind(params)
     order = model.order
     b, n = labels.shape[0], model.num_tokens
+    if known is None:  # nothing given: made here, inside jit, not moved from the host per call.
+      known = jnp.zeros((b, n), bool)
+      given = jnp.zeros((b, n) + tuple(model.head.token_shape), model.head.token_dtype)
     g = self.guidance
     feed_labels = g.feed_labels(labels, model.null_class)
     plan = order.sample_plan(jax.random.fold_in(rng, PLAN_KEY), b, known)
@@ -96,10 +99,7 @@ class OrderSampler(Sampler):
     b, n = labels.shape[0], model.num_tokens
     tshape, dtype = tuple(model.head.token_shape), model.head.token_dtype
     grid = getattr(model.order, "grid", None)
-    if known is None:
-      known = jnp.zeros((b, n), bool)
-      given = jnp.zeros((b, n) + tshape, dtype)
-    else:
+    if known is not None:
       known = check_known(known, b, n, grid)
       if given is None:
         raise ValueError("inpainting: `known` was given without the `given` tokens")
@@ -111,5 +111,6 @@ class OrderSampler(Sampler):
       if given.shape != (b, n) + tshape:
         raise ValueError(f"inpainting tokens `given` have shape {given.shape}; expected "
                          f"{[b, n] + list(tshape)}")
-    tokens, done = self._run(params, labels, rng, known, given.astype(dtype))
+    tokens, done = self._run(params, labels, rng, known,
+                             None if known is None else given.astype(dtype))
     return tokens

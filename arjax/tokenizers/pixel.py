@@ -20,6 +20,7 @@ from typing import Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from arjax.core.checks import check_array
 from arjax.registry import read_fields
 from arjax.tokenizers.base import TOKENIZERS
 
@@ -75,6 +76,12 @@ class PixelTokenizer:
 
   def decode(self, tokens):
     """int32 [B, N] (continuous: float [B, R*R, C]) -> uint8 [B, R, R, C]."""
+    if self.continuous:
+      check_array(tokens, "tokens", "pixel tokenizer decode", kind="float",
+                  shape=(None, self.tokens_per_image, self.channels))
+    else:
+      check_array(tokens, "tokens", "pixel tokenizer decode", kind="int",
+                  shape=(None, self.tokens_per_image), legend=" ([B, N])")
     b = tokens.shape[0]
     if self.continuous:
       v = (tokens.astype(jnp.float32) + 1.0) * 127.5

@@ -1,9 +1,10 @@
 """python -m arjax.train --config configs/NAME.py[:ARGS] --workdir DIR [--config.FIELD=VALUE ...]
 
-The config is loaded by `arjax.config.load_config`: the parts' nodes are completed with their
-declared defaults, then the `--config.FIELD=VALUE` overrides are applied (checked: an unknown
-field or a value of the wrong type fails at start, naming the field). A mistake in what was
-typed is one line `error: ...` and exit 2 (`--debug` shows the traceback; arjax.cli).
+`--config` and its `--config.FIELD=VALUE` (or `--config.FIELD VALUE`) overrides are parsed by
+ml_collections.config_flags (arjax.config.parse_config_flags): the parts' nodes are completed
+with their declared defaults first, then the overrides are applied (an unknown field or a value
+of the wrong type fails at start, naming the field) and every field is validated. A mistake in
+what was typed is one line `error: ...` and exit 2 (`--debug` shows the traceback; arjax.cli).
 """
 import argparse
 import logging
@@ -15,35 +16,20 @@ from absl import logging as absl_logging
 
 from arjax import cli
 
-_PREFIX = "--config."
 
-
-def parse_args(argv: List[str]) -> Tuple[object, List[str]]:
-  """(--config, --workdir) and every '--config.FIELD=VALUE' (or '--config.FIELD VALUE') set
-  aside as a config override 'FIELD=VALUE'."""
-  rest, overrides, i = [], [], 0
-  while i < len(argv):
-    arg = argv[i]
-    if arg.startswith(_PREFIX):
-      item = arg[len(_PREFIX):]
-      if "=" not in item:
-        if i + 1 >= len(argv):
-          raise ValueError(f"{arg} has no value: write {arg}=VALUE")
-        item, i = f"{item}={argv[i + 1]}", i + 1
-      overrides.append(item)
-    else:
-      rest.append(arg)
-    i += 1
+def parse_args(argv: List[str]) -> Tuple[object, object]:
+  """(the namespace with --config and --workdir, the loaded config): `--config` and its
+  `--config.FIELD=VALUE` overrides through ml_collections.config_flags (arjax.cli)."""
   p = cli.ArgumentParser(prog="python -m arjax.train", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", required=True, help="experiment config file[:args]")
+  p.add_argument("--config", help=cli.CONFIG_HELP)
   p.add_argument("--workdir", required=True,
                  help="directory for checkpoints, metrics and samples")
-  return p.parse_args(rest), overrides
+  return cli.parse_with_config(p, argv)
 
 
 def main(argv: List[str]) -> int:
-  args, overrides = parse_args(argv)
+  args, config = parse_args(argv)
   # absl's log format for arjax's progress lines; Orbax and grain log every save at INFO through
   # absl, so only warnings from them. Grain's workers read absl flags: mark them parsed.
   if not flags.FLAGS.is_parsed():
@@ -51,8 +37,6 @@ def main(argv: List[str]) -> int:
   absl_logging.use_absl_handler()
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("arjax").setLevel(logging.INFO)
-  from arjax.config import load_config
-  config = load_config(args.config, overrides)
   from arjax.train.checkpoint import CheckpointCorruptError, CheckpointSaveError
   from arjax.train.lock import WorkdirLockedError
   from arjax.train.loop import train_and_evaluate

@@ -152,7 +152,8 @@ def test_workdir_round_trip_and_cli(tmp_path):
   workdir = str(tmp_path / "converted")
   env = dict(os.environ, PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-m", "arjax.convert", "llamagen", "--checkpoint", ckpt,
-                         "--size", "B", "--workdir", workdir, *OVERRIDES], cwd=ROOT, env=env,
+                         "--size", "B", "--workdir", workdir,
+                         *["--config." + o for o in OVERRIDES]], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert json.loads(proc.stdout.strip().splitlines()[-1])["workdir"] == workdir

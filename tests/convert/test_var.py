@@ -142,7 +142,7 @@ def test_cli_writes_workdirs_that_load_and_sample(fx, converted, tmp_path):
   rc = main(["var", "--checkpoint", str(tmp_path / "var_tiny.npz"), "--vae",
              str(tmp_path / "vae_tiny.npz"), "--size", "16", "--workdir", work,
              "--config", os.path.join(ROOT, "configs/imagenet256/var.py")]
-            + ["--vae_override=" + o for o in TOKENIZER] + GENERATOR)
+            + ["--vae_override=" + o for o in TOKENIZER] + ["--config." + o for o in GENERATOR])
   assert rc == 0
   fm, variables, config = arjax.load(work)
   assert config.tokenizer.checkpoint == os.path.join(work, "tokenizer")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from arjax import parallel
-from arjax.config import apply_override, load_config
+from arjax.config import load_config
 from arjax.tokenizers.pixel import PixelTokenizer
 from arjax.train import loop
 from arjax.train.checkpoint import CheckpointMismatchError, Checkpointer
