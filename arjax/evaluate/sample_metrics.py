@@ -105,6 +105,7 @@ def as_model_sees(images: np.ndarray, config, size) -> np.ndarray:
 
 
 _REF_CACHE: Dict[tuple, tuple] = {}
+_EVALUATOR_CACHE: Dict[str, object] = {}  # data set -> OfflineEvaluator
 
 
 def offline_scores(config, samples, labels, split: str = "test", k: int = 3) -> Dict[str, float]:
@@ -113,7 +114,11 @@ def offline_scores(config, samples, labels, split: str = "test", k: int = 3) -> 
   from arjax.evaluate.offline import OfflineEvaluator
   from arjax.data.idx import load_bundled
   name = config.data.source
-  ev = OfflineEvaluator(name)
+  # One classifier (and its jitted feature function) per data set and process: the trainer's
+  # sample_quality evaluator scores every evaluation without compiling it again.
+  if name not in _EVALUATOR_CACHE:
+    _EVALUATOR_CACHE[name] = OfflineEvaluator(name)
+  ev = _EVALUATOR_CACHE[name]
   n, f = samples.shape[0], ev.feature_dim
   if n <= f:
     raise ValueError(f"fd: {n} samples but the offline classifier's feature dimension is {f}; "

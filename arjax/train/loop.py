@@ -294,8 +294,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         preempt: _Preemption) -> Dict[str, Any]:
   t = config.train
   exp = Experiment(config)
-  checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
   evaluators = build_evaluators(config, exp.evaluation)  # before any step: a misfit fails now.
+  checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
   abstract, shardings = exp.abstract_state()
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
   it = data_lib.make_iterator(config.data, split="train", global_batch_size=t.batch_size,
