@@ -140,6 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
   e.temperature = 1.0             # sampling temperature (0: greedy).
   e.top_k = 0                     # top-k filtering (0: off).
   e.top_p = 1.0                   # nucleus filtering (1: off).
+  # Evaluators by name, each with its interval: {NAME: {every: N, ...fields}} (every 0:
+  # train.eval_every; arjax.train.evaluators.EVALUATORS). Empty: the model kind's defaults
+  # (generators: bits_per_dim and sample_grid) every train.eval_every steps.
+  e.evaluators = ml_collections.ConfigDict()
 
   s = c.sampling = ml_collections.ConfigDict()
   s.name = "auto"                 # sampler registry name (arjax.sampling); auto: the model's default.

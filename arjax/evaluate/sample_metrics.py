@@ -48,7 +48,6 @@ def generate_samples(exp, params, num_samples: int, seed: int = 0, batch_size: i
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
   from arjax.sampling import SamplingConfig
-  from arjax.sampling import build_sampler
 
   if num_samples <= 0:
     raise ValueError(f"num_samples={num_samples}; expected a positive number")
@@ -56,10 +55,13 @@ def generate_samples(exp, params, num_samples: int, seed: int = 0, batch_size: i
   if batch_size % data:
     raise ValueError(f"batch_size={batch_size} must be divisible by the mesh's data axis ({data})")
   sampling = sampling or SamplingConfig()
-  sampler = build_sampler(exp.fm, sampling, exp.config)  # the sampler the model's order needs.
+  # The Experiment's sampler for these options (the one the model's order needs), built and
+  # compiled once per Experiment: the trainer's sample_quality evaluator calls this every run.
+  sampler = exp.sampler(sampling)
   sharding = NamedSharding(exp.mesh, P("data"))
   labels = balanced_labels(num_samples, exp.config.model.num_classes)
-  decode = jax.jit(lambda p, t: exp.fm.bind(p).tokenizer.decode(t))
+  decode = exp.cached("decode_tokens",
+                      lambda: jax.jit(lambda p, t: exp.fm.bind(p).tokenizer.decode(t)))
   key = jax.random.key(seed)
   out = []
   nb = -(-num_samples // batch_size)
@@ -103,6 +105,7 @@ def as_model_sees(images: np.ndarray, config, size) -> np.ndarray:
 
 
 _REF_CACHE: Dict[tuple, tuple] = {}
+_EVALUATOR_CACHE: Dict[str, object] = {}  # data set -> OfflineEvaluator
 
 
 def offline_scores(config, samples, labels, split: str = "test", k: int = 3) -> Dict[str, float]:
@@ -111,7 +114,11 @@ def offline_scores(config, samples, labels, split: str = "test", k: int = 3) -> 
   from arjax.evaluate.offline import OfflineEvaluator
   from arjax.data.idx import load_bundled
   name = config.data.source
-  ev = OfflineEvaluator(name)
+  # One classifier (and its jitted feature function) per data set and process: the trainer's
+  # sample_quality evaluator scores every evaluation without compiling it again.
+  if name not in _EVALUATOR_CACHE:
+    _EVALUATOR_CACHE[name] = OfflineEvaluator(name)
+  ev = _EVALUATOR_CACHE[name]
   n, f = samples.shape[0], ev.feature_dim
   if n <= f:
     raise ValueError(f"fd: {n} samples but the offline classifier's feature dimension is {f}; "

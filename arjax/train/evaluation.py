@@ -1,36 +1,30 @@
-"""What the trainer evaluates, chosen by the model's kind (registry `EVALUATIONS`).
+"""What a model is evaluated as, and the tokenizer's reconstruction metrics.
 
-A model class says what it is with a class attribute `evaluation` (absent: 'generator'):
+A model class says what it is with a class attribute `evaluation` (absent: 'generator'), which
+picks its default evaluators and the evaluators it accepts (arjax.train.evaluators, registry
+`EVALUATORS`):
 
-  generator  test bits/dim and a class-conditional sample grid (arjax.train.loop).
+  generator  test bits/dim and a class-conditional sample grid.
   text       a generator over a text tokenizer: test (validation) bits/char, which is the
-             bits/dim of a character token, and text samples written to a file
-             (arjax.train.loop).
-  tokenizer  reconstructions of the test split: PSNR, SSIM, codebook usage and perplexity
-             (discrete tokens); VTBench-style detail measures (edge F1, high-band PSNR and
-             energy ratio, PSNR/SSIM on the most detailed quarter of the images); on bundled
-             28x28 data, reconstruction Fréchet distance in the offline classifier's feature
-             space and the classifier's error reading the reconstructed digits (VTBench's text
-             preservation, with a digit classifier for the OCR); and a PNG grid of originals
-             (odd rows) over reconstructions (even rows) next to the metrics.
-
-Every entry is `fn(exp, state, writer, workdir, step) -> dict of results`.
+             bits/dim of a character token, and text samples written to a file.
+  tokenizer  reconstructions of the test split (`tokenizer_metrics` here): PSNR, SSIM, codebook
+             usage and perplexity (discrete tokens); VTBench-style detail measures (edge F1,
+             high-band PSNR and energy ratio, PSNR/SSIM on the most detailed quarter of the
+             images); on bundled 28x28 data, reconstruction Fréchet distance in the offline
+             classifier's feature space and the classifier's error reading the reconstructed
+             digits (VTBench's text preservation, with a digit classifier for the OCR); and a
+             PNG grid of originals (odd rows) over reconstructions (even rows).
 
 Legend: B batch, H/W image size, C channels, N tokens per image, K codebook size.
 """
 from __future__ import annotations
 
 import logging
-import os
-import time
 from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
 
-from arjax.registry import Registry
-
-EVALUATIONS: Registry = Registry("evaluation")
 GRID_COLUMNS = 8  # reconstruction grid: 2 rows of originals and 2 of reconstructions.
 _log = logging.getLogger("arjax.train")
 
@@ -150,30 +144,3 @@ def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray,
   for start in range(0, max(n, 1), ncol):
     rows += [images[start:start + ncol], reconstructions[start:start + ncol]]
   return np.concatenate(rows)
-
-
-@EVALUATIONS.register("tokenizer")
-def evaluate_tokenizer(exp, state, writer, workdir: str, step: int) -> Dict[str, Any]:
-  from arjax.evaluate.images import make_grid, plot_curves, save_grid
-  params = exp.eval_params(state)
-  e = exp.config.eval
-  t0 = time.time()
-  values, r = tokenizer_metrics(exp, params, "test", e.num_examples)
-  ncol = min(GRID_COLUMNS, len(r["images"]))
-  grid = reconstruction_grid(r["images"], r["reconstructions"], ncol)
-  grid_path = os.path.join(workdir, "images", f"reconstructions_{step:07d}.png")
-  if jax.process_index() == 0:
-    save_grid(grid, grid_path, ncol=ncol, scale=2)
-    writer.image(step, "reconstructions", make_grid(grid, ncol))
-    writer.flush()
-    if os.path.isfile(writer.jsonl_path):
-      plot_curves(writer.jsonl_path, os.path.join(workdir, "images", "curves.png"),
-                  keys=("loss", "psnr"))
-  scalars = {f"test_{k}": v for k, v in values.items() if k != "num_examples"}
-  writer.scalars(step, scalars)
-  writer.flush()
-  shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
-  _log.info("eval at step %d on %d test images: %s, grid %s (%.1fs)", step,
-            values["num_examples"], shown, grid_path, time.time() - t0)
-  return {"step": step, **scalars, "test_examples": values["num_examples"],
-          "reconstruction_grid": grid_path}

@@ -1,9 +1,11 @@
 """`train_and_evaluate(config, workdir)`: the one training loop, for every model.
 
 Sharded by jit over the config's mesh (logical-axis rules), Orbax checkpoints with the data
-iterator, automatic resume, SIGTERM -> save and exit 0, periodic metrics (TensorBoard + JSONL),
-progress lines (steps/s, ETA), periodic evaluation chosen by the model's kind (generators: test
-bits/dim and a sample grid; tokenizers: reconstruction metrics and grid; arjax.train.evaluation).
+iterator, automatic resume, SIGTERM -> save and exit 0, periodic metrics through a clu
+MetricWriter (TensorBoard event file + metrics.jsonl; arjax.train.writer), progress lines with
+clu's ReportProgress (steps/s, ETA), and evaluators chosen by name with their own intervals
+(config.eval.evaluators; by default the model kind's: generators test bits/dim and a sample
+grid, tokenizers reconstruction metrics and grid; arjax.train.evaluators).
 """
 from __future__ import annotations
 
@@ -29,13 +31,14 @@ from arjax.parallel.activations import with_activation_sharding
 from arjax.models import build_model
 from arjax.train.checkpoint import Checkpointer, check_keep
 from arjax.train import memory  # [scale] per-device memory report of the first step
-from arjax.train.evaluation import EVALUATIONS, evaluation_kind
+from arjax.train.evaluation import evaluation_kind
+from arjax.train.evaluators import build_evaluators, configured_evaluators, due, run_evaluators
 from arjax.train.lock import WorkdirLock
 from arjax.core.functional import FunctionalModel, abstract_module
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
 from arjax.train.step import make_eval_step, make_train_step
-from arjax.train.writer import MetricWriter
+from arjax.train.writer import ReportProgress, create_writer
 
 _log = logging.getLogger("arjax.train")
 
@@ -78,7 +81,8 @@ class Experiment:
     self.abstract_model = abstract_module(
         lambda: build_model(config, seed=config.seed, tokenizer=self.tokenizer))
     self.fm = FunctionalModel(self.abstract_model)
-    self.evaluation = evaluation_kind(self.abstract_model)  # which EVALUATIONS entry runs.
+    # What the model is evaluated as: its default evaluators (arjax.train.evaluators).
+    self.evaluation = evaluation_kind(self.abstract_model)
     # Sampling a converted or trained model needs no data set (check_data=False, e.g. ImageNet
     # absent on the sampling machine); training and bits/dim still fail at their iterator.
     self.info = data_lib.dataset_info(config.data) if check_data else None
@@ -275,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   lock (arjax.train.lock) for the whole run: a second trainer on the workdir is refused.
   """
   check_keep(config.train.keep_checkpoints)
+  configured_evaluators(config)  # unknown evaluator names, fields and intervals: at once.
   parallel.maybe_initialize_distributed()
   # From here (after jax.distributed has installed its preemption notifier): a SIGTERM while
   # the job compiles stops it after its first step, on every process together.
@@ -289,6 +294,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         preempt: _Preemption) -> Dict[str, Any]:
   t = config.train
   exp = Experiment(config)
+  evaluators = build_evaluators(config, exp.evaluation)  # before any step: a misfit fails now.
   checks.check_experiment(exp)  # [scale] batch vs data-parallel degree, FSDP layout
   abstract, shardings = exp.abstract_state()
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
@@ -308,7 +314,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-  writer = MetricWriter(workdir)
+  writer = create_writer(workdir)
   train_step = exp.jit_train_step(shardings)
   train_step = memory.ReportingStep(train_step, abstract, shardings)  # [scale] per-device bytes
   start = int(jax.device_get(state.step))
@@ -324,8 +330,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             t.num_steps)
 
   acc = None
-  last_time, last_step = time.time(), start
   step = start
+  # clu's progress estimates (steps/s, ETA), reported exactly at the logged steps; this first
+  # call starts its clock (the first interval includes the first step's compilation).
+  progress = ReportProgress(num_train_steps=t.num_steps, every_steps=t.log_every,
+                            batch_size=t.batch_size)
+  progress(step)
   results: Dict[str, Any] = {}
   try:
     while step < t.num_steps:
@@ -335,28 +345,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       checks.fault_point("step", step)  # [scale] crash-test hook (ARJAX_FAULT_INJECT)
       acc = m if acc is None else acc.merge(m)
       if step % t.log_every == 0 or step == t.num_steps:
+        # Read first (waits for the step), so the progress clock counts finished steps.
         values = {k: float(v) for k, v in acc.compute().items()}
         nonfinite = int(jax.device_get(state.nonfinite))
-        now = time.time()
-        rate = (step - last_step) / max(now - last_time, 1e-9)
-        values["steps_per_second"] = rate
-        values["examples_per_second"] = rate * t.batch_size
-        writer.scalars(step, values)
-        eta = (t.num_steps - step) / max(rate, 1e-9)
+        if not progress(step):  # triggers at exactly these steps (every log_every, the last).
+          raise RuntimeError(f"ReportProgress did not report at logged step {step}")
+        values.update(progress.values)  # steps_per_sec, uptime, eta_seconds, examples_per_sec
+        writer.write_scalars(step, values)
         shown = "  ".join(f"{k} {values[k]:.4f}" for k in ("loss", "bits_per_dim", "psnr")
                           if k in values)
-        _log.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, t.num_steps, shown, rate,
-                  time.strftime("%H:%M:%S", time.gmtime(eta)))
-        acc, last_time, last_step = None, now, step
+        _log.info("step %d/%d  %s  %.2f steps/s  ETA %s", step, t.num_steps, shown,
+                  values["steps_per_sec"],
+                  time.strftime("%H:%M:%S", time.gmtime(values["eta_seconds"])))
+        acc = None
         if nonfinite >= t.max_nonfinite_steps:
           raise NonFiniteError(
               f"{nonfinite} consecutive non-finite steps ending at step {step}; parameters "
               "were kept at their last finite values and no NaN was checkpointed")
+      else:
+        progress(step)  # clu's periodic actions are called after every step.
       if step % t.checkpoint_every == 0 and step < t.num_steps:
         ckpt.save(step, state, it.get_state(), _meta(config))
         checks.fault_point("save", step)  # [scale] kill while the async save is in flight
-      if step % t.eval_every == 0 and step < t.num_steps:
-        evaluate_and_write(exp, state, writer, workdir, step)
+      if step < t.num_steps and due(evaluators, step):
+        run_evaluators(due(evaluators, step), exp, state, writer, workdir, step)
       if preempt.should_stop():
         ckpt.save(step, state, it.get_state(), _meta(config), force=True)
         ckpt.close()
@@ -364,7 +376,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         _log.warning("preempted at step %d: checkpoint saved", step)
         return {"preempted": True, "step": step}
     ckpt.save(step, state, it.get_state(), _meta(config), force=True)
-    results = evaluate_and_write(exp, state, writer, workdir, step)
+    results = run_evaluators(evaluators, exp, state, writer, workdir, step)  # all, at the end.
   finally:
     ckpt.close()
     writer.close()
@@ -372,70 +384,3 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
       json.dump(results, f, indent=2)
   return results
-
-
-def evaluate_and_write(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
-                       step: int) -> Dict[str, Any]:
-  """Runs the evaluation of the model's kind (arjax.train.evaluation) and writes its results."""
-  return EVALUATIONS.get(exp.evaluation, field="model.name")(exp, state, writer, workdir, step)
-
-
-def sample_text(exp: Experiment, params, rng, num: int):
-  """`num` unconditional text samples (class 0) from the model's sampler, as strings."""
-  from arjax.sampling import SamplingConfig
-  e = exp.config.eval
-  sampling = SamplingConfig(cfg_scale=1.0, temperature=e.temperature, top_k=e.top_k,
-                            top_p=e.top_p)
-  # The Experiment's sampler for these options: built and compiled once per run.
-  tokens = exp.sampler(sampling).sample_tokens(params, jnp.zeros((num,), jnp.int32), rng)
-  return exp.abstract_model.tokenizer.decode_text(np.asarray(jax.device_get(tokens)))
-
-
-@EVALUATIONS.register("text")
-def evaluate_text(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
-                  step: int) -> Dict[str, Any]:
-  """Test (validation) bits/char and text samples (WORKDIR/samples/text_STEP.txt)."""
-  params = exp.eval_params(state)
-  e = exp.config.eval
-  t0 = time.time()
-  bpd = exp.bits_per_dim(params, "test", e.num_examples)
-  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 10_000_000 + step)
-  texts = sample_text(exp, params, rng, e.samples_per_class)
-  path = os.path.join(workdir, "samples", f"text_{step:07d}.txt")
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      f.write("\n\n----------\n\n".join(texts) + "\n")
-  values = {"test_bits_per_char": bpd["bits_per_dim"], "test_nll": bpd["nll"]}
-  writer.scalars(step, values)
-  writer.flush()
-  _log.info("eval at step %d: test bits/char %.4f (%.0f characters), samples %s (%.1fs)", step,
-            bpd["bits_per_dim"], bpd["num_tokens"], path, time.time() - t0)
-  return {"step": step, **values, "test_tokens": bpd["num_tokens"], "samples": path}
-
-
-@EVALUATIONS.register("generator")
-def evaluate_generator(exp: Experiment, state: TrainState, writer: MetricWriter, workdir: str,
-                       step: int) -> Dict[str, Any]:
-  """Test bits/dim and a class-conditional sample grid."""
-  from arjax.evaluate.images import make_grid, plot_curves, save_grid
-  params = exp.eval_params(state)
-  e = exp.config.eval
-  t0 = time.time()
-  bpd = exp.bits_per_dim(params, "test", e.num_examples)
-  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 10_000_000 + step)
-  images, _ = exp.sample_grid(params, rng)
-  grid_path = os.path.join(workdir, "images", f"samples_{step:07d}.png")
-  if jax.process_index() == 0:
-    save_grid(images, grid_path, ncol=e.samples_per_class, scale=2)
-    writer.image(step, "samples", make_grid(images, e.samples_per_class))
-    writer.flush()
-    if os.path.isfile(writer.jsonl_path):
-      plot_curves(writer.jsonl_path, os.path.join(workdir, "images", "curves.png"),
-                  keys=("loss", "grad_norm"))
-  values = {"test_bits_per_dim": bpd["bits_per_dim"], "test_nll": bpd["nll"]}
-  writer.scalars(step, values)
-  writer.flush()
-  _log.info("eval at step %d: test bits/dim %.4f (%.0f tokens), grid %s (%.1fs)", step,
-            bpd["bits_per_dim"], bpd["num_tokens"], grid_path, time.time() - t0)
-  return {"step": step, **values, "test_tokens": bpd["num_tokens"], "sample_grid": grid_path}
