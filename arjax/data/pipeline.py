@@ -61,8 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.pp = ""               # preprocessing ops joined by '|', e.g. "resize(16)|flip_lr" (arjax.data.preprocess).
   c.tfds_data_dir = ""    # data_dir for 'tfds:' sources ('' = the TFDS default).
   c.worker_count = 0      # grain worker processes (0 = in-process).
-  c.prefetch = 0          # batches computed ahead in one background host thread (grain ReadOptions; 0 = on demand).
-  c.device_prefetch = 2   # batches put on device ahead in a background thread, where the caller asks for it (DataIterator.to_device: the trainer); 0 = in the calling thread.
+  c.prefetch = 0          # batches computed ahead in one background host thread (0 = on demand).
+  c.device_prefetch = 2   # batches put on device ahead in a thread by DataIterator.to_device (the trainer); 0 = in the calling thread.
   c.splits = ml_collections.ConfigDict({"train": "train", "test": "test"})  # source split read for each pipeline split, e.g. test='validation'.
   return c
 

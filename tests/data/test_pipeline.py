@@ -226,7 +226,10 @@ def test_resume_with_host_and_device_prefetch_is_exact(npz, consumed):
   expected = _take(it, 6)
   reference = _take(_it(_cfg(f"npz:{npz}", "flip_lr"), seed=4), consumed + 6)[consumed:]
   assert _equal(expected, reference)                       # Prefetch does not change batches.
+  unbuffered = _cfg(f"npz:{npz}", "flip_lr")
+  unbuffered.device_prefetch = 0                           # put in the consuming thread
   for fresh in (_it(cfg, seed=4).to_device(_recording_put([])),
+                _it(unbuffered, seed=4).to_device(_recording_put([])),
                 _it(_cfg(f"npz:{npz}", "flip_lr"), seed=4)):
     fresh.set_state(state)
     assert _equal(_take(fresh, 6), expected)
