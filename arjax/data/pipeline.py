@@ -40,7 +40,9 @@ Python preprocessing would cost more than a training step of the small CPU model
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import ml_collections
@@ -211,6 +213,18 @@ def _allow_worker_processes():
     flags.FLAGS.mark_as_parsed()
 
 
+# Iterators with running grain threads or workers. Closed at exit, before module teardown: a
+# prefetch thread still alive then makes grain's __del__ print a traceback after the program's
+# own error message.
+_RUNNING: "weakref.WeakSet[DataIterator]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_running():
+  for it in list(_RUNNING):
+    it.close()
+
+
 class DataIterator:
   """Iterator of per-process batches whose state is grain's checkpointable iterator state.
 
@@ -267,6 +281,7 @@ class DataIterator:
     if self._grain_state is not None:
       it.set_state(self._grain_state)
     self._it = it
+    _RUNNING.add(self)
 
   def __iter__(self) -> "DataIterator":
     return self
@@ -280,6 +295,7 @@ class DataIterator:
 
   def close(self):
     """Stops grain's threads and worker processes; the state is kept (iteration resumes)."""
+    _RUNNING.discard(self)
     if self._it is not None:
       self._grain_state = self._it.get_state()
       close = getattr(self._it, "close", None)

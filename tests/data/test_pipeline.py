@@ -278,6 +278,26 @@ def test_two_workers_give_the_same_batches_and_resume_from_their_state(npz):
     restored.close()
 
 
+def test_running_prefetch_threads_are_closed_quietly_at_exit(npz):
+  # An error ends the program while grain's prefetch threads run: the error is the last line
+  # (grain's __del__ at interpreter teardown printed a traceback after it).
+  import os
+  import subprocess
+  script = (
+      "from arjax import data\n"
+      f"cfg = data.default_config(); cfg.source = 'npz:{npz}'; cfg.prefetch = 2\n"
+      "it = data.make_iterator(cfg, global_batch_size=4, process_index=0, process_count=1)\n"
+      "it = it.to_device(lambda b: b); next(it)\n"
+      "def fail(it):\n  raise RuntimeError('the last line')\n"
+      "fail(it)\n")
+  env = dict(os.environ, PYTHONPATH=os.getcwd())
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                       timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == "RuntimeError: the last line", out.stderr[-2000:]
+  assert "Exception ignored" not in out.stderr
+
+
 # -- preprocessing ops -----------------------------------------------------------------------
 def _pp(spec, image, seeds=None):
   seeds = np.arange(len(image), dtype=np.uint64) if seeds is None else seeds
