@@ -7,13 +7,12 @@ extra keys of the source).
 
 The pipeline is a chain of grain operations (`_local_batches`, `DataIterator._start`):
 
-    grain.MapDataset.source(example ids)   # the split after the pp filters ([N] ids)
+    grain.MapDataset.range(N)             # the split (after the pp filters) as indices
       .shuffle(seed)                       # epoch e: a permutation drawn from (seed, e)
       .repeat()                            # epochs concatenated: the global stream
-      .map_with_index(_with_position)      # (stream position, example id)
       .batch(b)                            # b consecutive stream positions
       [i : T * P : P]                      # process i: every P-th batch from the i-th
-      .map(_BatchLoader)                   # one vectorised read + preprocessing per batch
+      .map_with_index(_BatchLoader)        # batch t: one vectorised read + preprocessing
       .to_iter_dataset(ReadOptions)        # host prefetch in a thread (data.prefetch)
       .mp_prefetch(...)                    # worker processes (data.worker_count), optional
       ThreadPrefetchIterDataset(.map(put)) # device prefetch (DataIterator.to_device)
@@ -43,7 +42,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import ml_collections
 import numpy as np
@@ -155,23 +154,24 @@ def _assemble(raw: Union[Batch, List[Batch]], seeds: np.ndarray,
   return {k: np.concatenate([e[k] for e in done]) for k in done[0]}
 
 
-def _with_position(position: int, example_id) -> Tuple[int, Any]:
-  """(stream position, example id): the position seeds the example's preprocessing."""
-  return position, example_id
-
-
 class _BatchLoader:
-  """(positions int64 [b], example ids int64 [b]) -> the preprocessed batch (a picklable map).
+  """(t, within-split indices int64 [b]) -> this process's part of global batch t, read and
+  preprocessed at once (a picklable grain map function; `map_with_index` supplies t).
 
-  Positions at or past `total` (E * N; None when the stream never ends) are padding: their
-  rows are zeroed and get "mask" 0.
+  Stream positions t*G + i*b + [0, b) seed the examples' preprocessing; positions at or past
+  `total` (E * N; None when the stream never ends) are padding: zeroed, with "mask" 0.
   """
 
-  def __init__(self, split: _Split, *, seed: int, total: Optional[int], masked: bool):
+  def __init__(self, split: _Split, *, seed: int, global_batch_size: int, process_index: int,
+               total: Optional[int], masked: bool):
     self.split, self.seed, self.total, self.masked = split, seed, total, masked
+    self.global_batch_size, self.process_index = global_batch_size, process_index
 
-  def __call__(self, element: Tuple[np.ndarray, np.ndarray]) -> Batch:
-    positions, ids = (np.asarray(x, np.int64) for x in element)
+  def __call__(self, t: int, within: np.ndarray) -> Batch:
+    within = np.asarray(within, np.int64)
+    positions = (t * self.global_batch_size + self.process_index * len(within)
+                 + np.arange(len(within), dtype=np.int64))
+    ids = within if self.split.ids is None else self.split.ids[within]
     seeds = preprocess.example_seeds(self.seed, positions)
     batch = _assemble(self.split.source.read(ids), seeds, self.split.pp, repr(self.split.source))
     if self.masked:
@@ -184,7 +184,7 @@ class _BatchLoader:
     return batch
 
 
-def _local_batches(split: _Split, *, seed: int, shuffle: bool, batch_size: int,
+def _local_batches(split: _Split, *, seed: int, shuffle: bool, global_batch_size: int,
                    process_index: int, process_count: int, num_steps: Optional[int],
                    total: Optional[int], masked: bool):
   """The grain MapDataset of this process's batches: element t is its part of global batch t.
@@ -193,15 +193,19 @@ def _local_batches(split: _Split, *, seed: int, shuffle: bool, batch_size: int,
   """
   import grain  # Deferred: only building a pipeline needs it.
 
-  ids = np.arange(len(split), dtype=np.int64) if split.ids is None else split.ids
-  ds = grain.MapDataset.source(ids)
+  # The split's index space [0, N); the loader maps an index to its example (after the pp
+  # filters) a batch at a time. (MapDataset.source over the N ids gives the same order, at
+  # twice the per-example cost of grain's own range.)
+  ds = grain.MapDataset.range(len(split))
   if shuffle:
     ds = ds.shuffle(seed=seed)   # grain reseeds the permutation in every epoch of .repeat().
-  ds = ds.repeat().map_with_index(_with_position).batch(batch_size, drop_remainder=True)
+  ds = ds.repeat().batch(global_batch_size // process_count, drop_remainder=True)
   if num_steps is None:
     num_steps = len(ds) // process_count
   ds = ds[process_index:num_steps * process_count:process_count]
-  return ds.map(_BatchLoader(split, seed=seed, total=total, masked=masked)), num_steps
+  loader = _BatchLoader(split, seed=seed, global_batch_size=global_batch_size,
+                        process_index=process_index, total=total, masked=masked)
+  return ds.map_with_index(loader), num_steps
 
 
 # -- iterator --------------------------------------------------------------------------------
@@ -402,7 +406,7 @@ def make_iterator(cfg: ml_collections.ConfigDict, split: str = "train", *,
   else:
     num_steps = -(-total // global_batch_size)
   batches, num_steps = _local_batches(
-      data, seed=seed, shuffle=shuffle, batch_size=global_batch_size // pc, process_index=pi,
+      data, seed=seed, shuffle=shuffle, global_batch_size=global_batch_size, process_index=pi,
       process_count=pc, num_steps=num_steps, total=total, masked=not drop_remainder)
   fingerprint = {"source": s.source, "split": split, "seed": seed, "shuffle": bool(shuffle),
                  "global_batch_size": global_batch_size, "num_epochs": num_epochs,
@@ -421,9 +425,8 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> Dict[str, Any]:
   s = _settings(cfg)
   splits = {name: _open_split(s, name) for name in ("train", "test")}
   train = splits["train"]
-  first_id = np.zeros(1, np.int64) if train.ids is None else train.ids[:1]
-  first = _BatchLoader(train, seed=0, total=None, masked=False)(
-      (np.zeros(1, np.int64), first_id))
+  first = _BatchLoader(train, seed=0, global_batch_size=1, process_index=0, total=None,
+                       masked=False)(0, np.zeros(1, np.int64))
   shapes = {k: tuple(int(d) for d in v.shape[1:]) for k, v in first.items()}
   return {"image_shape": shapes.get("image"),
           "num_classes": int(train.source.num_classes),
