@@ -7,7 +7,7 @@ extra keys of the source).
 
 The pipeline is a chain of grain operations (`_local_batches`, `DataIterator._start`):
 
-    grain.MapDataset.range(N)             # the split (after the pp filters) as indices
+    grain.MapDataset.range(N)            # the split (after the pp filters) as indices
       .shuffle(seed)                       # epoch e: a permutation drawn from (seed, e)
       .repeat()                            # epochs concatenated: the global stream
       .batch(b)                            # b consecutive stream positions
