@@ -2,10 +2,12 @@
 
   python benchmarks/data_wait.py [--config configs/quickstart.py] [--steps 60] [--warmup 5]
 
-Runs the trainer's loop body (`arjax.train.loop`: next batch from the data iterator, host ->
-device transfer, the jitted train step dispatched asynchronously) for --steps steps of the
-config's shapes after --warmup steps (compilation), and times the part spent getting the next
-batch (`next(it)` + `Experiment.to_global`) against the wall time of the steps. Prints the data
+Runs the trainer's loop body (`arjax.train.loop`: next batch from the grain pipeline, whose
+device stage `DataIterator.to_device(Experiment.to_global)` puts data.device_prefetch batches on
+device ahead in a background thread, then the jitted train step dispatched asynchronously) for
+--steps steps of the config's shapes after --warmup steps (compilation), and times the part
+spent getting the next batch (`next(it)`) against the wall time of the steps.
+--device_prefetch 0 measures the pipeline with the transfer in the loop's thread. Prints the data
 wait as a fraction of the step time (goal: < 5 %, the pipeline off the critical path) and
 steps/s; one JSON line last.
 """
@@ -30,12 +32,16 @@ def main(argv=None):
   p.add_argument("--config", default="configs/quickstart.py")
   p.add_argument("--steps", type=int, default=60)
   p.add_argument("--warmup", type=int, default=5)
+  p.add_argument("--device_prefetch", type=int, default=None,
+                 help="overrides config.data.device_prefetch")
   args = p.parse_args(argv)
 
   from arjax import data as data_lib
   from arjax.config import load_config
   from arjax.train.loop import Experiment
   config = load_config(args.config)
+  if args.device_prefetch is not None:
+    config.data.device_prefetch = args.device_prefetch
   t = config.train
   exp = Experiment(config)
   _, shardings = exp.abstract_state()
@@ -43,20 +49,23 @@ def main(argv=None):
   step = exp.jit_train_step(shardings)
   it = data_lib.make_iterator(config.data, split="train", global_batch_size=t.batch_size,
                               seed=config.seed, shuffle=True, num_epochs=None)
+  it = it.to_device(exp.to_global)   # as the trainer does
   for _ in range(args.warmup):
-    state, _ = step(state, exp.to_global(next(it)))
+    state, _ = step(state, next(it))
   jax.block_until_ready(state)
 
   wait = 0.0
   start = time.perf_counter()
   for _ in range(args.steps):
     t0 = time.perf_counter()
-    batch = exp.to_global(next(it))
+    batch = next(it)
     wait += time.perf_counter() - t0
     state, _ = step(state, batch)
   jax.block_until_ready(state)
   total = time.perf_counter() - start
+  it.close()
   out = {"config": args.config, "batch_size": t.batch_size, "steps": args.steps,
+         "device_prefetch": config.data.device_prefetch, "prefetch": config.data.prefetch,
          "step_ms": round(1000 * total / args.steps, 2),
          "data_wait_ms": round(1000 * wait / args.steps, 3),
          "data_wait_fraction": round(wait / total, 4),

@@ -300,6 +300,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpointing)
   it = data_lib.make_iterator(config.data, split="train", global_batch_size=t.batch_size,
                               seed=config.seed, shuffle=True, num_epochs=None)
+  it = it.to_device(exp.to_global)  # global arrays, data.device_prefetch batches ahead
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
   # The newest intact step (digests verified; corrupt newer steps are named and moved aside).
@@ -339,7 +340,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results: Dict[str, Any] = {}
   try:
     while step < t.num_steps:
-      batch = exp.to_global(next(it))
+      batch = next(it)
       state, m = train_step(state, batch)
       step += 1
       checks.fault_point("step", step)  # [scale] crash-test hook (ARJAX_FAULT_INJECT)

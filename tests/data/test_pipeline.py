@@ -170,6 +170,134 @@ def test_workers_restore_the_in_process_state(npz):
     workers.close()
 
 
+# -- grain pipeline: epochs, processes, workers, resume with prefetch -------------------------
+def _global(cfg, process_count, k, **kw):
+  """The first k global batches: the processes' batches concatenated, as in a launch."""
+  its = [_it(cfg, process_index=i, process_count=process_count, **kw)
+         for i in range(process_count)]
+  return [{key: np.concatenate([b[key] for b in parts]) for key in parts[0]}
+          for parts in zip(*[_take(it, k) for it in its])]
+
+
+@pytest.mark.parametrize("pp, n", [("", N_TRAIN),
+                                   ("keep_classes(" + ", ".join(map(str, range(0, N_TRAIN, 2)))
+                                    + ")", (N_TRAIN + 1) // 2)])
+def test_every_epoch_is_a_permutation_whatever_the_process_count(npz, pp, n):
+  # G=6 divides neither split: batches straddle epoch boundaries. Labels are example ids.
+  cfg, epochs = _cfg(f"npz:{npz}", pp), 4
+  k = -(-epochs * n // 6)
+  one, two = _global(cfg, 1, k, seed=5, global_batch_size=6), _global(cfg, 2, k, seed=5,
+                                                                     global_batch_size=6)
+  assert _equal(one, two)
+  stream = np.concatenate([b["label"] for b in one])
+  ids = list(range(0, N_TRAIN, 2)) if pp else list(range(N_TRAIN))
+  orders = [stream[e * n:(e + 1) * n] for e in range(epochs)]
+  assert all(sorted(o) == ids for o in orders)            # Nothing lost or repeated.
+  assert len({tuple(o) for o in orders}) == epochs         # A new permutation every epoch.
+
+
+def _recording_put(calls):
+  def put(batch):
+    calls.append(batch["label"][0])
+    return {k: v.copy() for k, v in batch.items()}
+  return put
+
+
+def _wait_for(cond, what, limit=20.0):
+  end = time.monotonic() + limit
+  while not cond():
+    if time.monotonic() > end:
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.01)
+
+
+@pytest.mark.parametrize("consumed", [2, 4, 5])   # mid-epoch, straddling batch next, after it
+def test_resume_with_host_and_device_prefetch_is_exact(npz, consumed):
+  # N=37, G=8: global batch 4 holds positions 32..39, the end of epoch 0 and start of epoch 1.
+  cfg = _cfg(f"npz:{npz}", "flip_lr")
+  cfg.prefetch, cfg.device_prefetch = 2, 2
+  calls = []
+  it = _it(cfg, seed=4).to_device(_recording_put(calls))
+  _take(it, consumed)
+  # The device stage has run ahead of what was consumed; the state must not count that.
+  _wait_for(lambda: len(calls) >= consumed + 2, "the device prefetch buffer to fill")
+  state = json.loads(json.dumps(it.get_state()))
+  assert state["step"] == consumed and state["grain"] == {"next_index": consumed}
+  expected = _take(it, 6)
+  reference = _take(_it(_cfg(f"npz:{npz}", "flip_lr"), seed=4), consumed + 6)[consumed:]
+  assert _equal(expected, reference)                       # Prefetch does not change batches.
+  unbuffered = _cfg(f"npz:{npz}", "flip_lr")
+  unbuffered.device_prefetch = 0                           # put in the consuming thread
+  for fresh in (_it(cfg, seed=4).to_device(_recording_put([])),
+                _it(unbuffered, seed=4).to_device(_recording_put([])),
+                _it(_cfg(f"npz:{npz}", "flip_lr"), seed=4)):
+    fresh.set_state(state)
+    assert _equal(_take(fresh, 6), expected)
+    fresh.close()
+  # On 2 processes, the halves of the restored global batches are the same batches.
+  halves = [_it(cfg, seed=4, process_index=i, process_count=2) for i in range(2)]
+  for h in halves:
+    h.set_state(state)
+  got = [np.concatenate(pair) for pair in zip(*[[b["label"] for b in _take(h, 6)]
+                                                 for h in halves])]
+  assert all(np.array_equal(g, e["label"]) for g, e in zip(got, expected))
+  it.close()
+
+
+def test_set_state_refuses_old_or_inconsistent_states(npz):
+  it = _it(_cfg(f"npz:{npz}"), seed=2)
+  _take(it, 3)
+  state = it.get_state()
+  old = {k: v for k, v in state.items() if k not in ("grain", "base", "worker_count")}
+  old["version"] = 1
+  with pytest.raises(ValueError, match=r"state version 1: expected 2; .*older arjax"):
+    _it(_cfg(f"npz:{npz}"), seed=2).set_state(old)
+  with pytest.raises(ValueError, match=r"does not match step=3 and base=0: expected next_index=3"):
+    _it(_cfg(f"npz:{npz}"), seed=2).set_state({**state, "grain": {"next_index": 5}})
+  with pytest.raises(ValueError, match=r"state step=99; expected an int in 0\.\.4"):
+    _it(_cfg(f"npz:{npz}"), "test", seed=2, num_epochs=3).set_state(
+        {**state, "split": "test", "num_epochs": 3, "num_examples": N_TEST, "step": 99})
+
+
+def test_two_workers_give_the_same_batches_and_resume_from_their_state(npz):
+  cfg = _cfg(f"npz:{npz}", "flip_lr")
+  reference = _take(_it(cfg, seed=6, global_batch_size=10), 9)   # 90 examples: 2+ epochs
+  cfg.worker_count = 2
+  workers = _it(cfg, seed=6, global_batch_size=10)
+  try:
+    assert _equal(_take(workers, 4), reference[:4])
+    state = json.loads(json.dumps(workers.get_state()))
+    assert state["worker_count"] == 2 and "next_index" not in state["grain"]  # per-worker state
+  finally:
+    workers.close()
+  restored = _it(cfg, seed=6, global_batch_size=10)
+  restored.set_state(state)                                     # grain's multiprocess state
+  try:
+    assert _equal(_take(restored, 5), reference[4:])
+  finally:
+    restored.close()
+
+
+def test_running_prefetch_threads_are_closed_quietly_at_exit(npz):
+  # An error ends the program while grain's prefetch threads run: the error is the last line
+  # (grain's __del__ at interpreter teardown printed a traceback after it).
+  import os
+  import subprocess
+  script = (
+      "from arjax import data\n"
+      f"cfg = data.default_config(); cfg.source = 'npz:{npz}'; cfg.prefetch = 2\n"
+      "it = data.make_iterator(cfg, global_batch_size=4, process_index=0, process_count=1)\n"
+      "it = it.to_device(lambda b: b); next(it)\n"
+      "def fail(it):\n  raise RuntimeError('the last line')\n"
+      "fail(it)\n")
+  env = dict(os.environ, PYTHONPATH=os.getcwd())
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                       timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == "RuntimeError: the last line", out.stderr[-2000:]
+  assert "Exception ignored" not in out.stderr
+
+
 # -- preprocessing ops -----------------------------------------------------------------------
 def _pp(spec, image, seeds=None):
   seeds = np.arange(len(image), dtype=np.uint64) if seeds is None else seeds

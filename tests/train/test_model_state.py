@@ -99,7 +99,9 @@ def test_ema_codebook_and_restarts_are_carried_step_to_step(run):
     np.testing.assert_allclose(after["usage"], usage, rtol=1e-6)
     # A restarted code is one of this batch's latents, with fresh EMA statistics.
     for k in np.flatnonzero(dead):
-      assert np.abs(h - after["codebook"][k]).max(axis=1).min() < 1e-6, (i, k)
+      # 1e-5: the jitted step and this eager recomputation of the float32 latents (|h| ~ 1)
+      # differ by a few ulps (1.35e-6 seen with the grain pipeline's batches).
+      assert np.abs(h - after["codebook"][k]).max(axis=1).min() < 1e-5, (i, k)
       assert after["ema_count"][k] == 1.0
       np.testing.assert_array_equal(after["ema_sum"][k], after["codebook"][k])
     restarted += int(dead.sum())
