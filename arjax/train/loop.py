@@ -409,9 +409,13 @@ def evaluate_text(exp: Experiment, state: TrainState, writer: MetricWriter, work
   values = {"test_bits_per_char": bpd["bits_per_dim"], "test_nll": bpd["nll"]}
   writer.scalars(step, values)
   writer.flush()
-  _log.info("eval at step %d: test bits/char %.4f (%.0f characters), samples %s (%.1fs)", step,
-            bpd["bits_per_dim"], bpd["num_tokens"], path, time.time() - t0)
-  return {"step": step, **values, "test_tokens": bpd["num_tokens"], "samples": path}
+  # A model whose evaluation loss is an upper bound (a diffusion LM's NELBO) says so.
+  bound = bool(getattr(exp.abstract_model, "nll_is_bound", False))
+  _log.info("eval at step %d: test bits/char %.4f%s (%.0f characters), samples %s (%.1fs)", step,
+            bpd["bits_per_dim"], " (upper bound: NELBO)" if bound else "", bpd["num_tokens"],
+            path, time.time() - t0)
+  return {"step": step, **values, "bound": bound, "test_tokens": bpd["num_tokens"],
+          "samples": path}
 
 
 @EVALUATIONS.register("generator")
