@@ -212,6 +212,37 @@ def sdtt_round(teacher_fm, teacher, student_init, *, dt, steps, batch, lr, train
   return params
 
 
+LABELS = {"ar": "AR (`char_ar`)", "mdlm": "masked diffusion (`mdlm`)",
+          "bd3lm_b4": "block diffusion b = 4 (`bd3lm`)", "bd3lm_b16": "block diffusion b = 16",
+          "ardm": "ARDM (`ardm`)", "ar_dlm": "AR on the diffusion-LM network (`dlm.py:objective=ar`)",
+          "sdar_from_ar_b4": "SDAR conversion: ar_dlm -> b = 4"}
+
+
+def markdown(results) -> str:
+  """The tables of docs/text.md from results.json."""
+  out = ["| model | parameters | validation bits/char | train wall time |", "|---|---|---|---|"]
+  rows = [k for k in LABELS if k in results and "bpc" in results[k]]
+  for k in rows:
+    r = results[k]
+    kind = "≤ (bound)" if r["bound"] else "exact"
+    extra = (f" (at conversion: {r['bpc_at_conversion']:.3f})" if "bpc_at_conversion" in r
+             else "")
+    out.append(f"| {LABELS[k]} | {r['params'] / 1e6:.3f}M | {r['bpc']:.3f} {kind}{extra} | "
+               f"{r['train_s'] / 60:.1f} min |")
+  out += ["", "| model | sampler | tokens / forward pass | samples/s (batch 16) | "
+          "gen. bits/char under AR |", "|---|---|---|---|---|"]
+  for k in rows:
+    for tag, st in results[k].get("sampling", {}).items():
+      out.append(f"| {LABELS[k]} | `{tag}` | {st['tokens_per_forward']:.2f} | "
+                 f"{st['samples_per_s']:.1f} | {st['gen_bpc_under_ar']:.3f} |")
+  out += ["", "Text samples (the first sample of each sampler):", "", "```"]
+  for k in rows:
+    for tag, st in results[k].get("sampling", {}).items():
+      out.append(f"{k:<10} {tag[:44]:<44} {json.dumps(st['samples'][0])}")
+  out.append("```")
+  return "\n".join(out) + "\n"
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -338,6 +369,8 @@ def main(argv=None):
       log(f"  {name} {tag}: {st['tokens_per_forward']:.2f} tokens/pass, "
           f"{st['samples_per_s']:.1f} samples/s, gen bits/char {st['gen_bpc_under_ar']:.3f}")
       save()
+  with open(os.path.join(args.workdir, "tables.md"), "w") as f:
+    f.write(markdown(results))
   with open(os.path.join(args.workdir, "samples.txt"), "w") as f:
     for name in models:
       for tag, st in results[name].get("sampling", {}).items():
