@@ -95,6 +95,18 @@ def finished(workdir: str, steps: int):
   return m if m.get("step") == steps else None
 
 
+def evaluate_latest(workdir: str):
+  """(final-metrics-like dict, step) of an unfinished run at its newest checkpoint: the same
+  validation bits/char as the trainer's text evaluation (Experiment.bits_per_dim)."""
+  from arjax.loading import resolve_step
+  from arjax.train.loop import Experiment
+  fm, variables, cfg = arjax.load(workdir)
+  exp = Experiment(cfg)
+  bpd = exp.bits_per_dim(variables, "test", cfg.eval.num_examples)
+  return {"test_bits_per_char": bpd["bits_per_dim"], "test_tokens": bpd["num_tokens"],
+          "bound": bool(getattr(exp.abstract_model, "nll_is_bound", False))}, resolve_step(workdir)
+
+
 def train_seconds(workdir: str) -> float:
   """Training wall time from the trainer's log rows (steps between rows / steps per second)."""
   total, last = 0.0, 0
@@ -227,6 +239,8 @@ def markdown(results) -> str:
     kind = "≤ (bound)" if r["bound"] else "exact"
     extra = (f" (at conversion: {r['bpc_at_conversion']:.3f})" if "bpc_at_conversion" in r
              else "")
+    if r.get("at_step", r["steps"]) != r["steps"]:
+      extra += f" **unfinished: step {r['at_step']} of {r['steps']}**"
     out.append(f"| {LABELS[k]} | {r['params'] / 1e6:.3f}M | {r['bpc']:.3f} {kind}{extra} | "
                f"{r['train_s'] / 60:.1f} min |")
   out += ["", "| model | sampler | tokens / forward pass | samples/s (batch 16) | "
@@ -255,6 +269,8 @@ def main(argv=None):
   p.add_argument("--sdtt_steps", type=int, default=80)
   p.add_argument("--train_only", action="store_true", help="train the rows, measure nothing")
   p.add_argument("--smoke", action="store_true", help="the configs' smoke variants (a check)")
+  p.add_argument("--partial", action="store_true",
+                 help="do not train: report unfinished rows at their newest checkpoint")
   args = p.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
   res_path = os.path.join(args.workdir, "results.json")
@@ -296,7 +312,10 @@ def main(argv=None):
     wd = os.path.join(args.workdir, name)
     spec = smoke(spec)
     cfg = load_config(spec, budget_overrides(steps))
-    m = finished(wd, steps)
+    m, at = finished(wd, steps), steps
+    if m is None and args.partial:
+      m, at = evaluate_latest(wd)
+      log(f"  {name}: unfinished, evaluated at its checkpoint {at} of {steps}")
     if m is None:
       if setup is not None and not os.path.isdir(os.path.join(wd, "checkpoints")):
         setup(wd)
@@ -306,7 +325,8 @@ def main(argv=None):
       log(f"  {name} trained in {time.time() - t0:.0f} s")
     fm, variables, _ = arjax.load(wd)
     row = results.setdefault(name, {})
-    row.update(config=spec, steps=steps, bpc=m["test_bits_per_char"], bound=bool(m["bound"]),
+    row.update(config=spec, steps=steps, at_step=at, bpc=m["test_bits_per_char"],
+               bound=bool(m["bound"]),
                test_characters=m["test_tokens"], params=int(fm.param_count()),
                train_s=train_seconds(wd))
     log(f"  {name}: validation bits/char {row['bpc']:.3f}{' (bound)' if row['bound'] else ''}")
