@@ -22,9 +22,9 @@ from arjax.tokenizers.char import CHARS
 from arjax.train.loop import train_and_evaluate
 
 
-def _run(tmp_path_factory, spec, name):
+def _run(tmp_path_factory, spec, name, overrides=()):
   workdir = str(tmp_path_factory.mktemp(name))
-  config = load_config(spec)
+  config = load_config(spec, overrides)
   result = train_and_evaluate(config, workdir)
   fm, variables, config = arjax.load(workdir)
   return result, fm, variables, config, workdir
@@ -33,7 +33,8 @@ def _run(tmp_path_factory, spec, name):
 @pytest.fixture(scope="module")
 def ar_run(tmp_path_factory):
   # The whole validation split (6,972 windows of 16): its tail window scores part of itself.
-  return _run(tmp_path_factory, "configs/text/dlm.py:objective=ar,smoke", "ar")
+  return _run(tmp_path_factory, "configs/text/dlm.py:objective=ar,smoke", "ar",
+              ["eval.num_examples=-1", "eval.batch_size=512"])
 
 
 @pytest.fixture(scope="module")
