@@ -108,3 +108,24 @@ def test_mdlm_bits_per_char_is_its_nelbo_bound(mdlm_run):
   # require it in the plausible range only.
   assert 4.0 < bpc < 12.0
   _check_samples(result, config)
+
+
+def test_sdar_conversion_writes_the_ar_parameters_into_a_block_model(ar_run, mdlm_run,
+                                                                     tmp_path):
+  from arjax.convert.sdar import convert_sdar
+  _, _, ar_vars, _, ar_dir = ar_run
+  out = convert_sdar(ar_dir, str(tmp_path / "sdar"), "configs/text/bd3lm.py:block=4,smoke")
+  fm, variables, config = arjax.load(out)
+  assert config.model.objective == "bd3lm" and config.model.block_size == 4
+  got = jax.tree_util.tree_leaves_with_path(variables)
+  want = dict(jax.tree_util.tree_leaves_with_path(ar_vars))
+  assert len(got) == len(want)
+  for path, value in got:
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(want[path]))
+  # The block model runs on the converted parameters (its bound, not the AR loss).
+  x = jnp.asarray(np.arange(2 * config.data.seq_len).reshape(2, -1) % 65, jnp.int32)
+  loss, _ = fm.bind(variables).loss({"tokens": x}, train=False)
+  assert math.isfinite(float(loss))
+  # Only an AR run converts: the MDLM run is refused naming its objective.
+  with pytest.raises(ValueError, match="objective 'mdlm'"):
+    convert_sdar(mdlm_run[4], str(tmp_path / "bad"), "configs/text/bd3lm.py:block=4,smoke")
