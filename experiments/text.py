@@ -353,7 +353,8 @@ def main(argv=None):
     return
 
   # -- sampling: tokens per pass, samples/s, generative bits/char under the AR row's model -----
-  judge = models["ar"][:2]
+  # The judge: the AR row's model (loaded from WORKDIR/ar when that row is not in --rows).
+  judge = models["ar"][:2] if "ar" in models else arjax.load(os.path.join(args.workdir, "ar"))[:2]
   samplers = {
       "ar": [("auto", None)],
       "ardm": [("auto", None)],
