@@ -282,7 +282,14 @@ def main(argv=None):
     logf.write(time.strftime("%H:%M:%S ", time.gmtime()) + msg + "\n")
     logf.flush()
 
+  touched = {"budget"}   # the entries this process wrote (rows trained in parallel processes
+  #                        write theirs into the same file: merge, never overwrite theirs).
+
   def save():
+    disk = json.load(open(res_path)) if os.path.exists(res_path) else {}
+    for k, v in disk.items():
+      if k not in touched:
+        results[k] = v
     with open(res_path + ".tmp", "w") as f:
       json.dump(results, f, indent=1)
     os.replace(res_path + ".tmp", res_path)
@@ -324,6 +331,7 @@ def main(argv=None):
       m = train_and_evaluate(cfg, wd)
       log(f"  {name} trained in {time.time() - t0:.0f} s")
     fm, variables, _ = arjax.load(wd)
+    touched.add(name)
     row = results.setdefault(name, {})
     row.update(config=spec, steps=steps, at_step=at, bpc=m["test_bits_per_char"],
                bound=bool(m["bound"]),
@@ -402,6 +410,7 @@ def main(argv=None):
     train_ids, val_ids = data()
     fm, teacher, _ = models["mdlm"]
     teacher, _ = fm.split_model_state(teacher)
+    touched.add("sdtt")
     sd = results.setdefault("sdtt", {})
     k_steps = L
     for r in range(args.sdtt_rounds + 1):
