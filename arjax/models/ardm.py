@@ -29,6 +29,8 @@ register_support("ardm", mask_kinds=("bidirectional",), orders=("ardm",))
 
 class ARDM(OrderedAR):
 
+  nll_is_bound = True   # the evaluation loss is the order-agnostic bound (the trainer says so).
+
   def __init__(self, config, *, rngs):
     super().__init__(config, rngs=rngs)
     if not isinstance(self.order, ARDMOrder):

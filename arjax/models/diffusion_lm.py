@@ -38,6 +38,8 @@ from arjax.kernels.masks import MaskSpec, block_diffusion_mask
 from arjax.models.registry import MODELS, model_fields
 from arjax.nn.layers import Embed
 from arjax.nn.transformer import Transformer, TransformerConfig
+from arjax.tokenizers import build_tokenizer
+from arjax.tokenizers.char import CHARS, TextTokenizer
 
 OBJECTIVES = ("ar", "mdlm", "bd3lm")
 
@@ -75,9 +77,18 @@ class _Vocab:
 
 
 class DiffusionLM(nnx.Module):
-  """Token sequences int32 [B, L] in 0..V-1 (see the module docstring)."""
+  """Token sequences int32 [B, L] in 0..V-1 (see the module docstring).
 
-  def __init__(self, fields: DiffusionLMFields, backbone: TransformerConfig, *, rngs: nnx.Rngs):
+  A model of `python -m arjax.train` (config.model.name = 'diffusion_lm', configs/text/): its
+  evaluation is the trainer's 'text' one (validation bits/char from `loss(train=False)`, which is
+  the exact NLL for 'ar' and the NELBO bound otherwise, `nll_is_bound`; text samples from
+  `default_sampler()`), decoded through `tokenizer` (the config's; built directly: the 65
+  characters of tiny Shakespeare when V = 65)."""
+
+  evaluation = "text"   # arjax.train.evaluation: bits/char and text samples.
+
+  def __init__(self, fields: DiffusionLMFields, backbone: TransformerConfig, *, rngs: nnx.Rngs,
+               tokenizer=None):
     if backbone.position not in ("rope1d", "learned", "none"):
       raise ValueError(f"model.backbone.position={backbone.position!r}; a text model needs "
                        "'rope1d', 'learned' or 'none'")
@@ -89,10 +100,19 @@ class DiffusionLM(nnx.Module):
     self.backbone = Transformer(backbone, rngs=rngs)
     self.head = CategoricalHead(backbone.dim, _Vocab(fields.vocab_size), rngs=rngs, dtype=dt)
     self.rngs = rngs
+    if tokenizer is None:
+      tokenizer = TextTokenizer(fields.vocab_size, fields.seq_len,
+                                CHARS if fields.vocab_size == len(CHARS) else "")
+    self.tokenizer = tokenizer
 
   @property
   def objective(self) -> str:
     return self.fields.objective
+
+  @property
+  def nll_is_bound(self) -> bool:
+    """True when `loss(train=False)` is an upper bound of the NLL (the NELBO), not the NLL."""
+    return self.objective != "ar"
 
   @property
   def block_size(self) -> int:
@@ -144,19 +164,25 @@ class DiffusionLM(nnx.Module):
     u = jax.random.permutation(k2, u).reshape(batch, nb)
     return lo + (hi - lo) * u
 
-  def corrupt(self, key, x, t_blocks):
-    """x int32 [B, L], t [B, nB] -> (x_t [B, L], masked bool [B, L], t per token [B, L])."""
+  def corrupt(self, key, x, t_blocks, scored=None):
+    """x int32 [B, L], t [B, nB] -> (x_t [B, L], masked bool [B, L], t per token [B, L]).
+    scored bool [B, L] (None: all): tokens outside it are never masked (they are given)."""
     t_tok = jnp.repeat(t_blocks, self.block_size, axis=1)
     masked = jax.random.uniform(key, x.shape) < t_tok
+    if scored is not None:
+      masked = masked & scored
     return jnp.where(masked, self.mask_id, x), masked, t_tok
 
-  def nelbo_terms(self, x, key, lo: float = 0.0, hi: float = 1.0, train=False):
+  def nelbo_terms(self, x, key, lo: float = 0.0, hi: float = 1.0, train=False, scored=None):
     """Per-sequence loss [B] in nats: the AR NLL, or the diffusion NELBO estimate with t drawn
-    from U[lo, hi] (an unbiased estimate of the bound when (lo, hi) = (0, 1))."""
+    from U[lo, hi] (an unbiased estimate of the bound when (lo, hi) = (0, 1)). scored bool
+    [B, L] (None: all): only these tokens cost; for diffusion the others stay clean, so the
+    bound is that of -log p(scored tokens | the others)."""
     if self.objective == "ar":
-      return optax.softmax_cross_entropy_with_integer_labels(self.ar_logits(x, train), x).sum(-1)
+      ce = optax.softmax_cross_entropy_with_integer_labels(self.ar_logits(x, train), x)
+      return (ce if scored is None else jnp.where(scored, ce, 0.0)).sum(-1)
     kt, km = jax.random.split(key)
-    xt, masked, t_tok = self.corrupt(km, x, self.draw_t(kt, x.shape[0], lo, hi))
+    xt, masked, t_tok = self.corrupt(km, x, self.draw_t(kt, x.shape[0], lo, hi), scored)
     return self.weighted_nll(x, xt, masked, t_tok, train)
 
   def weighted_nll(self, x, xt, masked, t_tok, train=False):
@@ -166,14 +192,34 @@ class DiffusionLM(nnx.Module):
     return jnp.sum(jnp.where(masked, ce / jnp.maximum(t_tok, 1e-6), 0.0), -1)
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool) -> Tuple[jax.Array, Dict]:
-    """batch['tokens'] int32 [B, L] -> (mean loss per token in nats, metrics). Training uses the
-    clipped noise range; evaluation the full one (so eval 'bits_per_token' is the bound)."""
+    """batch['tokens'] int32 [B, L] (optional 'token_mask' float [B, L]: scored tokens, and
+    'mask' float [B]: real rows of a padded evaluation batch) -> (loss in nats per scored token,
+    metrics). Training uses the clipped noise range and the module's 'sample' stream; evaluation
+    the full range U[0, 1] (so 'nll' is the NELBO bound of the diffusion objectives) with a key
+    fixed by the batch's tokens, so an evaluation is reproducible and batches draw apart."""
     x = batch["tokens"]
+    if x.ndim != 2 or x.shape[1] != self.seq_len:
+      raise ValueError(f"batch['tokens'] has shape {tuple(x.shape)}; expected [B, "
+                       f"model.seq_len={self.seq_len}]")
+    scored = jnp.ones(x.shape, bool)
+    if "token_mask" in batch:
+      scored = scored & (batch["token_mask"] > 0)
+    if "mask" in batch:
+      scored = scored & (batch["mask"][:, None] > 0)
     f = self.fields
-    lo, hi = (f.noise_min, f.noise_max) if train else (0.0, 1.0)
-    per_seq = self.nelbo_terms(x, self.rngs.sample(), lo, hi, train)
-    loss = per_seq.mean() / x.shape[1]
-    return loss, {"loss": loss, "bits_per_token": loss / math.log(2)}
+    if train:
+      lo, hi, key = f.noise_min, f.noise_max, self.rngs.sample()
+    else:
+      lo, hi = 0.0, 1.0
+      # A deterministic function of the batch (position-weighted token sum).
+      weights = jnp.arange(x.size, dtype=jnp.uint32).reshape(x.shape) * jnp.uint32(2654435761)
+      code = jnp.sum(x.astype(jnp.uint32) * (weights + jnp.uint32(1)))
+      key = jax.random.fold_in(jax.random.key(0), code)
+    per_seq = self.nelbo_terms(x, key, lo, hi, train, scored)
+    count = scored.sum().astype(jnp.float32)
+    loss = per_seq.sum() / jnp.maximum(count, 1.0)
+    return loss, {"loss": loss, "nll": loss, "bits_per_dim": loss / math.log(2),
+                  "bits_per_token": loss / math.log(2), "num_tokens": count}
 
   # -- decoding (arjax.sampling.diffusion_lm) ----------------------------------------------------
   def init_cache(self, batch: int):
@@ -250,4 +296,15 @@ def nelbo_exact(logits_fn, x, block_size: int, mask_id: int) -> np.ndarray:
 @MODELS.register("diffusion_lm", fields=DiffusionLMFields)
 def _build(config, *, rngs):
   fields = model_fields(DiffusionLMFields, config)
-  return DiffusionLM(fields, TransformerConfig.from_config(config.model.backbone), rngs=rngs)
+  tokenizer = build_tokenizer(config)
+  if not getattr(tokenizer, "is_text", False):
+    raise ValueError(f"model 'diffusion_lm' needs a text tokenizer (tokenizer.name 'char' or "
+                     f"'sequence'), not {config.tokenizer.name!r}")
+  if tokenizer.vocab_size != fields.vocab_size:
+    raise ValueError(f"model.vocab_size={fields.vocab_size} but tokenizer "
+                     f"{config.tokenizer.name!r} has {tokenizer.vocab_size} symbols; set them equal")
+  if tokenizer.length != fields.seq_len:
+    raise ValueError(f"model.seq_len={fields.seq_len} but tokenizer.length={tokenizer.length}; "
+                     "set them equal")
+  return DiffusionLM(fields, TransformerConfig.from_config(config.model.backbone), rngs=rngs,
+                     tokenizer=tokenizer)

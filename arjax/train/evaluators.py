@@ -247,9 +247,12 @@ def bits_per_char(exp, state, writer, workdir: str, step: int, fields) -> Dict[s
   values = {"test_bits_per_char": bpd["bits_per_dim"], "test_nll": bpd["nll"]}
   writer.write_scalars(step, values)
   writer.flush()
-  _log.info("eval at step %d: test bits/char %.4f (%.0f characters) (%.1fs)", step,
-            bpd["bits_per_dim"], bpd["num_tokens"], time.time() - t0)
-  return {**values, "test_tokens": bpd["num_tokens"]}
+  # A model whose evaluation loss is an upper bound (a diffusion LM's NELBO) says so.
+  bound = bool(getattr(exp.abstract_model, "nll_is_bound", False))
+  _log.info("eval at step %d: test bits/char %.4f%s (%.0f characters) (%.1fs)", step,
+            bpd["bits_per_dim"], " (upper bound: NELBO)" if bound else "", bpd["num_tokens"],
+            time.time() - t0)
+  return {**values, "bound": bound, "test_tokens": bpd["num_tokens"]}
 
 
 def sample_text(exp, params, rng, num: int) -> List[str]:
