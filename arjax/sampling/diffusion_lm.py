@@ -3,7 +3,10 @@
   text_ar    KV-cached next-token decoding of the 'ar' objective (one token per forward pass).
   mdlm       masked diffusion, K ancestral steps from t = 1 to 0 (Sahoo et al. 2024): at the
              step t -> s every masked token is revealed with probability (t - s) / t, drawn
-             from p(x_0 | x_t); revealed tokens stay (SUBS carry-over).
+             from p(x_0 | x_t); revealed tokens stay (SUBS carry-over). `lrd=True` refines
+             each step's prediction with LRD's soft embeddings (`lrd_logits`, top-p mixture
+             `lrd_mixture`); `lrd_phase_switch=True` replaces the K steps by LRD's two phases
+             (`MaskedDiffusionSampler.lrd_two_phase`).
   sdar       SDAR's per-block decoding (JetAstra/SDAR `block_diffusion_generate`): blocks left
              to right; in each round the whole block is predicted and, with strategy 'static',
              the k = ceil(b / steps) most confident masked tokens are revealed, with 'dynamic'
