@@ -30,7 +30,9 @@
 With threshold 1.0 no probability exceeds it, so 'dynamic' with steps = b and 'fast_dllm'
 reveal one token per round, the most confident: one-token-at-a-time decoding. `cache=False`
 recomputes every round with one block-causal pass over the whole sequence (the reference the
-cached path must equal). Every sampler also returns the number of forward passes it ran.
+cached path must equal); a `model.token_shift` model decodes only this way, each round one
+`bd3_shift_logits` pass over [BOS, x, x] (a block's first token from the clean output before
+it). Every sampler also returns the number of forward passes it ran.
 
 Legend: B batch, L sequence length, b block size, V vocabulary.
 """
@@ -119,6 +121,11 @@ class _TextSampler(Sampler):
     self.decode = decode or DecodeOptions()
     model_block = model.fields.block_size if model.objective == "bd3lm" else model.seq_len
     self.block, self.sub_block = self.decode.validate(model.seq_len, model_block)
+    self.token_shift = model.fields.token_shift
+    if self.token_shift and self.decode.cache:
+      raise ValueError("sampling.cache=True: a model.token_shift=True model decodes with "
+                       "sampling.cache=False (each round one pass of `bd3_shift_logits`; its "
+                       "block starts read the clean pass, which the block cache does not hold)")
     self.seq_len = model.seq_len
     self._run = jax.jit(self._sample, static_argnums=(2,))
 
@@ -126,9 +133,6 @@ class _TextSampler(Sampler):
   def cannot_run(cls, model):
     if getattr(model, "objective", None) not in cls.objectives:
       return f"it needs a 'diffusion_lm' model with objective in {cls.objectives}"
-    if model.fields.token_shift:
-      return ("decoding a model.token_shift=True model (block starts from the clean AR pass) "
-              "is not implemented; train without token_shift to sample")
     return None
 
   def draw(self, logits, key):
@@ -337,6 +341,9 @@ class _BlockSampler(_TextSampler):
           return self._dual_logits(model, blk, start, caches, dcache)
         if use_cache:
           return model.decode_block(blk, start, caches, bs)[0], dcache, None
+        if self.token_shift:  # the training pass: earlier blocks clean in both halves.
+          full = model.bd3_shift_logits(tokens, tokens, bs)
+          return jax.lax.dynamic_slice_in_dim(full, start, bs, 1), dcache, None
         full = model.recompute_logits(tokens, bs)
         return jax.lax.dynamic_slice_in_dim(full, start, bs, 1), dcache, None
 

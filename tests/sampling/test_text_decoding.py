@@ -296,6 +296,37 @@ def test_token_shift_sees_only_what_a_decoder_has():
                 - base[:, 4:]).max() > 1e-3
 
 
+def test_token_shift_block_one_decodes_like_text_ar(shift_b1):
+  """b = 1 token-shift decoding (sdar, one round per block, recomputed) is greedy AR decoding:
+  it equals the KV-cached `text_ar` sampler on an 'ar' model with the same parameters."""
+  fm, params = shift_b1
+  tok, nfe = run("sdar", fm, params, temperature=0.0, steps=1, cache=False)
+  ar_fm, _ = make("ar")
+  ref, _ = run("text_ar", ar_fm, params, temperature=0.0)
+  np.testing.assert_array_equal(tok, ref)
+  assert nfe == L
+
+
+def test_token_shift_threshold_one_is_one_token_at_a_time():
+  """b = 4, threshold 1.0: one token per pass, the most confident of the block, with logits
+  from the training pass (`bd3_shift_logits`) in a numpy loop."""
+  fm, params = make("bd3lm", block_size=4, token_shift=True)
+  tok, nfe = run("fast_dllm", fm, params, batch=2, temperature=0.0, threshold=1.0, cache=False)
+  f = jax.jit(lambda x: fm.bind(params).bd3_shift_logits(x, x, 4))
+  ref = np.full((2, L), V, np.int32)
+  for start in range(0, L, 4):
+    for _ in range(4):
+      logits = np.asarray(f(jnp.asarray(ref)), np.float64)
+      p = np.exp(logits - logits.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      for r in range(2):
+        i = max((i for i in range(start, start + 4) if ref[r, i] == V),
+                key=lambda i: p[r, i].max())
+        ref[r, i] = int(p[r, i].argmax())
+  np.testing.assert_array_equal(tok, ref)
+  assert nfe == L
+
+
 # -- SDTT ---------------------------------------------------------------------------------------
 def test_sdtt_divergences_against_numpy():
   rng = np.random.default_rng(0)
@@ -355,5 +386,5 @@ def test_bad_model_and_sampler_options_name_the_field():
   with pytest.raises(ValueError, match=r"sampling\.dual_cache"):
     SAMPLERS.get("sdar")(fm, SamplingConfig(name="sdar"), decode=DecodeOptions(dual_cache=True))
   fm, _ = make("bd3lm", block_size=4, token_shift=True)
-  with pytest.raises(ValueError, match=r"model\.token_shift"):
+  with pytest.raises(ValueError, match=r"sampling\.cache=True"):
     SAMPLERS.get("sdar")(fm, SamplingConfig(name="sdar"))
