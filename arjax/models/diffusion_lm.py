@@ -15,6 +15,18 @@ AR model restores into the block-diffusion model (SDAR's conversion by continued
           of 2L tokens under `arjax.kernels.masks.block_diffusion_mask`. Training draws t from
           the clipped range U[noise_min, noise_max]; the likelihood bound uses U[0, 1].
 
+Fast-dLLM v2's training options (NVlabs Fast_dLLM_v2, arXiv 2509.26328), both off by default:
+
+  complementary  each window is used twice, with its mask m and with 1 - m, so every position
+                 is supervised exactly once per pair; the complement of a mask drawn at t is a
+                 mask drawn at 1 - t, so it carries the weight 1 / (1 - t) and each copy, hence
+                 their mean, stays an unbiased estimate of the NELBO (objectives mdlm, bd3lm).
+  token_shift    (bd3lm) a masked x_i is predicted from the output at the position before it,
+                 keeping the AR model's next-token head: inside a block from the noisy half's
+                 x_{t,i-1}, at a block start from the clean half's x_{i-1}, and x_0 from a [BOS]
+                 in front of the 2L layout that every token sees. With b = 1 this is exactly
+                 the 'ar' objective's pass (the same keys and positions), see `bd3_shift_logits`.
+
 With t ~ U[0, 1] the loss is an upper bound of -log p(x) in nats (the bits/char bound divides
 by L ln 2); `nelbo_exact` enumerates every mask for tiny L (the tests' reference).
 
@@ -54,6 +66,8 @@ class DiffusionLMFields:
   block_size: int = 4          # b for 'bd3lm' (must divide seq_len).
   noise_min: float = 0.0       # BD3-LM's clipped noise range: t ~ U[noise_min, noise_max]
   noise_max: float = 1.0       #   in training (the likelihood bound always uses U[0, 1]).
+  complementary: bool = False  # Fast-dLLM v2: each window also with the complementary mask.
+  token_shift: bool = False    # Fast-dLLM v2 (bd3lm): x_i predicted from position i - 1.
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -69,6 +83,12 @@ class DiffusionLMFields:
     if not 0.0 <= self.noise_min <= self.noise_max <= 1.0 or self.noise_max <= 0.0:
       raise ValueError(f"model.noise_min={self.noise_min}, model.noise_max={self.noise_max}; "
                        "expected 0 <= noise_min <= noise_max <= 1 and noise_max > 0")
+    if self.complementary and self.objective == "ar":
+      raise ValueError("model.complementary=True needs model.objective 'mdlm' or 'bd3lm' (it "
+                       "pairs diffusion masks), got 'ar'")
+    if self.token_shift and self.objective != "bd3lm":
+      raise ValueError(f"model.token_shift=True needs model.objective 'bd3lm', got "
+                       f"{self.objective!r}")
 
 
 class _Vocab:
@@ -145,8 +165,29 @@ class DiffusionLM(nnx.Module):
                           train=train)
     return logits[:, :n]
 
+  def bd3_shift_logits(self, xt, x0, block_size: int, train=False):
+    """Token shift (Fast-dLLM v2): x_t, x_0 int32 [B, L] -> logits [B, L, V] of x_i from the
+    output before it. One pass over [BOS, x_t, x_0] (2L + 1 tokens; positions 0, 1..L, 1..L)
+    under the 2L block-diffusion mask plus a [BOS] column every token sees ([BOS] sees only
+    itself). x_i reads the noisy output at x_{t,i-1} inside a block, the clean output at
+    x_{i-1} at a block start (it sees the clean blocks before, as a decoder has them), and
+    [BOS]'s output for i = 0."""
+    b, n = xt.shape
+    pos = jnp.concatenate([jnp.zeros((1,), jnp.int32),
+                           jnp.tile(jnp.arange(1, n + 1, dtype=jnp.int32), 2)])
+    inner = block_diffusion_mask(n, block_size).dense[0, 0]
+    dense = jnp.zeros((2 * n + 1, 2 * n + 1), bool).at[1:, 1:].set(inner).at[:, 0].set(True)
+    inp = jnp.concatenate([jnp.full((b, 1), self.bos_id, xt.dtype), xt, x0], 1)
+    logits, _ = self._run(inp, jnp.broadcast_to(pos, (b, 2 * n + 1)),
+                          MaskSpec(kind="dense", dense=dense[None, None]), train=train)
+    i = jnp.arange(n)
+    src = jnp.where(i % block_size == 0, jnp.where(i == 0, 0, n + i), i)
+    return jnp.take(logits, src, axis=1)
+
   def denoise_logits(self, xt, x0, train=False):
     """Logits of p(x_0 | x_t) under this model's objective (mdlm or bd3lm)."""
+    if self.objective == "bd3lm" and self.fields.token_shift:
+      return self.bd3_shift_logits(xt, x0, self.block_size, train=train)
     if self.objective == "bd3lm":
       return self.bd3_logits(xt, x0, self.block_size, train=train)
     if self.objective == "mdlm":
@@ -182,8 +223,22 @@ class DiffusionLM(nnx.Module):
       ce = optax.softmax_cross_entropy_with_integer_labels(self.ar_logits(x, train), x)
       return (ce if scored is None else jnp.where(scored, ce, 0.0)).sum(-1)
     kt, km = jax.random.split(key)
-    xt, masked, t_tok = self.corrupt(km, x, self.draw_t(kt, x.shape[0], lo, hi), scored)
+    t_blocks = self.draw_t(kt, x.shape[0], lo, hi)
+    if self.fields.complementary:
+      (xt, masked, t_tok), (xc, mc, tc) = self.corrupt_pair(km, x, t_blocks, scored)
+      both = self.weighted_nll(jnp.concatenate([x, x]), jnp.concatenate([xt, xc]),
+                               jnp.concatenate([masked, mc]), jnp.concatenate([t_tok, tc]),
+                               train)
+      return 0.5 * (both[:x.shape[0]] + both[x.shape[0]:])
+    xt, masked, t_tok = self.corrupt(km, x, t_blocks, scored)
     return self.weighted_nll(x, xt, masked, t_tok, train)
+
+  def corrupt_pair(self, key, x, t_blocks, scored=None):
+    """Complementary masking: (x_t, masked, t per token) of `corrupt` and its complement
+    (masked' = not masked, t' = 1 - t), each [B, L]; tokens outside `scored` stay given in both."""
+    xt, masked, t_tok = self.corrupt(key, x, t_blocks, scored)
+    mc = ~masked if scored is None else (~masked & scored)
+    return (xt, masked, t_tok), (jnp.where(mc, self.mask_id, x), mc, 1.0 - t_tok)
 
   def weighted_nll(self, x, xt, masked, t_tok, train=False):
     ce = optax.softmax_cross_entropy_with_integer_labels(self.denoise_logits(xt, x, train), x)

@@ -3,7 +3,10 @@
   text_ar    KV-cached next-token decoding of the 'ar' objective (one token per forward pass).
   mdlm       masked diffusion, K ancestral steps from t = 1 to 0 (Sahoo et al. 2024): at the
              step t -> s every masked token is revealed with probability (t - s) / t, drawn
-             from p(x_0 | x_t); revealed tokens stay (SUBS carry-over).
+             from p(x_0 | x_t); revealed tokens stay (SUBS carry-over). `lrd=True` refines
+             each step's prediction with LRD's soft embeddings (`lrd_logits`, top-p mixture
+             `lrd_mixture`); `lrd_phase_switch=True` replaces the K steps by LRD's two phases
+             (`MaskedDiffusionSampler.lrd_two_phase`).
   sdar       SDAR's per-block decoding (JetAstra/SDAR `block_diffusion_generate`): blocks left
              to right; in each round the whole block is predicted and, with strategy 'static',
              the k = ceil(b / steps) most confident masked tokens are revealed, with 'dynamic'
@@ -13,13 +16,23 @@
   fast_dllm  Fast-dLLM v2's decoding: the same block cache, the block split into sub-blocks of
              `sub_block` tokens decoded left to right; each round reveals the tokens of the
              current sub-block with probability above `threshold`, at least the most confident
-             one. The block's own K/V are recomputed each round (its length is b), only the
-             earlier blocks are cached (the DualCache suffix cache is not implemented).
+             one. By default the block's own K/V are recomputed each round (its length is b) and
+             only the earlier blocks are cached. `dual_cache=True` is Fast-dLLM v2's DualCache
+             (NVlabs Fast_dLLM_v2 `batch_sample`): sub-blocks advance in lockstep over the
+             batch; while the current sub-block's first token is masked in some row the whole
+             block is run (its K/V, prefix and suffix of the sub-block, kept as the block
+             cache), otherwise only the sub-block's tokens are run, over the earlier blocks'
+             cache and the block cache (the sub-block's own K/V written fresh). The other
+             positions' K/V are then those of the last whole-block pass: with one layer that is
+             exact (their tokens did not change), with more layers it is Fast-dLLM's
+             approximation (they depended on the sub-block's earlier state).
 
 With threshold 1.0 no probability exceeds it, so 'dynamic' with steps = b and 'fast_dllm'
 reveal one token per round, the most confident: one-token-at-a-time decoding. `cache=False`
 recomputes every round with one block-causal pass over the whole sequence (the reference the
-cached path must equal). Every sampler also returns the number of forward passes it ran.
+cached path must equal); a `model.token_shift` model decodes only this way, each round one
+`bd3_shift_logits` pass over [BOS, x, x] (a block's first token from the clean output before
+it). Every sampler also returns the number of forward passes it ran.
 
 Legend: B batch, L sequence length, b block size, V vocabulary.
 """
@@ -54,6 +67,12 @@ class DecodeOptions:
   lrd: bool = False            # mdlm: latent refinement decoding (see `lrd_*`).
   lrd_kl_stop: float = 1e-3    # LRD: stop refining when KL(prev || new) per token falls below.
   lrd_max_rounds: int = 4      # LRD: forward passes per step at most (1: no refinement).
+  lrd_top_p: float = 1.0       # LRD: the soft embedding mixes the top-p nucleus of p (1: all V).
+  lrd_phase_switch: bool = False  # LRD's two phases (see `lrd_two_phase`) instead of LRD
+  #                               # refinement inside each of the K ancestral steps.
+  lrd_kl_decode: float = 1e-3  # LRD phase 2: a row whose KL(prev || new) per token falls below
+  #                            # commits all its remaining tokens (early stop).
+  dual_cache: bool = False     # fast_dllm: Fast-dLLM v2's DualCache (sub-block cache reuse).
 
   def validate(self, seq_len: int, model_block: int):
     if not (isinstance(self.steps, int) and self.steps >= 1):
@@ -72,6 +91,14 @@ class DecodeOptions:
       raise ValueError(f"sampling.lrd_max_rounds={self.lrd_max_rounds!r}; expected >= 1")
     if not self.lrd_kl_stop >= 0.0:
       raise ValueError(f"sampling.lrd_kl_stop={self.lrd_kl_stop!r}; expected >= 0")
+    if not (isinstance(self.lrd_top_p, (int, float)) and 0.0 < self.lrd_top_p <= 1.0):
+      raise ValueError(f"sampling.lrd_top_p={self.lrd_top_p!r}; expected a value in (0, 1]")
+    if not self.lrd_kl_decode >= 0.0:
+      raise ValueError(f"sampling.lrd_kl_decode={self.lrd_kl_decode!r}; expected >= 0")
+    if self.lrd_phase_switch and not self.lrd:
+      raise ValueError("sampling.lrd_phase_switch=True needs sampling.lrd=True")
+    if self.dual_cache and not self.cache:
+      raise ValueError("sampling.dual_cache=True needs sampling.cache=True (it reuses the cache)")
     return b, sb
 
 
@@ -94,6 +121,11 @@ class _TextSampler(Sampler):
     self.decode = decode or DecodeOptions()
     model_block = model.fields.block_size if model.objective == "bd3lm" else model.seq_len
     self.block, self.sub_block = self.decode.validate(model.seq_len, model_block)
+    self.token_shift = model.fields.token_shift
+    if self.token_shift and self.decode.cache:
+      raise ValueError("sampling.cache=True: a model.token_shift=True model decodes with "
+                       "sampling.cache=False (each round one pass of `bd3_shift_logits`; its "
+                       "block starts read the clean pass, which the block cache does not hold)")
     self.seq_len = model.seq_len
     self._run = jax.jit(self._sample, static_argnums=(2,))
 
@@ -148,6 +180,8 @@ class MaskedDiffusionSampler(_TextSampler):
 
   def _sample(self, params, rng, batch):
     model = self.fm.bind(params)
+    if self.decode.lrd_phase_switch:
+      return self.lrd_two_phase(model, rng, batch)
     n, k_steps = self.seq_len, self.decode.steps
     tokens = jnp.full((batch, n), model.mask_id, jnp.int32)
 
@@ -169,33 +203,99 @@ class MaskedDiffusionSampler(_TextSampler):
 
     return jax.lax.fori_loop(0, k_steps, body, (tokens, jnp.zeros((), jnp.int32)))
 
+  def lrd_two_phase(self, model, rng, batch):
+    """LRD's two phases (arXiv 2510.11052, no official code; this is our reading of the paper).
+    Phase 1, latent refinement: every position soft (`lrd_logits` from the all-[MASK] start)
+    until the mean KL between successive predictions falls below `lrd_kl_stop` or
+    `lrd_max_rounds` passes ran; then the phase switch. Phase 2, predictive feedback loop: each
+    pass feeds committed tokens hard and the others as soft mixtures of the previous
+    prediction, draws every position, and commits the drawn tokens whose probability exceeds
+    `threshold`, at least the k = ceil(L / steps) most confident (so at most `steps` passes);
+    a row whose KL(previous || new) per uncommitted token falls below `lrd_kl_decode` commits
+    all its remaining tokens (the early stop).
+    Returns (tokens int32 [B, L], forward passes int32 [])."""
+    n, opts = self.seq_len, self.decode
+    mask_id = model.mask_id
+    tokens = jnp.full((batch, n), mask_id, jnp.int32)
+    logits, rounds = lrd_logits(model, tokens, opts)
+    k_min = math.ceil(n / opts.steps)
+
+    def cond(c):
+      return jnp.any(c[0] == mask_id)
+
+    def body(c):
+      tokens, prev, nfe, it = c
+      open_ = tokens == mask_id
+      new = _soft_forward(model, _lrd_embed(model, tokens, prev, opts.lrd_top_p))
+      lp, lq = jax.nn.log_softmax(prev, -1), jax.nn.log_softmax(new, -1)
+      kl = jnp.where(open_, (jnp.exp(lp) * (lp - lq)).sum(-1), 0.0)
+      kl = kl.sum(-1) / jnp.maximum(open_.sum(-1), 1)
+      draw, conf = self.draw(new, jax.random.fold_in(rng, it))
+      score = jnp.where(open_, conf, -jnp.inf)
+      commit = (top_k_mask(score, jnp.minimum(k_min, open_.sum(-1)))
+                | (open_ & (conf > opts.threshold))
+                | (open_ & (kl < opts.lrd_kl_decode)[:, None]))
+      return jnp.where(commit, draw, tokens), new, nfe + 1, it + 1
+
+    tokens, _, nfe, _ = jax.lax.while_loop(cond, body, (tokens, logits, rounds,
+                                                        jnp.zeros((), jnp.int32)))
+    return tokens, nfe
+
+
+def lrd_mixture(p, table, mask_emb, top_p: float = 1.0):
+  """LRD's soft embedding of a masked position: (1 - a) e_[MASK] + a sum_v q(v) e_v.
+
+  p [..., V] the current prediction; table [V, D] the symbols' embeddings; mask_emb [D]; q = p
+  restricted to its top-p nucleus (the fewest most probable symbols whose mass reaches top_p,
+  renormalised; top_p = 1: q = p); a = 1 - H(p) / log V, the normalised entropy of the full
+  prediction. -> [..., D]."""
+  q = p
+  if top_p < 1.0:
+    srt = jnp.flip(jnp.sort(p, -1), -1)
+    keep_sorted = (jnp.cumsum(srt, -1) - srt) < top_p   # mass before it still below top_p
+    smallest = jnp.min(jnp.where(keep_sorted, srt, jnp.inf), -1, keepdims=True)
+    q = jnp.where(p >= smallest, p, 0.0)
+    q = q / q.sum(-1, keepdims=True)
+  ent = -(p * jnp.log(jnp.maximum(p, 1e-12))).sum(-1) / math.log(p.shape[-1])
+  a = (1.0 - ent)[..., None]
+  return (1 - a) * mask_emb + a * (q @ table)
+
+
+def _soft_forward(model, emb):
+  """Embeddings [B, L, D] -> logits [B, L, V], bidirectional (the MDLM pass)."""
+  b, n = emb.shape[:2]
+  pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+  h, _ = model.backbone(emb, positions=pos, mask=MaskSpec(kind="bidirectional"))
+  return model.head(h).logits
+
+
+def _lrd_embed(model, tokens, logits, top_p: float):
+  """Hard embeddings of the revealed tokens, LRD mixtures of softmax(logits) at [MASK]."""
+  table = model.embed.embedding[...]
+  hard = jnp.take(table, tokens, axis=0)
+  mix = lrd_mixture(jax.nn.softmax(logits, -1), table[:model.vocab_size], table[model.mask_id],
+                    top_p)
+  return jnp.where((tokens == model.mask_id)[..., None], mix.astype(hard.dtype), hard)
+
 
 def lrd_logits(model, tokens, opts: DecodeOptions):
   """Latent refinement (LRD, arXiv 2510.11052; no official code, so this follows the paper's
-  description): masked positions are fed as soft embeddings, (1 - a) e_[MASK] + a sum_v p(v)
-  e_v with a = 1 - normalised entropy of the current prediction, and the prediction is refined
-  until the mean KL(previous || new) over masked tokens falls below `lrd_kl_stop` (so at least
-  one refinement: the first KL needs two predictions) or `lrd_max_rounds` passes were run.
-  Returns (logits [B, L, V], forward passes used)."""
-  b, n = tokens.shape
+  description): masked positions are fed as soft embeddings (`lrd_mixture`: (1 - a) e_[MASK] +
+  a sum_{v in top-p} q(v) e_v with a = 1 - normalised entropy of the current prediction), and
+  the prediction is refined until the mean KL(previous || new) over masked tokens falls below
+  `lrd_kl_stop` (so at least one refinement: the first KL needs two predictions) or
+  `lrd_max_rounds` passes were run. Returns (logits [B, L, V], forward passes used)."""
   masked = tokens == model.mask_id
   table = model.embed.embedding[...]
-  pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
-  bidir = MaskSpec(kind="bidirectional")
 
   def run(x):
-    h, _ = model.backbone(x, positions=pos, mask=bidir)
-    return model.head(h).logits
+    return _soft_forward(model, x)
 
   hard = jnp.take(table, tokens, axis=0)
   logits = run(hard)
 
   def soft(logits):
-    p = jax.nn.softmax(logits, -1)
-    ent = -(p * jnp.log(jnp.maximum(p, 1e-12))).sum(-1) / math.log(p.shape[-1])
-    a = (1.0 - ent)[..., None]
-    mix = (1 - a) * table[model.mask_id] + a * (p @ table[:model.vocab_size])
-    return jnp.where(masked[..., None], mix.astype(hard.dtype), hard)
+    return _lrd_embed(model, tokens, logits, opts.lrd_top_p)
 
   def cond(c):
     _, r, kl = c
@@ -217,7 +317,9 @@ def lrd_logits(model, tokens, opts: DecodeOptions):
 class _BlockSampler(_TextSampler):
   objectives = ("bd3lm", "mdlm")
 
-  def reveal(self, cand, conf, r):
+  def reveal(self, masked, score, r, current=None):
+    """masked bool [B, b], score [B, b] (-inf where not masked), round r, current: the
+    lockstep sub-block (DualCache) or None -> bool [B, b] tokens to reveal."""
     raise NotImplementedError
 
   def _sample(self, params, rng, batch):
@@ -225,36 +327,45 @@ class _BlockSampler(_TextSampler):
     n, bs = self.seq_len, self.block
     mask_id = model.mask_id
     tokens = jnp.full((batch, n), mask_id, jnp.int32)
-    use_cache = self.decode.cache
+    use_cache, dual = self.decode.cache, self.decode.dual_cache
     caches = model.init_cache(batch) if use_cache else None
 
     def block_body(j, c):
       tokens, caches, nfe, rnd = c
       start = j * bs
 
-      def logits_of(tokens):
+      def logits_of(tokens, dcache):
+        """-> (logits [B, b, V], block cache (DualCache) or None, lockstep sub-block or None)."""
+        blk = jax.lax.dynamic_slice_in_dim(tokens, start, bs, 1)
+        if dual:
+          return self._dual_logits(model, blk, start, caches, dcache)
         if use_cache:
-          blk = jax.lax.dynamic_slice_in_dim(tokens, start, bs, 1)
-          return model.decode_block(blk, start, caches, bs)[0]
+          return model.decode_block(blk, start, caches, bs)[0], dcache, None
+        if self.token_shift:  # the training pass: earlier blocks clean in both halves.
+          full = model.bd3_shift_logits(tokens, tokens, bs)
+          return jax.lax.dynamic_slice_in_dim(full, start, bs, 1), dcache, None
         full = model.recompute_logits(tokens, bs)
-        return jax.lax.dynamic_slice_in_dim(full, start, bs, 1)
+        return jax.lax.dynamic_slice_in_dim(full, start, bs, 1), dcache, None
 
       def cond(c):
         tokens = c[0]
         return jnp.any(jax.lax.dynamic_slice_in_dim(tokens, start, bs, 1) == mask_id)
 
       def round_(c):
-        tokens, nfe, rnd, r = c
+        tokens, dcache, nfe, rnd, r = c
         blk = jax.lax.dynamic_slice_in_dim(tokens, start, bs, 1)
-        draw, conf = self.draw(logits_of(tokens), jax.random.fold_in(rng, rnd))
+        logits, dcache, current = logits_of(tokens, dcache)
+        draw, conf = self.draw(logits, jax.random.fold_in(rng, rnd))
         masked = blk == mask_id
-        rev = self.reveal(masked, jnp.where(masked, conf, -jnp.inf), r)
+        rev = self.reveal(masked, jnp.where(masked, conf, -jnp.inf), r, current)
         blk = jnp.where(rev, draw, blk)
-        return (jax.lax.dynamic_update_slice_in_dim(tokens, blk, start, 1), nfe + 1, rnd + 1,
-                r + 1)
+        return (jax.lax.dynamic_update_slice_in_dim(tokens, blk, start, 1), dcache, nfe + 1,
+                rnd + 1, r + 1)
 
-      tokens, nfe, rnd, _ = jax.lax.while_loop(cond, round_, (tokens, nfe, rnd,
-                                                              jnp.zeros((), jnp.int32)))
+      # The DualCache's block cache starts as the prefix cache: the first round of a block
+      # always runs the whole block (its first sub-block's first token is masked).
+      tokens, _, nfe, rnd, _ = jax.lax.while_loop(
+          cond, round_, (tokens, caches, nfe, rnd, jnp.zeros((), jnp.int32)))
       if use_cache:  # the finished block's K/V enter the cache (one pass of the clean block).
         blk = jax.lax.dynamic_slice_in_dim(tokens, start, bs, 1)
         caches = model.decode_block(blk, start, caches, bs)[1]
@@ -265,12 +376,46 @@ class _BlockSampler(_TextSampler):
     tokens, _, nfe, _ = jax.lax.fori_loop(0, n // bs, block_body, (tokens, caches, zero, zero))
     return tokens, nfe
 
+  def _dual_logits(self, model, blk, start, caches, dcache):
+    """Fast-dLLM v2's DualCache round (NVlabs Fast_dLLM_v2 `batch_sample`, use_block_cache).
+    blk int32 [B, b] the current block; caches: the prefix cache (earlier blocks); dcache: the
+    block cache of the last whole-block pass. The current sub-block is the first one holding a
+    masked token in any row (lockstep over the batch). While its first token is masked in some
+    row the whole block runs over the prefix cache and its K/V become the block cache; otherwise
+    only the sub-block's tokens run over the block cache, writing their own K/V at their slots.
+    -> (logits [B, b, V] (zero outside the sub-block after a sub-block pass), block cache,
+    current sub-block int32 [])."""
+    bs, sb = self.block, self.sub_block
+    masked = blk == model.mask_id
+    open_sub = jnp.any(masked.reshape(blk.shape[0], bs // sb, sb), axis=(0, 2))
+    current = jnp.argmax(open_sub).astype(jnp.int32)
+    s0 = current * sb
+    need_whole = jnp.any(jax.lax.dynamic_index_in_dim(masked, s0, 1, keepdims=False))
+
+    def whole(_):
+      return model.decode_block(blk, start, caches, bs)
+
+    def sub(_):
+      part = jax.lax.dynamic_slice_in_dim(blk, s0, sb, 1)
+      logits, dc = model.decode_block(part, start + s0, dcache, bs)
+      full = jnp.zeros(blk.shape + logits.shape[-1:], logits.dtype)
+      return jax.lax.dynamic_update_slice_in_dim(full, logits, s0, 1), dc
+
+    logits, dcache = jax.lax.cond(need_whole, whole, sub, None)
+    return logits, dcache, current
+
 
 @SAMPLERS.register("sdar")
 class SDARSampler(_BlockSampler):
   name = "sdar"
 
-  def reveal(self, masked, score, r):
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    if self.decode.dual_cache:
+      raise ValueError("sampling.dual_cache=True is a 'fast_dllm' option (sub-block cache reuse); "
+                       "sampler 'sdar' has no sub-blocks")
+
+  def reveal(self, masked, score, r, current=None):
     k = jnp.minimum(math.ceil(self.block / self.decode.steps), masked.sum(-1))
     top = top_k_mask(score, k)
     if self.decode.strategy == "static":
@@ -282,12 +427,16 @@ class SDARSampler(_BlockSampler):
 class FastDLLMSampler(_BlockSampler):
   name = "fast_dllm"
 
-  def reveal(self, masked, score, r):
+  def reveal(self, masked, score, r, current=None):
     sb = self.sub_block
     b = masked.shape[0]
-    # The current sub-block of each row: the first one that still holds a masked token.
+    # The current sub-block of each row: the first one that still holds a masked token (with
+    # the DualCache the lockstep one of the whole batch).
     sub = jnp.arange(self.block) // sb
-    first = jnp.min(jnp.where(masked, sub[None], self.block), -1)
+    if current is None:
+      first = jnp.min(jnp.where(masked, sub[None], self.block), -1)
+    else:
+      first = jnp.full((b,), current, jnp.int32)
     cand = masked & (sub[None] == first[:, None])
     score = jnp.where(cand, score, -jnp.inf)
     return top_k_mask(score, jnp.ones((b,), jnp.int32)) | (cand & (score > self.decode.threshold))
