@@ -19,12 +19,14 @@ order (order 'masked', reveal 'mar'), linear CFG over the revealed fraction (eva
 800 epochs, parameter EMA 0.9999. Paper FID (256 AR steps, CFG): 2.31 /
 1.78 / 1.55.
 
-`:smoke` runs on a fresh clone (under a minute): the tokens are the continuous values of the
+`head=flow|gmm` swaps the head (any continuous head; `diffusion` is MAR's and the default; the
+parameter counts above are the diffusion head's). `:smoke` runs on a fresh clone (under a minute): the tokens are the continuous values of the
 7x7 area-averaged MNIST pixels (pixel tokenizer with `continuous=True`, one channel), a tiny
 encoder-decoder and head, a few steps.
 """
 from arjax.config import ConfigDict, base_config, parse_arg
 
+HEADS = ("diffusion", "flow", "gmm")  # the continuous heads (arjax.heads); MAR's is diffusion.
 SIZES = {  # layers (encoder = decoder), heads, width, diffloss depth, diffloss width, CFG.
     "B": (12, 12, 768, 6, 1024, 2.9),
     "L": (16, 16, 1024, 8, 1280, 3.0),
@@ -33,9 +35,11 @@ SIZES = {  # layers (encoder = decoder), heads, width, diffloss depth, diffloss 
 
 
 def get_config(arg=None):
-  args = parse_arg(arg, size="B")
+  args = parse_arg(arg, size="B", head="diffusion")
   if args.size not in SIZES:
     raise ValueError(f"mar size={args.size!r}; expected one of {sorted(SIZES)}")
+  if args.head not in HEADS:
+    raise ValueError(f"mar head={args.head!r}; expected one of {list(HEADS)}")
   layers, heads, width, head_depth, head_width, cfg = SIZES[args.size]
   c = base_config()
   c.tokenizer.name = "cached"
@@ -66,6 +70,12 @@ def get_config(arg=None):
   h.width, h.depth = head_width, head_depth
   h.diffusion_batch_mul = 4
   h.num_sampling_steps = 100
+  if args.head == "flow":           # the same MLP predicting the velocity (NextStep-1 style).
+    h.name = "flow"
+    del h["diffusion_batch_mul"]
+    h.batch_mul, h.num_sampling_steps = 4, 20
+  elif args.head == "gmm":          # GIVT's mixture: no inner loop.
+    h = m.head = ConfigDict(dict(name="gmm", num_components=16))
   t = c.train
   t.batch_size = 2048
   t.lr = 8e-4                       # 1e-4 x 2048 / 256.
@@ -90,7 +100,8 @@ def get_config(arg=None):
     m.decoder_layers = 1
     b.num_layers, b.num_heads, b.dim = 1, 2, 32
     b.resid_dropout = b.ffn_dropout = 0.0
-    h.width, h.depth, h.num_sampling_steps = 32, 1, 4
+    if args.head != "gmm":
+      h.width, h.depth, h.num_sampling_steps = 32, 1, 4
     c.order.num_steps = 4
     t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
     t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
