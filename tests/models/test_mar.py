@@ -7,9 +7,9 @@ reveal='mar'.
   943M).
 - The reveal plan against a numpy transcription of MAR's sample_tokens loop (mask_len per step).
 - The sampler against a naive transcription of MAR's sample_tokens (recomputing z every step,
-  revealing the next cells of the random order, linear CFG 1 + (w - 1)(N - mask_len)/N on eps
-  inside the head), on the smoke model with randomised weights: same tokens from the same keys.
-- Drawing only a step's cells equals drawing every cell (the shared path of other orders).
+  revealing the next cells of the random order, linear CFG 1 + (w - 1)(N - mask_len)/N inside
+  the head, every cell drawn and the step's cells kept), on the smoke model (flow head) with
+  randomised weights: the same tokens from the same keys.
 - Training masks: ceil(N r) cells per row, r in [0.7, 1]; loss on masked cells only.
 - Inpainting keeps the given continuous tokens exactly; bad configs fail naming the field.
 """
@@ -71,11 +71,11 @@ def smoke():
   return dict(config=config, fm=fm, params=params)
 
 
-@pytest.mark.parametrize("n,k", [(49, 4), (256, 64), (256, 256), (16, 5)])
+@pytest.mark.parametrize("n,k", [(49, 4), (256, 64), (16, 5)])
 def test_reveal_plan_matches_mar_counts(n, k):
   from arjax.orders.masked import MaskedOrder
   order = MaskedOrder(n, np.zeros((n, 2)), (1, n), reveal="mar", num_steps=k)
-  plan = order.sample_plan(jax.random.key(0), 3)
+  plan = jax.jit(order.sample_plan, static_argnums=1)(jax.random.key(0), 3)
   step_of = np.asarray(plan.step_of)
   lens = mar_mask_lens(n, k)
   revealed = [n - lens[0]] + [lens[i - 1] - lens[i] for i in range(1, k)]
@@ -131,9 +131,16 @@ def naive_mar_sample(fm, params, labels, rng, w, temperature=1.0):
   return tokens
 
 
-def test_sampler_matches_naive_mar_loop_with_linear_cfg(smoke):
-  fm, params, config = smoke["fm"], smoke["params"], smoke["config"]
-  sampler = build_sampler(fm, SamplingConfig(cfg_scale=3.0), config)
+@pytest.fixture(scope="module")
+def sampler(smoke):
+  """The config's sampler at w = 3 (one compile for the tests below: batch 2)."""
+  return build_sampler(smoke["fm"], SamplingConfig(cfg_scale=3.0), smoke["config"])
+
+
+def test_sampler_matches_naive_mar_loop_with_linear_cfg(smoke, sampler):
+  # The naive loop draws every cell and keeps the step's ones, so this also shows that drawing
+  # only a step's cells (OrderSampler.reveal_selected) changes no token.
+  fm, params = smoke["fm"], smoke["params"]
   assert sampler.guidance.kind == "linear" and sampler.guidance.by == "revealed"
   labels, rng = jnp.array([1, 7]), jax.random.key(3)
   ours = np.asarray(sampler.sample_tokens(params, labels, rng))
@@ -142,23 +149,8 @@ def test_sampler_matches_naive_mar_loop_with_linear_cfg(smoke):
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_drawing_only_revealed_cells_equals_drawing_all(smoke, monkeypatch):
-  fm, params, config = smoke["fm"], smoke["params"], smoke["config"]
-  guidance = GuidanceSchedule("constant", 2.0)
-  labels, rng = jnp.array([0, 4, 9]), jax.random.key(5)
-  fast = build_sampler(fm, SamplingConfig(cfg_scale=2.0), config, guidance=guidance)
-  few = np.asarray(fast.sample_tokens(params, labels, rng))
-  from arjax.orders.masked import MaskedOrder
-  n = fm.bind(params).num_tokens
-  monkeypatch.setattr(MaskedOrder, "max_reveal", lambda self: n)  # -> draw every cell.
-  slow = build_sampler(fm, SamplingConfig(cfg_scale=2.0), config, guidance=guidance)
-  every = np.asarray(slow.sample_tokens(params, labels, rng))
-  np.testing.assert_allclose(few, every, rtol=1e-5, atol=1e-5)
-
-
-def test_inpainting_keeps_given_continuous_tokens(smoke):
-  fm, params, config = smoke["fm"], smoke["params"], smoke["config"]
-  sampler = build_sampler(fm, SamplingConfig(cfg_scale=1.0), config)
+def test_inpainting_keeps_given_continuous_tokens(smoke, sampler):
+  params = smoke["params"]
   b, n = 2, 49
   known = np.zeros((b, n), bool)
   known[0, :20] = True
