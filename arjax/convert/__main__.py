@@ -4,9 +4,10 @@
 Converts a released checkpoint into an arjax workdir that `arjax.sample` and `arjax.evaluate`
 load. NAME: llamagen (LlamaGen c2i GPT, sizes B / L / XL / XXL / 3B); var (VAR var_d{d}.pth,
 sizes 16 / 20 / 24 / 30, with its VQ-VAE --vae vae_ch160v4096z32.pth, written to
-WORKDIR/tokenizer); sdar (SDAR's conversion: --checkpoint is an AR run of model diffusion_lm,
-written under the block-diffusion --config, e.g. configs/text/bd3lm.py:block=4). The checkpoint is
-read without torch (.pt/.pth zip or legacy format, or an .npz of the state dict).
+WORKDIR/tokenizer); mar (MAR checkpoint-last.pth, sizes B / L / H, its EMA weights; the
+KL-16 VAE is not converted); sdar (SDAR's conversion: --checkpoint is an AR run of model
+diffusion_lm, written under the block-diffusion --config, e.g. configs/text/bd3lm.py:block=4).
+The checkpoint is read without torch (.pt/.pth zip or legacy format, or an .npz of the state dict).
 """
 from __future__ import annotations
 

@@ -11,6 +11,12 @@ confident ones (confidence = log p + tau_t Gumbel, tau annealed to 0). How many 
 proportional to gamma(linspace(1, 0, T))). The rule is `MaskedOrder.reveal_cells`, which the 'order'
 sampler (arjax.sampling.orders) calls at every step.
 
+`order.reveal='mar'` (MAR, Li et al. 2024, for continuous heads, which have no confidence): the
+cells are revealed in a random order per row, floor(N0 cos(pi/2 (k+1)/K)) staying masked after
+step k (the 'maskgit' count with the cosine schedule; N0 the unknown cells at the start: MAR's
+N without inpainting); the plan fixes each cell's step up front (`Plan.step_of`), and
+`max_reveal()` bounds the cells of one step so a sampler can draw only those.
+
 Legend: B batch, N tokens, L = N + 1 slots.
 """
 from __future__ import annotations
@@ -24,8 +30,11 @@ import numpy as np
 
 from arjax.kernels.masks import MaskSpec
 from arjax.orders import schedules
-from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, identity_perm,
-                               order_fields)
+from arjax.orders.base import (ORDERS, SRC_CLASS, SRC_QUERY, Layout, Order, Plan, identity_perm,
+                               order_fields, random_perm)
+
+
+REVEALS = ("maskgit", "maskgil", "mar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +43,8 @@ class MaskedFields:
   mask_schedule: str = "cosine"   # training mask ratio gamma(r): cosine | arccos | linear | square.
   loss_on: str = "masked"         # masked (MaskGIT) | all (MaskGIL's code).
   num_steps: int = 8              # sampling steps.
-  reveal: str = "maskgit"         # how many tokens a step reveals: maskgit | maskgil.
+  reveal: str = "maskgit"         # which tokens a step reveals: maskgit | maskgil (confidence)
+                                  # | mar (cosine count, random order; continuous heads).
   gumbel_temperature: float = 4.5  # initial temperature of the Gumbel noise on confidences.
 
 
@@ -63,13 +73,17 @@ class MaskedOrder(Order):
                        f"{schedules.MASK_SCHEDULES}")
     if loss_on not in ("masked", "all"):
       raise ValueError(f"order.loss_on={loss_on!r}; expected 'masked' or 'all'")
-    if reveal not in ("maskgit", "maskgil"):
-      raise ValueError(f"order.reveal={reveal!r}; expected 'maskgit' or 'maskgil'")
+    if reveal not in REVEALS:
+      raise ValueError(f"order.reveal={reveal!r}; expected one of {REVEALS}")
+    if reveal == "mar" and mask_schedule != "cosine":
+      raise ValueError(f"order.reveal='mar' counts with the cosine schedule (MAR); got "
+                       f"order.mask_schedule={mask_schedule!r}")
     schedules.check_steps(num_steps, num_tokens, "order.num_steps")
     if not (math.isfinite(gumbel_temperature) and gumbel_temperature >= 0):
       raise ValueError(f"order.gumbel_temperature={gumbel_temperature}; expected a finite "
                        "number >= 0")
     self.mask_schedule, self.loss_on, self.reveal = mask_schedule, loss_on, reveal
+    self.confidence = reveal != "mar"
     self.steps, self.gumbel_temperature = num_steps, gumbel_temperature
     r = np.linspace(1.0, 0.0, num_steps)
     self._reveal_weights = np.asarray(schedules.mask_ratio(r, mask_schedule, xp=np), np.float32)
@@ -101,7 +115,41 @@ class MaskedOrder(Order):
     return self.layout_for(known, jnp.ones_like(known))
 
   def sample_plan(self, rng, batch: int, known=None):
-    return None
+    if self.reveal != "mar":
+      return None  # confidence orders decide at each step.
+    n = self.num_tokens
+    known = jnp.zeros((batch, n), bool) if known is None else known
+    perm = random_perm(rng, batch, n, known)  # known cells first, then a random order.
+    num_known = known.sum(1)
+    unknown_start = n - num_known
+    # Revealed-so-far after each step, from the same count rule as MaskGIT's reveal.
+    after, unknown = [], unknown_start
+    for k in range(self.steps):
+      left = schedules.maskgit_num_masked(k, self.steps, unknown_start, unknown, "cosine")
+      after.append(unknown_start - left)
+      unknown = left
+    after = jnp.stack(after, 1)                                   # [B, K]
+    rank = jnp.arange(n, dtype=jnp.int32)[None] - num_known[:, None]   # rank among unknowns
+    step_in_perm = (after[:, None, :] <= rank[:, :, None]).sum(-1).astype(jnp.int32)
+    step_in_perm = jnp.where(rank < 0, -1, step_in_perm)
+    step_of = jnp.zeros((batch, n), jnp.int32).at[jnp.arange(batch)[:, None], perm].set(
+        step_in_perm)
+    return Plan(perm=perm, step_of=step_of, num_steps=self.steps)
+
+  def max_reveal(self) -> int:
+    """'mar': the most cells one step reveals, over every number of unknown cells 1..N (exact,
+    by running the count rule in numpy); N for the confidence reveals."""
+    if self.reveal != "mar":
+      return self.num_tokens
+    most = 1
+    for u in range(1, self.num_tokens + 1):
+      unknown = u
+      for k in range(self.steps):
+        left = 0 if k >= self.steps - 1 else int(np.clip(
+            np.floor(u * math.cos(math.pi / 2 * (k + 1) / self.steps)), 1, max(unknown - 1, 0)))
+        most = max(most, unknown - left)
+        unknown = left
+    return most
 
   # -- the confidence rule ---------------------------------------------------------------------
   def num_to_reveal(self, t, num_unknown_start, num_unknown_now):
@@ -118,7 +166,10 @@ class MaskedOrder(Order):
     return jnp.maximum(done_after - (num_unknown_start - num_unknown_now), 0)
 
   def reveal_cells(self, step, known, plan, *, key=None, confidence=None, num_unknown_start=None):
-    """The num_to_reveal(step) unknown cells with the highest confidence + tau_t Gumbel."""
+    """The num_to_reveal(step) unknown cells with the highest confidence + tau_t Gumbel; for
+    'mar' the cells the plan gives this step."""
+    if self.reveal == "mar":
+      return (plan.step_of == step) & ~known
     num = self.num_to_reveal(step, num_unknown_start, (~known).sum(1))
     return confidence_mask(key, confidence(), known, num, self.gumbel_temp(step))
 

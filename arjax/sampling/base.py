@@ -93,6 +93,9 @@ class Sampler:
       raise ValueError(f"sampler {self.name!r} cannot run model {type(model).__name__} with "
                        f"order {getattr(getattr(model, 'order', None), 'name', None)!r}: "
                        f"{reason}; samplers that can: {runnable_samplers(model)}")
+    if self.guidance.by == "revealed" and not getattr(self, "counts_revealed", False):
+      raise ValueError(f"eval.cfg_by='revealed' (MAR's linear CFG) is for the 'order' sampler; "
+                       f"sampler {self.name!r} counts tokens before the step (cfg_by='tokens')")
     self.options = sampling.head_options()
     allowed = getattr(model.head, "sample_options", ())
     extra = sorted(set(self.options) - set(allowed))

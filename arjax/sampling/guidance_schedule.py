@@ -14,7 +14,8 @@ categorical head, GIVT's density rule for the GMM, inside the inner loop for ite
   power_cosine   1 + (s - 1) (1 - cos(pi p^power)) / 2   (RAR, Yu et al. 2024)
 
 p is the fraction of tokens decoded before this step (`by='tokens'`: t/N for a sequential
-sampler) or the step fraction t/(T-1) (`by='steps'`).
+sampler), the fraction decoded after it (`by='revealed'`: MAR's (N - mask_len) / N; the 'order'
+sampler over order 'masked' with reveal='mar') or the step fraction t/(T-1) (`by='steps'`).
 """
 from __future__ import annotations
 
@@ -35,13 +36,15 @@ class GuidanceSchedule:
   kind: str = "constant"
   scale: float = 1.0
   power: float = 1.0   # power_cosine exponent p.
-  by: str = "tokens"   # progress: 'tokens' (fraction decoded) or 'steps' (t / (T - 1)).
+  by: str = "tokens"   # progress: 'tokens' (fraction decoded before the step), 'revealed'
+                       # (after it) or 'steps' (t / (T - 1)).
 
   def __post_init__(self):
     if self.kind not in GUIDANCE_KINDS:
       raise ValueError(f"guidance schedule kind={self.kind!r}; expected one of {GUIDANCE_KINDS}")
-    if self.by not in ("tokens", "steps"):
-      raise ValueError(f"guidance schedule by={self.by!r}; expected 'tokens' or 'steps'")
+    if self.by not in ("tokens", "revealed", "steps"):
+      raise ValueError(f"guidance schedule by={self.by!r}; expected 'tokens', 'revealed' or "
+                       "'steps'")
     if self.power <= 0:
       raise ValueError(f"guidance schedule power={self.power}; expected > 0")
 
@@ -59,7 +62,7 @@ class GuidanceSchedule:
     return 1.0 + (self.scale - 1.0) * (1.0 - jnp.cos(math.pi * p ** self.power)) / 2.0
 
   def progress(self, tokens_done, num_tokens, step, num_steps):
-    if self.by == "tokens":
+    if self.by in ("tokens", "revealed"):  # the caller counts before or after the step.
       return jnp.asarray(tokens_done, jnp.float32) / num_tokens
     return jnp.asarray(step, jnp.float32) / max(num_steps - 1, 1)
 

@@ -6,6 +6,9 @@ the state of `arjax.sampling.state`. At step k it samples every cell and the ord
 (`Order.reveal_cells`) says which cells the step fixes: the cells with plan.step_of == k for
 fixed-group orders (raster, random, RandAR, ARPG, LPD, PAR, NAR), the most confident unknown
 cells within the mask budget for confidence orders (MaskGIT / MaskGIL, `MaskedOrder.reveal_cells`).
+Orders that fix a step's cells before the draw and bound them (`max_reveal()`: MAR's order
+'masked' with reveal='mar') draw only those cells (`reveal_selected`), so a continuous head's inner
+sampling loop runs on the few revealed tokens.
 Given cells (inpainting / outpainting: `known`, `given`) are never overwritten, so they come
 out exactly. Each step recomputes the whole layout (no KV cache), so a parallel step costs one
 forward pass of the full sequence; KV-cached decoding is 'sequential', 'cached_groups' (ARPG)
@@ -52,6 +55,7 @@ class OrderSampler(Sampler):
   """Samples class-conditional tokens from an order-driven model (see module docstring)."""
 
   name = "order"
+  counts_revealed = True  # eval.cfg_by='revealed' (see reveal_selected).
 
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None):
@@ -80,14 +84,46 @@ class OrderSampler(Sampler):
     state = SamplerState.create(where_cells(known, given, jnp.zeros_like(given)), known, rng)
     cells = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))  # each cell its own key.
 
+    most = order.max_reveal() if hasattr(order, "max_reveal") else n
+    if g.by == "revealed" and (order.confidence or most >= n):
+      raise ValueError(f"eval.cfg_by='revealed' needs an order that fixes its cells before the "
+                       f"draw and bounds them per step (order 'masked' with reveal='mar'); "
+                       f"order {order.name!r} does not")
+
     def body(k, state):
       dist = model.grid_dist(g.double(state.tokens), feed_labels, g.double(state.known),
                              feed_plan)
+      if not order.confidence and most < n:
+        return self.reveal_selected(state, dist, order, plan, num_steps, most)
       return self.reveal_step(state, dist, order, plan, num_steps, to_grid=lambda x: x,
                               num_unknown_start=unknown_start, cells=cells)
 
     state = jax.lax.fori_loop(0, num_steps, body, state)
     return state.tokens, state.known
+
+  def reveal_selected(self, state, dist, order, plan, num_steps: int, most: int):
+    """One step of an order that fixes its cells before the draw and reveals at most `most`
+    per step (MAR): gathers those cells' predictions [B, most] and draws only them (a
+    continuous head's inner loop then runs on `most` tokens, not N). Cells are drawn with the
+    keys of `Sampler.draw_cells`, so the tokens equal those of drawing every cell."""
+    n = state.known.shape[1]
+    reveal = order.reveal_cells(state.step, state.known, plan)
+    # The revealed cells first (top_k of a 0/1 score is stable: lowest cell index first).
+    _, sel = jax.lax.top_k(reveal.astype(jnp.float32), most)
+    sel = sel.astype(jnp.int32)
+    valid = jnp.take_along_axis(reveal, sel, 1)
+    g = self.guidance
+    idx = g.double(sel)
+    take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), 1)
+    part = jax.tree.map(take, dist)
+    done = (state.known | reveal).sum(1) if g.by == "revealed" else state.known.sum(1)
+    guided = g.guide(part, g.progress(done, n, state.step, num_steps))
+    draw = self.draw_cells(guided, jax.random.fold_in(state.key, state.step), sel, n)
+    b = sel.shape[0]
+    cells = jnp.where(valid, sel, n)  # unrevealed picks go out of range and are dropped.
+    tokens = state.tokens.at[jnp.arange(b)[:, None], cells].set(draw.astype(state.tokens.dtype),
+                                                                mode="drop")
+    return state.replace(tokens=tokens, known=state.known | reveal, step=state.step + 1)
 
   def sample_tokens(self, params, labels, rng, known=None, given=None):
     """labels int32 [B] -> tokens [B, N, *T] of the head's dtype.
