@@ -6,7 +6,8 @@ For each order, with its default sampler (`model.default_sampler()`: 'sequential
 'cached_order' for RandAR / LPD / PAR / NAR, 'cached_groups' for ARPG, 'order' for MaskGIT) and,
 at batch 1, the recomputing 'order' sampler as well, it prints: sampling steps, forward passes
 per image (model calls in the sampling loop; a cached step feeds a few slots, a recomputing step
-the whole layout), slots fed per image, images/s and the ratio to raster's images/s timed
+the whole layout), slots fed per image (in parentheses with each step's padding: the cached
+samplers pad a step to the largest step of its segment), images/s and the ratio to raster's images/s timed
 interleaved, the issue's goal at batch 1 (images/s >= 0.5 x raster steps / steps x raster's),
 and the bytes of the KV cache arrays the batch holds.
 
@@ -53,6 +54,7 @@ class Row:
   cache_bytes: Callable[[int], int]     # batch -> bytes of the KV cache arrays.
   run: Callable[[jax.Array], object]    # labels [B] -> tokens [B, N].
   params: int = 0
+  padded: int = 0         # slots fed per image including the padding of each step (cost).
 
 
 @dataclasses.dataclass
@@ -102,27 +104,32 @@ def order_rows(ctx: Context) -> List[Row]:
     elif name == "cached_order":
       cp = sampler.plan
       steps, slots, cache = cp.num_steps, cp.fed_slots(), sampler.cache_bytes
+      padded = sum((s.stop - s.start) * s.fed for s in sampler.segments)
     elif name == "cached_groups":
-      cum = np.asarray([0] + list(model.order.cumulative))
-      steps, gmax = len(cum) - 1, int(np.diff(cum).max())
-      slots = 1 + n + n   # Pass 1: class + every token (the last group's too); Pass 2: N queries.
-      cache = lambda b, m=model, s=n + gmax + 1: _tree_bytes(
-          jax.eval_shape(lambda: m.init_group_cache(b * g, s)))
+      content, _, queries, fed, segs = sampler.group_tables(model)
+      steps = content.shape[0]
+      # Pass 1 (half the layers): the class + every group's tokens but the last; Pass 2 (the
+      # other half): N queries. As full-depth slots: the mean of the two.
+      slots = (int(fed.sum()) + n) // 2
+      padded = sum((s.stop - s.start) * (int(fed[s.start:s.stop].max()) + s.targets)
+                   for s in segs) // 2
+      cache = sampler.cache_bytes
     else:  # 'order': every step recomputes the whole layout; nothing cached.
       steps = model.order.num_steps()
       slots = steps * _layout_slots(model)
       cache = lambda b: 0
-    passes = steps + (1 if name in ("sequential", "cached_groups") else 0)
+    passes = steps  # cached_groups: one pass per step (the previous group's tokens + queries).
     if name == "sequential":
       passes = n  # the class slot, then x_0 ... x_(N-2), one call each.
     run = lambda labels, s=sampler, p=params: s.sample_tokens(p, labels, ctx.key)
-    rows.append(Row(order, name, steps, passes, slots, cache, run, fm.param_count()))
+    rows.append(Row(order, name, steps, passes, slots, cache, run, fm.param_count(),
+                    padded if name in ("cached_order", "cached_groups") else slots))
     if ctx.args.recompute and name != "order" and order != "raster":
       full = OrderSampler(fm, sampling)
       k = model.order.num_steps()
       rows.append(Row(f"{order} (recompute)", "order", k, k, k * _layout_slots(model),
                       lambda b: 0, lambda labels, s=full, p=params: s.sample_tokens(
-                          p, labels, ctx.key), fm.param_count()))
+                          p, labels, ctx.key), fm.param_count(), k * _layout_slots(model)))
   return rows
 
 
@@ -146,21 +153,22 @@ def measure(rows: List[Row], batch: int, repeats: int, skip_recompute: bool) -> 
     ips = batch / times[r.name]
     goal = 0.5 * raster.steps / r.steps
     out.append(dict(name=r.name, sampler=r.sampler, steps=r.steps, passes=r.passes,
-                    slots=r.slots, ips=ips, ratio=ips / base, goal=goal,
+                    slots=r.slots, padded=r.padded or r.slots, ips=ips, ratio=ips / base,
+                    goal=goal,
                     cache=r.cache_bytes(batch), params=r.params))
   return out
 
 
 def print_table(batch: int, results: List[Dict]):
   print(f"\nbatch {batch}")
-  print("| order | sampler | params | steps | forward passes / image | slots fed / image | "
-        "images/s | vs raster | goal (batch 1) | KV cache |")
+  print("| order | sampler | params | steps | forward passes / image | slots fed / image "
+        "(padded) | images/s | vs raster | goal (batch 1) | KV cache |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     met = ("" if r["name"] == "raster" or batch != 1 else
            f"{r['goal']:.2f}x {'met' if r['ratio'] >= r['goal'] else 'NOT met'}")
     print(f"| {r['name']} | {r['sampler']} | {r['params']:,} | {r['steps']} | {r['passes']} | "
-          f"{r['slots']} | {r['ips']:.2f} | {r['ratio']:.2f}x | {met} | "
+          f"{r['slots']} ({r['padded']}) | {r['ips']:.2f} | {r['ratio']:.2f}x | {met} | "
           f"{r['cache'] / 2**20:.2f} MiB |")
 
 

@@ -44,6 +44,9 @@ class Sampler:
   """Base class of the registered samplers (see the module docstring)."""
 
   name = "sampler"
+  # The speculative options (SamplingConfig.window, gsd_radius, gsd_tol) this sampler takes;
+  # one set away from its default for a sampler not taking it is refused by name.
+  speculative_options: tuple = ()
 
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None):
@@ -56,6 +59,10 @@ class Sampler:
       raise ValueError(f"sampler {self.name!r} cannot run model {type(model).__name__} with "
                        f"order {getattr(getattr(model, 'order', None), 'name', None)!r}: "
                        f"{reason}; samplers that can: {runnable_samplers(model)}")
+    unused = [f for f in sampling.speculative_set() if f not in self.speculative_options]
+    if unused:
+      raise ValueError(f"sampling option(s) {unused} do not apply to sampler {self.name!r} "
+                       "(window: 'sjd', 'mc_sjd', 'gsd'; gsd_radius, gsd_tol: 'gsd')")
     self.options = sampling.head_options()
     allowed = getattr(model.head, "sample_options", ())
     extra = sorted(set(self.options) - set(allowed))

@@ -94,6 +94,7 @@ class SpeculativeSampler(Sampler):
   (how a draft is tested) and `redraft` (the drafts of the cells after a rejection)."""
 
   name = "speculative"
+  speculative_options = ("window",)
 
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None,
@@ -101,11 +102,15 @@ class SpeculativeSampler(Sampler):
     super().__init__(fm, sampling, guidance)
     model = fm.bind(fm.abstract_params)
     self.num_tokens = int(model.tokenizer.tokens_per_image)
-    # Without options (build_sampler by name): the default window, shortened for models of
-    # fewer than 17 tokens; a window given explicitly is checked, never shortened.
-    default = SpeculativeOptions()
-    self.spec = options or dataclasses.replace(default, window=min(default.window,
-                                                                   self.num_tokens - 1))
+    # The options come from `sampling` (config.sampling.window, ...: SamplingConfig) or, in
+    # code, from `options`; window 0 (the default) is min(16, N - 1). An explicit window is
+    # checked, never shortened.
+    if options is not None and sampling.speculative_set():
+      raise ValueError(f"sampler {self.name!r} got speculative options twice: "
+                       f"{list(sampling.speculative_set())} in the SamplingConfig and `options`")
+    self.spec = options or SpeculativeOptions(
+        window=sampling.window or min(SpeculativeOptions.window, self.num_tokens - 1),
+        gsd_radius=sampling.gsd_radius, gsd_tol=sampling.gsd_tol)
     self.vocab_size = int(model.tokenizer.vocab_size)
     self.spec.validate(self.num_tokens)
     self._run = jax.jit(self._decode, donate_argnames=("caches",))
@@ -287,6 +292,7 @@ class GSDSampler(SpeculativeSampler):
   """SJD with grouped acceptance over clusters of plausible tokens (lossy)."""
 
   name = "gsd"
+  speculative_options = ("window", "gsd_radius", "gsd_tol")
 
   def accept_ratio(self, p, q, x):
     px = jnp.take_along_axis(p, x[:, None], -1)
