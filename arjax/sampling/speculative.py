@@ -36,6 +36,10 @@ the cache never grows. Randomness is per row (a key per row; pass t uses fold_in
 so a row gives the same tokens in any batch (`sample_tokens` takes one key, split per row, or a
 key per row).
 
+Options: `window`, `gsd_radius`, `gsd_tol` are fields of config.sampling / SamplingConfig
+(`python -m arjax.sample --sampler sjd --window 8`; window 0, the default: min(16, N - 1)), or
+given in code as `options=SpeculativeOptions(...)`; out-of-range values name the field.
+
 Models: those of the 'sequential' sampler (decode_prefix / decode_tokens with per-row token
 indexes: raster_ar, ordered_ar with a raster-like causal order) with a categorical head. An
 order with bidirectional or block masks is refused by name.
