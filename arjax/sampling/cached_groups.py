@@ -41,6 +41,7 @@ class CachedGroupSampler(Sampler):
   """Samples class-conditional tokens in the order's groups with a KV cache (see above)."""
 
   name = "cached_groups"
+  max_segments = 6  # compiled loops per run at most (1: every step padded to the largest).
 
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None):
@@ -74,7 +75,7 @@ class CachedGroupSampler(Sampler):
     # A step feeds C content rows (Pass 1) and G queries (Pass 2) of half the depth each: cost
     # as max(C, G) rows; the cache it needs ends after its content rows.
     segs = plan_segments(np.maximum(fed, sizes), sizes, content_at,
-                         slot_cost=6 * model.backbone_cfg.dim)
+                         slot_cost=6 * model.backbone_cfg.dim, max_segments=self.max_segments)
     return content, content_at, queries, fed, segs
 
   def _sample(self, params, labels, rng, collect: bool = False):

@@ -55,11 +55,11 @@ def cache_plan_of(model) -> CachePlan:
   return build_cache_plan(src, pos, tgt, mask, step_of, read, model.order.num_steps())
 
 
-def segments_of(cp: CachePlan, width: int) -> List[Segment]:
+def segments_of(cp: CachePlan, width: int, max_segments: int = 6) -> List[Segment]:
   """The plan's steps split into segments padded to their own sizes (cache_plan.plan_segments;
   per-row work ~ 6 x width keys: the projections and MLP of a Llama block)."""
   return plan_segments((cp.src != PAD).sum(1), (cp.target >= 0).sum(1), cp.cache_at,
-                       slot_cost=6 * width)
+                       slot_cost=6 * width, max_segments=max_segments)
 
 
 def grow_cache(cache, longer):
@@ -81,13 +81,14 @@ class CachedOrderSampler(Sampler):
   """Samples class-conditional tokens of a fixed-group order with a KV cache (see above)."""
 
   name = "cached_order"
+  max_segments = 6  # compiled loops per run at most (1: every step padded to the largest).
 
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None):
     super().__init__(fm, sampling, guidance)
     model = fm.bind(fm.abstract_params)
     self.plan = cache_plan_of(model)
-    self.segments = segments_of(self.plan, model.backbone_cfg.dim)
+    self.segments = segments_of(self.plan, model.backbone_cfg.dim, self.max_segments)
     self._run = jax.jit(self._sample, static_argnames=("collect",))
 
   @classmethod
