@@ -1,6 +1,7 @@
 """Sampling speed of every order against KV-cached raster decoding (same model size, same process).
 
-  python benchmarks/sampling.py [--layers 2] [--dim 128] [--batches 1,32] [--repeats 3] [--smoke]
+  python benchmarks/sampling.py [--layers 2] [--dim 128] [--batches 1,32] [--repeats 3]
+                                [--clock wall|cpu] [--max_segments K] [--smoke]
 
 For each order, with its default sampler (`model.default_sampler()`: 'sequential' for raster,
 'cached_order' for RandAR / LPD / PAR / NAR, 'cached_groups' for ARPG, 'order' for MaskGIT) and,
@@ -30,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import hardware, time_interleaved
+from benchmarks.common import block, hardware, time_interleaved
 
 # The order configs of the table: the papers' step counts for 256 tokens where they give one.
 ORDER_CONFIGS: Dict[str, Dict] = {
@@ -142,10 +143,29 @@ def _layout_slots(model) -> int:
 ROW_BUILDERS: List[Callable[[Context], List[Row]]] = [order_rows]
 
 
-def measure(rows: List[Row], batch: int, repeats: int, skip_recompute: bool) -> List[Dict]:
+def cpu_interleaved(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+  """Median CPU seconds (this process, all threads) per call, calls alternating: on a loaded
+  machine the time a call spends waiting for a core is not counted."""
+  import statistics
+  import time
+  for f in fns.values():
+    block(f())
+  samples = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, f in fns.items():
+      t0 = time.process_time()
+      block(f())
+      samples[k].append(time.process_time() - t0)
+  return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def measure(rows: List[Row], batch: int, repeats: int, skip_recompute: bool,
+            clock: str = "wall") -> List[Dict]:
   labels = jnp.arange(batch, dtype=jnp.int32) % 10
   use = [r for r in rows if not (skip_recompute and r.name.endswith("(recompute)"))]
-  times = time_interleaved({r.name: (lambda r=r: r.run(labels)) for r in use}, repeats=repeats)
+  fns = {r.name: (lambda r=r: r.run(labels)) for r in use}
+  times = (time_interleaved(fns, repeats=repeats) if clock == "wall"
+           else cpu_interleaved(fns, repeats))
   raster = next(r for r in use if r.name == "raster")
   base = batch / times["raster"]
   out = []
@@ -183,8 +203,19 @@ def main(argv=None, builders: Optional[List[Callable[[Context], List[Row]]]] = N
   p.add_argument("--orders", default=",".join(ORDER_CONFIGS))
   p.add_argument("--recompute", type=int, default=1,
                  help="also time the recomputing 'order' sampler (batch 1 only)")
+  p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                 help="wall seconds, or this process's CPU seconds (a loaded machine)")
+  p.add_argument("--max_segments", type=int, default=None,
+                 help="segments of the cached samplers (default: theirs; 1: every step padded "
+                 "to the run's largest step and full cache, as before segmenting)")
   p.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat")
   args = p.parse_args(argv)
+  if args.max_segments is not None:
+    if args.max_segments < 1:
+      p.error(f"--max_segments={args.max_segments}; expected >= 1")
+    from arjax.sampling.cached_groups import CachedGroupSampler
+    from arjax.sampling.cached_orders import CachedOrderSampler
+    CachedGroupSampler.max_segments = CachedOrderSampler.max_segments = args.max_segments
   if args.smoke:
     args.layers, args.dim, args.grid, args.batches, args.repeats = 2, 64, 4, "1,2", 1
     ORDER_CONFIGS["randar"]["order"]["num_steps"] = 6
@@ -203,9 +234,11 @@ def main(argv=None, builders: Optional[List[Callable[[Context], List[Row]]]] = N
   rows = [r for b in (builders or ROW_BUILDERS) for r in b(ctx)]
   print(f"hardware: {hardware()}")
   print(f"model: {args.layers} layers, width {args.dim}, {args.grid}x{args.grid} tokens, "
-        f"vocabulary 512, cfg {args.cfg}, temperature 1, float32")
+        f"vocabulary 512, cfg {args.cfg}, temperature 1, float32; clock {args.clock}, "
+        f"load average {os.getloadavg()[0]:.1f}")
   for i, batch in enumerate(int(x) for x in args.batches.split(",")):
-    print_table(batch, measure(rows, batch, args.repeats, skip_recompute=i > 0))
+    print_table(batch, measure(rows, batch, args.repeats, skip_recompute=i > 0,
+                               clock=args.clock))
     sys.stdout.flush()
   return 0
 
