@@ -1,4 +1,4 @@
-"""The batch-1 ceiling of MaskGIT (order 'masked') against KV-cached raster decoding on this machine.
+"""The batch-1 ceiling of MaskGIT (order 'masked') against KV-cached raster decoding here.
 
   python benchmarks/masked_ceiling.py [--layers 2] [--dim 128] [--grid 16] [--steps 8]
 

@@ -8,8 +8,9 @@ For each order, with its default sampler (`model.default_sampler()`: 'sequential
 at batch 1, the recomputing 'order' sampler as well, it prints: sampling steps, forward passes
 per image (model calls in the sampling loop; a cached step feeds a few slots, a recomputing step
 the whole layout), slots fed per image (in parentheses with each step's padding: the cached
-samplers pad a step to the largest step of its segment), images/s and the ratio to raster's images/s timed
-interleaved, the issue's goal at batch 1 (images/s >= 0.5 x raster steps / steps x raster's),
+samplers pad a step to the largest step of its segment), images/s and the ratio to raster's
+images/s timed interleaved (wall seconds, or with --clock cpu this process's CPU seconds), the
+issue's goal at batch 1 (images/s >= 0.5 x raster steps / steps x raster's),
 and the bytes of the KV cache arrays the batch holds.
 
 Rows come from the functions in ROW_BUILDERS, each `builder(ctx) -> List[Row]`; another script

@@ -27,7 +27,8 @@ SPECULATIVE_FIELDS: Tuple[Tuple[str, Any], ...] = (
 class SamplingFields:
   """`config.sampling`: the sampler's `name` ('auto' or a registered sampler; the head options
   are config.eval's) and the speculative samplers' options; any other field is refused at
-  start, and out-of-range values name the field (`config.sampling.window=-1; expected >= 0`)."""
+  start, and out-of-range values name the field
+  (`config.sampling.window=-1; expected an integer >= 0`)."""
   window: int = ranged(0, lo=0, integer=True)        # W drafts per pass (0: min(16, N - 1)).
   gsd_radius: int = ranged(7, lo=0, integer=True)    # gsd: group of tokens within this many ranks.
   gsd_tol: float = ranged(0.15, lo=0.0, hi=1.0, lo_open=True)  # gsd: ... and this probability.

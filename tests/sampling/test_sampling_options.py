@@ -42,7 +42,7 @@ def test_config_sampling_fields_reach_the_sampler(tiny):
   assert isinstance(sampler, GSDSampler)
   assert sampler.spec == SpeculativeOptions(window=2, gsd_radius=3, gsd_tol=0.4)
   # Window 0 (the default): min(16, N - 1); an override typed on the command line wins.
-  c.sampling.name = "sjd"
+  c.sampling.name, c.sampling.gsd_radius, c.sampling.gsd_tol = "sjd", 7, 0.15  # sjd: no gsd_*.
   assert build_sampler(fm, sampling_from_config(c, window=0), c).spec.window == N - 1
   assert build_sampler(fm, sampling_from_config(c, window=3), c).spec.window == 3
   # The window set in the config draws what the same window given in code draws.
@@ -66,9 +66,10 @@ def test_out_of_range_options_name_the_field(tiny):
   with pytest.raises(ValueError, match=r"window=5; expected <= N - 1 = 4"):
     SJDSampler(fm, SamplingConfig(window=N))
   # In the config: checked with the other fields, named by their path.
-  for field, value, msg in [("window", -1, r"config.sampling.window=-1; expected >= 0"),
-                            ("gsd_tol", 2.0, r"config.sampling.gsd_tol=2.0; expected .*1"),
-                            ("gsd_radius", -1, r"config.sampling.gsd_radius=-1; expected >= 0")]:
+  for field, value, msg in [
+      ("window", -1, r"config.sampling.window=-1; expected an integer >= 0"),
+      ("gsd_tol", 2.0, r"config.sampling.gsd_tol=2.0; expected .*1"),
+      ("gsd_radius", -1, r"config.sampling.gsd_radius=-1; expected an integer >= 0")]:
     c = config.copy_and_resolve_references()
     c.sampling[field] = value
     with pytest.raises(ValueError, match=msg):
