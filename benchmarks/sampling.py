@@ -88,7 +88,6 @@ def _tree_bytes(tree) -> int:
 
 def order_rows(ctx: Context) -> List[Row]:
   """One row per order with its default sampler; with --recompute, the 'order' sampler too."""
-  import numpy as np
   from arjax.sampling import SamplingConfig, build_sampler
   from arjax.sampling.orders import OrderSampler
   sampling = SamplingConfig(temperature=1.0, cfg_scale=ctx.args.cfg)

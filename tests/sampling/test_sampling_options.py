@@ -4,7 +4,6 @@ field in one line, and a sampler that does not take an option refuses it by name
 
 Tiny raster model: N = 5 tokens (pixel tokenizer, resolution 1, 5 channels), vocabulary 3.
 """
-import dataclasses
 import os
 import subprocess
 import sys
