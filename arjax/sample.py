@@ -1,5 +1,6 @@
 """python -m arjax.sample --workdir DIR [--num N] [--cfg_scale S] [--temperature T] [--top_k K]
-                         [--top_p P] [--seed X] [--out PREFIX] [--resolution R]
+                         [--top_p P] [--sampler NAME] [--window W] [--gsd_radius R]
+                         [--gsd_tol T] [--seed X] [--out PREFIX] [--resolution R]
 
 Samples class-conditional images from the latest checkpoint of a run (classes cycle 0, 1, ...)
 and writes PREFIX.png (a grid, one column per class) and PREFIX.npz (images, labels, tokens).
@@ -9,6 +10,7 @@ The run is loaded with `arjax.load` (parameters and model state only: no optimiz
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +33,13 @@ def main(argv=None):
   p.add_argument("--top_p", type=float, default=None)
   p.add_argument("--sampler", default=None,
                  help="sampler registry name (default: config.sampling.name, else the model's)")
+  p.add_argument("--window", type=int, default=None,
+                 help="speculative samplers (sjd, mc_sjd, gsd): drafts verified per pass "
+                 "(default: config.sampling.window; 0: min(16, N - 1))")
+  p.add_argument("--gsd_radius", type=int, default=None,
+                 help="gsd: group radius in ranks (default: config.sampling.gsd_radius)")
+  p.add_argument("--gsd_tol", type=float, default=None,
+                 help="gsd: group probability tolerance (default: config.sampling.gsd_tol)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--out", default=None, help="output prefix (default WORKDIR/samples/sample_SEED)")
@@ -47,17 +56,15 @@ def main(argv=None):
   import jax.numpy as jnp
   from arjax import loading
   from arjax.evaluate.images import save_grid
-  from arjax.sampling import SamplingConfig, build_sampler
+  from arjax.sampling import build_sampler, sampling_from_config
 
   # Parameters and model state only: no optimizer, no data set (arjax.load).
   step = loading.resolve_step(args.workdir, args.step)
   fm, params, config = loading.load(args.workdir, step)
-  e = config.eval
-  pick = lambda v, d: d if v is None else v
-  sampling = SamplingConfig(cfg_scale=pick(args.cfg_scale, e.cfg_scale),
-                            temperature=pick(args.temperature, e.temperature),
-                            top_k=pick(args.top_k, e.top_k), top_p=pick(args.top_p, e.top_p),
-                            name=args.sampler or "auto")
+  # config.eval's head options and config.sampling's speculative options, unless typed.
+  sampling = sampling_from_config(config, **{k: getattr(args, k) for k in (
+      "cfg_scale", "temperature", "top_k", "top_p", "window", "gsd_radius", "gsd_tol")})
+  sampling = dataclasses.replace(sampling, name=args.sampler or "auto")
   ncls = config.model.num_classes
   labels = jnp.arange(args.num, dtype=jnp.int32) % ncls
   t0 = time.time()

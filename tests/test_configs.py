@@ -151,7 +151,7 @@ def test_every_registered_part_declares_its_fields():
       assert fields is not None and dataclasses.is_dataclass(fields), (registry.kind, name)
   assert {p for p, _ in PARTS} >= {"tokenizer", "order", "model", "model.head", "sampling"}
   # Each node is declared by a registry (its `name` picks the part) or a fields dataclass
-  # (config.sampling holds only the sampler's name).
+  # (config.sampling: the sampler's name and the speculative samplers' options).
   assert all(isinstance(_resolve(ref), Registry) or dataclasses.is_dataclass(_resolve(ref))
              for _, ref in PARTS)
 

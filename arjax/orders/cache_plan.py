@@ -187,3 +187,64 @@ def read_slots_from_targets(tgt: Sequence[int], n: int) -> np.ndarray:
     raise ValueError(f"cache plan: cells {np.nonzero(out[:, 0] < 0)[0].tolist()} have no slot "
                      "predicting them")
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """Steps start ... stop - 1 of a cached run, compiled as one loop with static sizes: `fed`
+  rows per step, `targets` predictions per step, a cache of `cache_len` slots."""
+  start: int
+  stop: int
+  fed: int
+  targets: int
+  cache_len: int
+
+
+def plan_segments(fed: Sequence[int], targets: Sequence[int], cache_at: Sequence[int], *,
+                  slot_cost: float, max_segments: int = 6) -> List[Segment]:
+  """Splits K steps into at most `max_segments` contiguous segments, each padded to its own
+  largest step instead of the run's (a step's cost grows with the rows it feeds and the cache
+  its rows attend over).
+
+  fed, targets, cache_at: int [K] per step: rows fed, predictions, the cache slot of the first
+  fed row (non-decreasing). A step of a segment with F rows and S cache slots costs
+  F * (slot_cost + S) (slot_cost: the per-row work in units of one key attended, about 6 x the
+  width for a Llama block). Exact minimum of that cost, plus a charge per extra segment of 1/50
+  of the one-segment cost (a segment is one more compiled loop and one cache copy), by dynamic
+  programming over the number of segments. Cache lengths never shrink from one segment to the
+  next (the cache is copied into a longer one, never cut).
+  """
+  fed, targets, at = (np.asarray(x, np.int64) for x in (fed, targets, cache_at))
+  k = fed.shape[0]
+  if k == 0:
+    raise ValueError("cache plan: no steps to segment")
+
+  def costs(j):  # cost of the segments i .. j-1 for every i < j (vectorised over i).
+    f = np.maximum.accumulate(fed[:j][::-1])[::-1]
+    return f * (slot_cost + at[j - 1] + f) * (j - np.arange(j))
+
+  whole = float(costs(k)[0])
+  charge = whole / 50.0
+  inf = float("inf")
+  best = np.full((max_segments + 1, k + 1), inf)
+  arg = np.zeros((max_segments + 1, k + 1), np.int64)
+  best[0, 0] = 0.0
+  seg_cost = [None] + [costs(j) for j in range(1, k + 1)]
+  for m in range(1, max_segments + 1):
+    for j in range(1, k + 1):
+      c = best[m - 1, :j] + seg_cost[j] + charge
+      i = int(np.argmin(c))
+      best[m, j], arg[m, j] = c[i], i
+  m = int(np.argmin(best[:, k]))
+  bounds, j = [], k
+  while m > 0:
+    i = int(arg[m, j])
+    bounds.append((i, j))
+    j, m = i, m - 1
+  out, s_prev = [], 0
+  for i, j in reversed(bounds):
+    f, g = int(fed[i:j].max()), int(targets[i:j].max())
+    s = max(s_prev, int(at[j - 1]) + f)
+    out.append(Segment(i, j, max(f, 1), max(g, 1), s))
+    s_prev = s
+  return out

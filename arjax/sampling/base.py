@@ -46,6 +46,9 @@ class Sampler:
   """Base class of the registered samplers (see the module docstring)."""
 
   name = "sampler"
+  # The speculative options (SamplingConfig.window, gsd_radius, gsd_tol) this sampler takes;
+  # one set away from its default for a sampler not taking it is refused by name.
+  speculative_options: tuple = ()
 
   def __init_subclass__(cls, **kwargs):
     # Every sampler's own sample_tokens checks its inputs first (check_inputs), so a wrong
@@ -96,6 +99,10 @@ class Sampler:
     if self.guidance.by == "revealed" and not getattr(self, "counts_revealed", False):
       raise ValueError(f"eval.cfg_by='revealed' (MAR's linear CFG) is for the 'order' sampler; "
                        f"sampler {self.name!r} counts tokens before the step (cfg_by='tokens')")
+    unused = [f for f in sampling.speculative_set() if f not in self.speculative_options]
+    if unused:
+      raise ValueError(f"sampling option(s) {unused} do not apply to sampler {self.name!r} "
+                       "(window: 'sjd', 'mc_sjd', 'gsd'; gsd_radius, gsd_tol: 'gsd')")
     self.options = sampling.head_options()
     allowed = getattr(model.head, "sample_options", ())
     extra = sorted(set(self.options) - set(allowed))

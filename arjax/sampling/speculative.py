@@ -36,6 +36,10 @@ the cache never grows. Randomness is per row (a key per row; pass t uses fold_in
 so a row gives the same tokens in any batch (`sample_tokens` takes one key, split per row, or a
 key per row).
 
+Options: `window`, `gsd_radius`, `gsd_tol` are fields of config.sampling / SamplingConfig
+(`python -m arjax.sample --sampler sjd --window 8`; window 0, the default: min(16, N - 1)), or
+given in code as `options=SpeculativeOptions(...)`; out-of-range values name the field.
+
 Models: those of the 'sequential' sampler (decode_prefix / decode_tokens with per-row token
 indexes: raster_ar, ordered_ar with a raster-like causal order) with a categorical head. An
 order with bidirectional or block masks is refused by name.
@@ -94,6 +98,7 @@ class SpeculativeSampler(Sampler):
   (how a draft is tested) and `redraft` (the drafts of the cells after a rejection)."""
 
   name = "speculative"
+  speculative_options = ("window",)
 
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None,
@@ -101,11 +106,15 @@ class SpeculativeSampler(Sampler):
     super().__init__(fm, sampling, guidance)
     model = fm.bind(fm.abstract_params)
     self.num_tokens = int(model.tokenizer.tokens_per_image)
-    # Without options (build_sampler by name): the default window, shortened for models of
-    # fewer than 17 tokens; a window given explicitly is checked, never shortened.
-    default = SpeculativeOptions()
-    self.spec = options or dataclasses.replace(default, window=min(default.window,
-                                                                   self.num_tokens - 1))
+    # The options come from `sampling` (config.sampling.window, ...: SamplingConfig) or, in
+    # code, from `options`; window 0 (the default) is min(16, N - 1). An explicit window is
+    # checked, never shortened.
+    if options is not None and sampling.speculative_set():
+      raise ValueError(f"sampler {self.name!r} got speculative options twice: "
+                       f"{list(sampling.speculative_set())} in the SamplingConfig and `options`")
+    self.spec = options or SpeculativeOptions(
+        window=sampling.window or min(SpeculativeOptions.window, self.num_tokens - 1),
+        gsd_radius=sampling.gsd_radius, gsd_tol=sampling.gsd_tol)
     self.vocab_size = int(model.tokenizer.vocab_size)
     self.spec.validate(self.num_tokens)
     self._run = jax.jit(self._decode, donate_argnames=("caches",))
@@ -287,6 +296,7 @@ class GSDSampler(SpeculativeSampler):
   """SJD with grouped acceptance over clusters of plausible tokens (lossy)."""
 
   name = "gsd"
+  speculative_options = ("window", "gsd_radius", "gsd_tol")
 
   def accept_ratio(self, p, q, x):
     px = jnp.take_along_axis(p, x[:, None], -1)

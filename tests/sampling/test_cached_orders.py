@@ -16,6 +16,9 @@ import pytest
 
 from arjax.sampling import SamplingConfig, build_sampler
 from arjax.orders.cache_plan import PAD
+from arjax.orders import SRC_CLASS
+from arjax.orders.cache_plan import Segment, plan_segments
+from arjax.sampling.cached_groups import CachedGroupSampler
 from arjax.sampling.cached_orders import CachedOrderSampler
 from arjax.sampling.orders import OrderSampler
 from arjax.sampling.state import PLAN_KEY
@@ -52,10 +55,37 @@ def test_auto_picks_the_cached_sampler(model):
 
 
 def test_cached_equals_recomputed_tokens_and_logits(model):
+  name, fm, _, params, cached = model
+  _check_cached_equals_recomputed(name, fm, params, cached)
+
+
+@pytest.fixture(scope="module")
+def arpg():
+  fm, config = tiny_model(tiny_config(model__name="arpg", order__name="arpg",
+                                      order__schedule="arpg_arccos", order__num_steps=6,
+                                      tokenizer__resolution=SIDE))
+  return fm, config, fm.initial_params(), CachedGroupSampler(fm, SAMPLING)
+
+
+def test_arpg_cached_groups_equal_recomputed_tokens_and_logits(arpg):
+  """ARPG's one-pass steps (the previous group's tokens through Pass 1, this group's queries
+  through Pass 2) in several segments of their own sizes, against recomputation."""
+  fm, config, params, cached = arpg
+  assert isinstance(build_sampler(fm, SamplingConfig(), config), CachedGroupSampler)
+  content, content_at, queries, fed, segs = cached.group_tables(fm.bind(params))
+  assert len(segs) > 1 and len({s.targets for s in segs}) > 1  # the segmented path is run.
+  # Step k feeds the tokens of group k - 1 (step 0: the class), and the last group never.
+  ranks = np.concatenate([r[r >= 0] for r in content[1:]])
+  last = int((queries[-1] >= 0).sum())
+  np.testing.assert_array_equal(ranks, np.arange(N - last))
+  assert content[0, 0] == SRC_CLASS and (content[0, 1:] == -1).all()
+  _check_cached_equals_recomputed("arpg", fm, params, cached)
+
+
+def _check_cached_equals_recomputed(name, fm, params, cached):
   """Tokens: the 'order' sampler's for the same key (two keys). Logits: at every step, the
   cached logits of the step's cells vs `grid_dist` of the recomputed layout at that step
   (known = the cells of earlier steps), on the cached run's own tokens, both CFG halves."""
-  name, fm, _, params, cached = model
   full = OrderSampler(fm, SAMPLING)
   labels = jnp.array([1, 6, 3])
   outs = []
@@ -191,3 +221,45 @@ def test_bad_input_names_the_field():
                                        r"index \(model.timestep_cond\); samplers that can: "
                                        r"\['order'"):
     CachedOrderSampler(fm, SamplingConfig())
+
+
+def test_plan_segments_is_the_exact_minimum_and_covers_every_step():
+  """plan_segments against enumeration of every split of K = 9 steps into <= 6 contiguous
+  segments (256 splits), with the cost stated in its docstring; random step sizes, 20 draws."""
+  import itertools
+  rng = np.random.default_rng(0)
+  k, slot_cost, max_segments = 9, 50.0, 6
+  for _ in range(20):
+    fed = rng.integers(1, 30, k)
+    targets = np.minimum(fed, rng.integers(1, 30, k))
+    at = np.cumsum(np.concatenate([[0], rng.integers(0, 20, k - 1)]))
+
+    def cost(bounds):
+      total = 0.0
+      for i, j in bounds:
+        f = fed[i:j].max()
+        total += f * (slot_cost + at[j - 1] + f) * (j - i)
+      whole = fed.max() * (slot_cost + at[-1] + fed.max()) * k
+      return total + len(bounds) * whole / 50.0
+
+    best = min(cost(list(zip((0,) + cuts, cuts + (k,))))
+               for m in range(max_segments) for cuts in itertools.combinations(range(1, k), m))
+    segs = plan_segments(fed, targets, at, slot_cost=slot_cost, max_segments=max_segments)
+    got = cost([(s.start, s.stop) for s in segs])
+    np.testing.assert_allclose(got, best, rtol=1e-12)
+    assert segs[0].start == 0 and segs[-1].stop == k and len(segs) <= max_segments
+    for a, b in zip(segs, segs[1:]):
+      assert a.stop == b.start and a.cache_len <= b.cache_len
+    for s in segs:  # every step of a segment fits its sizes (rows, targets, cache writes).
+      assert s.fed >= fed[s.start:s.stop].max() and s.targets >= targets[s.start:s.stop].max()
+      assert s.cache_len >= (at[s.start:s.stop] + s.fed).max()
+
+
+def test_cached_order_runs_in_segments_of_their_own_sizes(model):
+  """The segments of each tiny order cover its steps, and a segment is padded to its own
+  largest step, not the run's (fewer rows fed than K x F)."""
+  name, _, _, _, sampler = model
+  cp, segs = sampler.plan, sampler.segments
+  assert isinstance(segs[0], Segment) and segs[-1].stop == cp.num_steps
+  padded = sum((s.stop - s.start) * s.fed for s in segs)
+  assert cp.fed_slots() <= padded <= cp.num_steps * cp.fed_per_step, name
