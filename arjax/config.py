@@ -428,7 +428,7 @@ FIELD_RANGES: Dict[str, Range] = {
     "eval.top_k": _INT0, "eval.top_p": Range(lo=0.0, hi=1.0, lo_open=True),
     "mesh.data": Range(lo=1, integer=True, also=(-1,)), "mesh.fsdp": _INT1,
     "mesh.tensor": _INT1,
-    "data.prefetch": _INT0, "data.worker_count": _INT0,
+    "data.prefetch": _INT0, "data.worker_count": _INT0, "data.device_prefetch": _INT0,
     "model.num_classes": _INT1,
     "model.backbone.num_layers": _INT1, "model.backbone.num_heads": _INT1,
     "model.backbone.dim": _INT1, "model.backbone.num_kv_heads": _INT0,
