@@ -59,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.source = "mnist"      # 'mnist' | 'fashion_mnist' (bundled) | 'tfds:NAME' | 'array_record:PATH' | 'npz:PATH' | text: 'tinyshakespeare' | 'txt:PATH' | 'recall:OPTS' | 'treecall:OPTS'.
   c.seq_len = 256         # tokens per example L of text sources (arjax.data.text); image sources ignore it.
+  c.train_chars = 0       # corpus text sources: window only the first U characters of the 'train' split (repeated data, experiments/data_constrained.py); 0 = all. The test split is unchanged.
   c.pp = ""               # preprocessing ops joined by '|', e.g. "resize(16)|flip_lr" (arjax.data.preprocess).
   c.tfds_data_dir = ""    # data_dir for 'tfds:' sources ('' = the TFDS default).
   c.worker_count = 0      # grain worker processes (0 = in-process).
@@ -79,6 +80,7 @@ class _Settings:
   device_prefetch: int
   splits: Dict[str, str]
   seq_len: int
+  train_chars: int
 
 
 def _settings(cfg: ml_collections.ConfigDict) -> _Settings:
@@ -94,7 +96,7 @@ def _settings(cfg: ml_collections.ConfigDict) -> _Settings:
   for key in ("source", "pp", "tfds_data_dir"):
     if not isinstance(values[key], str):
       raise ValueError(f"data.{key}={values[key]!r}; expected a string")
-  for key in ("worker_count", "prefetch", "device_prefetch"):
+  for key in ("worker_count", "prefetch", "device_prefetch", "train_chars"):
     if not isinstance(values[key], int) or values[key] < 0:
       raise ValueError(f"data.{key}={values[key]!r}; expected an int >= 0")
   if not isinstance(values["seq_len"], int) or values["seq_len"] <= 0:
@@ -121,6 +123,9 @@ def _open_split(s: _Settings, split: str) -> _Split:
   pp = preprocess.parse(s.pp)
   source_split = s.splits.get(split, split)
   source = sources.open_source(s.source, source_split, s.tfds_data_dir, s.seq_len)
+  if s.train_chars and source_split == "train":
+    from arjax.data.text import first_chars
+    source = first_chars(source, s.train_chars)
   ids = np.flatnonzero(pp.keep(source.labels())).astype(np.int64) if pp.filters else None
   out = _Split(source, ids, pp, split)
   if not len(out):

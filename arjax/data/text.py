@@ -13,6 +13,9 @@ split 'train', the last 10 % the split 'test' (alias 'validation'), the conventi
   test   the whole split, tiled by windows of L from its start; the last window is the split's
          final L characters, scoring only the characters no earlier window scored. Each window
          is read from scratch (its first character is predicted without context).
+data.train_chars = U > 0 keeps only the first U characters of the split 'train' (its
+U - L + 1 windows; the data-constrained experiment repeats them for many epochs); 'test' is
+unchanged.
 A `txt:PATH` file that is empty, not UTF-8, or holds a character outside the vocabulary fails
 with one line naming the file and the first offending byte offset and character.
 
@@ -170,6 +173,19 @@ class TextWindows:
 
   def __repr__(self) -> str:
     return f"TextWindows({self.name!r}, split={self.split!r}, seq_len={self.seq_len})"
+
+
+def first_chars(source, n: int) -> TextWindows:
+  """The 'train' windows of a corpus source restricted to its first n characters
+  (data.train_chars = n > 0: repeated data; every window of L inside them, n - L + 1)."""
+  if not isinstance(source, TextWindows):
+    raise ValueError(f"data.train_chars={n}: applies to corpus text sources "
+                     f"('tinyshakespeare', 'txt:PATH'), not {source!r}")
+  if n < source.seq_len or n > len(source.ids):
+    raise ValueError(f"data.train_chars={n}; expected 0 (all) or data.seq_len={source.seq_len} "
+                     f"..{len(source.ids)} (the characters of split {source.split!r} of "
+                     f"{source.name!r})")
+  return TextWindows(source.name, source.split, source.ids[:n], source.seq_len)
 
 
 # -- generated tasks -------------------------------------------------------------------------

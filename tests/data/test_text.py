@@ -112,6 +112,36 @@ def test_missing_file_short_split_and_bad_options_name_the_field(tmp_path):
     sources.parse_spec("tinyshakespear")
 
 
+def test_train_chars_windows_only_the_first_u_characters_and_keeps_the_test_split():
+  """data.train_chars = U: the 'train' windows are exactly those inside the first U characters
+  of the training split (U - L + 1 of them); the test split is the same as without it."""
+  u, seq_len = 100, 16
+  c = _cfg("tinyshakespeare", seq_len)
+  c.train_chars = u
+  batches = list(data.make_iterator(c, "train", global_batch_size=32, seed=0, shuffle=False,
+                                    num_epochs=1, drop_remainder=False, process_index=0,
+                                    process_count=1))
+  rows = np.concatenate([b["tokens"][b["mask"] > 0] for b in batches])
+  first = text.split_ids(text.corpus_ids("tinyshakespeare"), "train", "tinyshakespeare")[:u]
+  naive = np.stack([first[i:i + seq_len] for i in range(u - seq_len + 1)])
+  np.testing.assert_array_equal(rows, naive)
+  limited = list(data.make_iterator(c, "test", global_batch_size=4096, seed=0, shuffle=False,
+                                    num_epochs=1, drop_remainder=False, process_index=0,
+                                    process_count=1))
+  full = _all("tinyshakespeare", "test", seq_len, batch=4096)
+  for a, b in zip(limited, full):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  assert len(limited) == len(full)
+  for bad, match in [(8, "data.train_chars=8; expected 0 \\(all\\) or data.seq_len=16"),
+                     (-1, "data.train_chars=-1; expected an int >= 0")]:
+    c.train_chars = bad
+    with pytest.raises(ValueError, match=match):
+      data.dataset_info(c)
+  c.source, c.train_chars = "recall:pairs=4", 100
+  with pytest.raises(ValueError, match="train_chars=100: applies to corpus text sources"):
+    data.dataset_info(c)
+
+
 def test_recall_examples_follow_the_tinylang_layout():
   src = sources.open_source("recall:pairs=6,keys=20,num=50", "train", seq_len=20)
   b = src.read(np.arange(50))
