@@ -144,7 +144,11 @@ def main(argv=None):
             f"val {v:.3f} bits/char", flush=True)
   n = min(len(results["ar"]["step"]), len(results["mdlm"]["step"]))
   if n == 0:
-    raise ValueError(f"{args.workdir}: no evaluation of both runs in their metrics.jsonl yet")
+    msg = f"{args.workdir}: no evaluation of both runs in their metrics.jsonl yet"
+    if args.report:
+      raise ValueError(msg)
+    print(msg + "; rerun with --report once both are trained", flush=True)
+    return
   ar, md = np.array(results["ar"]["val_bpc"][:n]), np.array(results["mdlm"]["val_bpc"][:n])
   ep = np.array(results["ar"]["epochs"][:n])
   cross = None
