@@ -121,6 +121,23 @@ def test_regenerated_weights_are_the_fixtures(fx, sd):
   assert not any(k.startswith("decoder.up.") and ".attn." in k for k in sd)
 
 
+def test_the_released_kl16_layout_maps_onto_the_paper_config(fx):
+  # The names and shapes of the official AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4))
+  # (kl16.ckpt's module, built on torch's meta device by the fixture script) convert into
+  # configs/tokenizers/mar_kl16.py with nothing missing, left over or of another shape.
+  # Zero-stride arrays: no 66M-parameter state dict is held, only the converted copy.
+  shapes = {str(n): tuple(int(x) for x in s[:d])
+            for n, s, d in zip(fx["kl16_names"], fx["kl16_shapes"], fx["kl16_ndim"])}
+  sd = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
+  config = tokenizer_config()
+  params = mar_vae_params(sd, config)
+  abstract = FunctionalModel.abstract(lambda: build_model(config)).abstract_params
+  got = jax.tree.map(np.shape, params)
+  assert got == jax.tree.map(lambda a: tuple(a.shape), abstract)
+  assert sum(np.prod(s) for s in shapes.values()) == 66_456_019 == sum(
+      a.size for a in jax.tree.leaves(params))
+
+
 def test_encoder_moments_match_official(fx, outputs):
   moments = np.asarray(outputs["moments"])
   close(moments, fx["moments"])
