@@ -193,11 +193,12 @@ def check_vae_fits(config, tconfig) -> None:
   tokens' (tokenizer.grid, tokenizer.latent_dim)."""
   tm = tconfig.model
   grid = tm.image_size // 2 ** (len(tm.ch_mult) - 1)
+  dim = int(tm.quantizer.get("latent_dim", 0))
   t = config.tokenizer
-  if (grid, tm.quantizer.latent_dim) != (int(t.grid), int(t.get("latent_dim", 0))):
-    raise ValueError(f"the VAE gives {grid}x{grid} latents of {tm.quantizer.latent_dim} channels "
+  if (grid, dim) != (int(t.grid), int(t.get("latent_dim", 0))):
+    raise ValueError(f"the VAE gives {grid}x{grid} latents of {dim} channels "
                      f"(model.image_size={tm.image_size}, ch_mult={list(tm.ch_mult)}, "
-                     f"quantizer.latent_dim={tm.quantizer.latent_dim}); the generator reads "
+                     f"quantizer.latent_dim={dim}); the generator reads "
                      f"tokenizer.grid={t.grid}, tokenizer.latent_dim={t.get('latent_dim', 0)}")
 
 
