@@ -2,12 +2,18 @@
 -> an arjax workdir of `configs/imagenet256/mar.py:size=B|L|H` (model 'mar', diffusion head).
 
   python -m arjax.convert mar --checkpoint checkpoint-last.pth --size B --workdir W
+  python -m arjax.convert mar --checkpoint checkpoint-last.pth --vae kl16.ckpt --size B \
+      --workdir W          # writes W (generator) and W/tokenizer (the KL-16 VAE)
 
 The file is read without torch. MAR's training checkpoint holds {'model', 'model_ema', ...}; the
 EMA weights are what MAR evaluates and samples with, so they are converted when present ('model'
 otherwise; a bare state dict or an .npz of one also works). The generator's tokens are KL-16
-latents: the config's tokenizer is 'cached' (latent_dim 16); decoding samples to pixels needs
-the VAE as a tokenizer run (`tokenizer.checkpoint`), which this converter does not write.
+latents: the config's tokenizer is 'cached' (latent_dim 16). With `--vae kl16.ckpt` the VAE is
+converted too (arjax.convert.mar_vae) into W/tokenizer, a tokenizer run of
+configs/tokenizers/mar_kl16.py, and the generator's `tokenizer.checkpoint` names it, so
+`arjax.load`, `arjax.sample` and `arjax.evaluate` decode samples to pixels (posterior-mean
+latents x 0.2325 as MAR's tokens; decoding divides by 0.2325 as MAR's `vae.decode(tokens /
+0.2325)`). Without it the generator's samples stay latents.
 
 PyTorch Linear weights [out, in] -> arjax kernels [in, out]. Names (timm ViT blocks):
 
@@ -39,7 +45,7 @@ N tokens.
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
@@ -182,20 +188,46 @@ def read_mar_checkpoint(path: str, weights: str = "ema") -> Dict[str, np.ndarray
   return {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
 
 
+def check_vae_fits(config, tconfig) -> None:
+  """Raises naming both sides when the VAE's latent grid or width is not the generator's
+  tokens' (tokenizer.grid, tokenizer.latent_dim)."""
+  tm = tconfig.model
+  grid = tm.image_size // 2 ** (len(tm.ch_mult) - 1)
+  dim = int(tm.quantizer.get("latent_dim", 0))
+  t = config.tokenizer
+  if (grid, dim) != (int(t.grid), int(t.get("latent_dim", 0))):
+    raise ValueError(f"the VAE gives {grid}x{grid} latents of {dim} channels "
+                     f"(model.image_size={tm.image_size}, ch_mult={list(tm.ch_mult)}, "
+                     f"quantizer.latent_dim={dim}); the generator reads "
+                     f"tokenizer.grid={t.grid}, tokenizer.latent_dim={t.get('latent_dim', 0)}")
+
+
 def convert_mar(checkpoint: str, workdir: str, size: str = "B",
-                config_path: str = "configs/imagenet256/mar.py", overrides=()) -> str:
-  """Reads a MAR checkpoint and writes an arjax workdir; returns the workdir."""
+                config_path: str = "configs/imagenet256/mar.py", overrides=(),
+                vae: Optional[str] = None, vae_overrides=()) -> str:
+  """Reads a MAR checkpoint and writes an arjax workdir; returns the workdir. With `vae`
+  (kl16.ckpt) the VAE is written to `workdir/tokenizer` and named by the generator's
+  tokenizer.checkpoint. Both files are read and checked before anything is written."""
   from arjax.config import load_config
+  from arjax.convert import mar_vae
   from arjax.convert.workdir import write_workdir
-  config = load_config(f"{config_path}:size={size}", overrides)
+  if vae is None:
+    config = load_config(f"{config_path}:size={size}", overrides)
+    params = mar_params(read_mar_checkpoint(checkpoint), config)
+    return write_workdir(config, params, workdir, source=os.path.abspath(checkpoint))
+  tok_dir = os.path.abspath(os.path.join(workdir, "tokenizer"))
+  config = load_config(f"{config_path}:size={size}",
+                       list(overrides) + [f"tokenizer.checkpoint={tok_dir}"])
+  tconfig = mar_vae.tokenizer_config(vae_overrides)
+  check_vae_fits(config, tconfig)
   params = mar_params(read_mar_checkpoint(checkpoint), config)
+  tparams = mar_vae.mar_vae_params(mar_vae.read_vae_checkpoint(vae), tconfig)
+  write_workdir(tconfig, tparams, tok_dir, source=os.path.abspath(vae))
   return write_workdir(config, params, workdir, source=os.path.abspath(checkpoint))
 
 
 @CONVERTERS.register("mar")
 def _cli(args):
-  if getattr(args, "vae", None):
-    raise ValueError("mar: --vae (the KL-16 VAE) is not converted yet; convert the generator "
-                     "alone and give its tokens to a KL tokenizer run")
   return convert_mar(args.checkpoint, args.workdir, args.size or "B",
-                     args.config or "configs/imagenet256/mar.py", args.overrides)
+                     args.config or "configs/imagenet256/mar.py", args.overrides,
+                     getattr(args, "vae", None), getattr(args, "vae_override", ()))
