@@ -116,9 +116,9 @@ def gmm_draw(key, logits, means, logvars, temperature, shape=()):
   k_comp, k_noise = jax.random.split(key)
   lead = tuple(shape) + logits.shape[:-1]
   k = jax.random.categorical(k_comp, logits, axis=-1, shape=lead)
-  mu = jnp.take_along_axis(jnp.broadcast_to(means, lead + means.shape[-1:]), k[..., None], -1)[..., 0]
-  lv = jnp.take_along_axis(jnp.broadcast_to(logvars, lead + means.shape[-1:]), k[..., None],
-                           -1)[..., 0]
+  pick = lambda p: jnp.take_along_axis(jnp.broadcast_to(p, lead + p.shape[-1:]), k[..., None],
+                                       -1)[..., 0]
+  mu, lv = pick(means), pick(logvars)
   return mu + temperature * jnp.exp(0.5 * lv) * jax.random.normal(k_noise, lead, jnp.float32)
 
 
