@@ -20,7 +20,7 @@ def _config(head: str, continuous: bool):
   return c
 
 
-@pytest.mark.parametrize("head", ["diffusion", "flow", "gmm"])
+@pytest.mark.parametrize("head", ["diffusion", "flow", "gmm", "arinar"])
 def test_a_continuous_head_on_a_discrete_tokenizer_names_both(head):
   with pytest.raises(ValueError, match=rf"head '{head}' is a continuous head and needs continuous "
                                        r"tokens .* got PixelTokenizer with vocab_size=4, "
@@ -34,7 +34,7 @@ def test_the_categorical_head_on_continuous_tokens_names_both():
     nnx.eval_shape(lambda: build_model(_config("categorical", continuous=True)))
 
 
-@pytest.mark.parametrize("head", ["diffusion", "flow"])
+@pytest.mark.parametrize("head", ["diffusion", "flow", "arinar"])
 def test_latents_of_the_wrong_channel_count_name_both_shapes(head):
   batch = {"latents": jnp.zeros((2, 49, 3)), "label": jnp.zeros((2,), jnp.int32)}
   with pytest.raises(ValueError, match=rf"head '{head}' takes targets \[2, 49, 1\] of float32, "
