@@ -46,7 +46,7 @@ class NextScaleSampler(Sampler):
   def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
                guidance: Optional[GuidanceSchedule] = None):
     super().__init__(fm, sampling, guidance)
-    self._run = jax.jit(self._sample)
+    self._run = jax.jit(self._sample, static_argnums=3)
 
   @classmethod
   def cannot_run(cls, model):
@@ -54,32 +54,44 @@ class NextScaleSampler(Sampler):
       return "it has no next-scale decoding (decode_scale)"
     return None
 
-  def _sample(self, params, labels, rng):
-    """labels int32 [B] -> (tokens int32 [B, N], f_hat float32 [B, H, W, Dv])."""
+  def _sample(self, params, labels, rng, scales=None):
+    """labels int32 [B] -> (tokens int32 [B, N], f_hat float32 [B, H, W, Dv]).
+    scales (static): a list for a model with flexible scales (FlexVAR), whose `decode_scale`
+    takes the list's order and whose `sample_update` gives the next pass's inputs."""
     from arjax.tokenizers.resample import area_resize
     model = self.fm.bind(params)
-    order = model.order
+    flexible = getattr(model, "flexible_scales", False)
+    order = model.scale_order(scales) if flexible and scales is not None else model.order
     vq = model.scale_quantizer()
     codebook = jax.lax.stop_gradient(vq.codebook[...])
-    b, n = labels.shape[0], model.num_tokens
+    b, n = labels.shape[0], order.num_tokens
     g = self.guidance
     feed = g.feed_labels(labels, model.null_class)
     plan = order.sample_plan(jax.random.fold_in(rng, PLAN_KEY), b)
+    cache = (model.init_cache(feed.shape[0], num_tokens=n) if flexible
+             else model.init_cache(feed.shape[0]))
     state = SamplerState.create(self.token_buffer(model, b, n), jnp.zeros((b, n), bool), rng,
-                                cache=model.init_cache(feed.shape[0]))
+                                cache=cache)
     grid = order.grid
     f_hat = jnp.zeros((b,) + tuple(grid) + (vq.code_dim,), jnp.float32)
     inputs = None
     num_steps = order.num_steps()
     for k, s in enumerate(order.scales):
       a, e = order.bounds[k]
-      dist, cache = model.decode_scale(k, inputs, feed, state.cache)
+      if flexible:
+        dist, cache = model.decode_scale(k, inputs, feed, state.cache, order=order)
+      else:
+        dist, cache = model.decode_scale(k, inputs, feed, state.cache)
       to_grid = lambda x, a=a: jax.lax.dynamic_update_slice_in_dim(
           jnp.zeros((b, n) + x.shape[2:], x.dtype), x, a, axis=1)
       state = self.reveal_step(state.replace(cache=cache), dist, order, plan, num_steps,
                                to_grid=to_grid)
       state = state.replace(position=state.position + (e - a))
       idx = state.tokens[:, a:e].reshape(b, s, s)
+      if flexible:  # non-residual: the next input is this scale's codes, upsampled.
+        f_hat, nxt_inputs = model.sample_update(vq, order, k, idx, f_hat)
+        inputs = None if nxt_inputs is None else g.double(nxt_inputs)
+        continue
       f_hat = f_hat + jax.lax.stop_gradient(vq._upsample(k, jnp.take(codebook, idx, axis=0)))
       if k + 1 < len(order.scales):
         nxt = order.scales[k + 1]
@@ -91,6 +103,8 @@ class NextScaleSampler(Sampler):
     are fixed by its training scales (FlexVAR's are not)."""
     from arjax.orders.scales import check_scales
     model = self.fm.bind(self.fm.abstract_params)
+    if getattr(model, "flexible_scales", False):
+      return model.check_sampling_scales(scales)
     have = tuple(model.scales)
     scales = check_scales(scales, "sampling scales", grid=have[-1], max_tokens=model.num_tokens)
     if scales != have:
@@ -101,8 +115,8 @@ class NextScaleSampler(Sampler):
   def sample_with_fhat(self, params, labels, rng, scales: Optional[Sequence[int]] = None):
     """labels int32 [B] -> (tokens int32 [B, N], final f_hat [B, H, W, Dv])."""
     if scales is not None:
-      self.check_scales(scales)
-    return self._run(params, jnp.asarray(labels, jnp.int32), rng)
+      scales = self.check_scales(scales)  # a tuple for a flexible model, else None
+    return self._run(params, jnp.asarray(labels, jnp.int32), rng, scales)
 
   def sample_tokens(self, params, labels, rng, known=None, given=None, scales=None):
     """labels int32 [B] -> tokens int32 [B, N] (scales concatenated, scale 1 first)."""
