@@ -76,6 +76,7 @@ class NextScaleSampler(Sampler):
     f_hat = jnp.zeros((b,) + tuple(grid) + (vq.code_dim,), jnp.float32)
     inputs = None
     num_steps = order.num_steps()
+    schedule = (model.refine_schedule(order) if hasattr(model, "refine_schedule") else None)
     for k, s in enumerate(order.scales):
       a, e = order.bounds[k]
       if flexible:
@@ -84,9 +85,16 @@ class NextScaleSampler(Sampler):
         dist, cache = model.decode_scale(k, inputs, feed, state.cache)
       to_grid = lambda x, a=a: jax.lax.dynamic_update_slice_in_dim(
           jnp.zeros((b, n) + x.shape[2:], x.dtype), x, a, axis=1)
+      counts = schedule[k] if schedule is not None else (s * s,)
+      if len(counts) > 1:  # the guided prediction, to rank the drawn cells (HMAR)
+        guided = g.guide(dist, g.progress(state.known.sum(1), n, state.step, num_steps))
       state = self.reveal_step(state.replace(cache=cache), dist, order, plan, num_steps,
                                to_grid=to_grid)
       state = state.replace(position=state.position + (e - a))
+      if len(counts) > 1:
+        cells = self._refine(model, k, inputs[:b], state.tokens[:, a:e], guided, counts, labels,
+                             jax.random.fold_in(state.key, 1_000_000 + k))
+        state = state.replace(tokens=state.tokens.at[:, a:e].set(cells))
       idx = state.tokens[:, a:e].reshape(b, s, s)
       if flexible:  # non-residual: the next input is this scale's codes, upsampled.
         f_hat, nxt_inputs = model.sample_update(vq, order, k, idx, f_hat)
@@ -97,6 +105,30 @@ class NextScaleSampler(Sampler):
         nxt = order.scales[k + 1]
         inputs = g.double(area_resize(f_hat, nxt).reshape(b, nxt * nxt, vq.code_dim))
     return state.tokens, f_hat
+
+  def _refine(self, model, k: int, ns_inputs, cells, guided, counts, labels, key):
+    """In-scale masked refinement of scale k (HMAR): cells int32 [B, L] drawn from `guided`
+    (the doubled-batch prediction's guided form, conditional rows first); counts: the scale's
+    schedule. After step j the sum(counts[j+1:]) cells of lowest probability are masked and
+    redrawn by the model's refinement branch (unguided: conditional rows only)."""
+    b, l = cells.shape
+    rows = jnp.arange(b)[:, None]
+    s = int(round(l ** 0.5))
+
+    def lowest(logits, cells, among, num):
+      logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1),
+                                 cells[..., None], -1)[..., 0]
+      logp = jnp.where(among, logp, jnp.inf)
+      pick = jnp.argsort(logp, axis=1)[:, :num]
+      return jnp.zeros((b, l), bool).at[rows, pick].set(True)
+
+    masked = lowest(guided.logits[:b], cells, jnp.ones((b, l), bool), sum(counts[1:]))
+    for j in range(1, len(counts)):
+      dist = model.refine_scale(k, ns_inputs, cells.reshape(b, s, s), masked, labels)
+      cells = jnp.where(masked, self.draw(dist, jax.random.fold_in(key, j)), cells)
+      if j + 1 < len(counts):
+        masked = lowest(dist.logits, cells, masked, sum(counts[j + 1:]))
+    return cells
 
   def check_scales(self, scales: Sequence[int]):
     """A requested scale list must be the model's: VAR's position table and level embeddings
