@@ -11,6 +11,8 @@ upsampled reconstruction of scales < k (the model computes those inputs), so
   markovian      a slot of scale k sees scales k - 1 and k only (per attention layer: through
                  L blocks a change at scale k can still reach scale k + L; the inputs, the
                  running f_hat, carry every earlier token in both variants).
+  markov_window=0 a slot of scale k sees scale k only (block-diagonal; HMAR's released mask: the
+                 input of scale k already carries scale k - 1).
 
 Sampling step k reveals the whole of scale k (`Plan.step_of` = the scale of each cell, the
 base rule of `Order.reveal_cells`). `level_ids` are the scale of every slot (VAR's level

@@ -21,6 +21,13 @@ The K passes have K different query counts, so the loop over scales is unrolled 
 (K compiled pieces, no padding to the largest scale). The cache holds N slots per row; under
 guidance the batch is doubled (conditional rows first).
 
+Two model hooks generalise the loop. A model with `flexible_scales` (FlexVAR,
+arjax.models.flexvar) samples at any list `scales=` it accepts: the list's order, a cache of its N
+slots, and the model's `sample_update` (non-residual: the next input is bicubic(e[q_k], s_{k+1})).
+A model with `refine_schedule` (HMAR, arjax.models.hmar) refines a scale in place after drawing
+it: the lowest-probability cells are masked again and redrawn by its refinement branch
+(`_refine`), as many steps as the scale's schedule has counts.
+
 Legend: B batch, N tokens, K scales, H/W latent grid, Dv code dim, s side of a scale.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from arjax.config import load_config
-from arjax.core.functional import FunctionalModel
+from arjax.core.functional import FunctionalModel, abstract_module
 from arjax.models import build_model
 from arjax.orders.scale_lists import ScaleListSpec, sample_scale_list, static_sizes
 from arjax.sampling import SamplingConfig, build_sampler
@@ -277,19 +277,18 @@ def test_bad_lists_are_refused_by_name(flex, tok):
     sampler.check_scales([2, 4])
   with pytest.raises(ValueError, match=r"model draw range \[2, 5\] must lie strictly between 1 "
                                        r"and the grid 4"):
-    build_model(flex_config("model.draw_hi=[5]"))
+    abstract_module(lambda: build_model(flex_config("model.draw_hi=[5]")))
   with pytest.raises(ValueError, match=r"model default scales=\[1, 2, 3, 4\] has 30 tokens, more "
                                        r"than model.max_tokens=20"):
-    build_model(flex_config("model.max_tokens=20"))
+    abstract_module(lambda: build_model(flex_config("model.max_tokens=20")))
   with pytest.raises(ValueError, match=r"model.pos_grid=3 is below the grid 4"):
-    build_model(flex_config("model.pos_grid=3"))
+    abstract_module(lambda: build_model(flex_config("model.pos_grid=3")))
   # A residual (VAR) tokenizer run under 'flexvar' is named.
   config = flex_config()
   from tests.models.test_var import TOKENIZER as VAR_TOKENIZER
   tconfig = load_config(os.path.join(ROOT, "configs/tokenizers/var_vqvae.py"), VAR_TOKENIZER)
   tfm = FunctionalModel.abstract(lambda: build_model(tconfig, seed=1))
   residual = FrozenTokenizer(tfm, random_like(tfm.abstract_params, 3, 0.1))
-  from arjax.core.functional import abstract_module
   model = abstract_module(
       lambda: build_model(config, tokenizer=build_tokenizer(config).with_decoder(residual)))
   with pytest.raises(ValueError, match=r"quantizer must be 'multiscale' with residual=False"):
