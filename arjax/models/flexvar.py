@@ -40,7 +40,7 @@ from flax import nnx
 from arjax.heads.base import token_metrics
 from arjax.kernels.masks import MaskSpec
 from arjax.models.registry import MODELS
-from arjax.models.var import VAR, VarFields, find_scale_quantizer
+from arjax.models.var import VAR, VarFields
 from arjax.nn.layers import make_param
 from arjax.orders import register_support
 from arjax.orders.scale_lists import ScaleListSpec, sample_scale_list, slot_tables

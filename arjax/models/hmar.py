@@ -76,6 +76,9 @@ def parse_schedule(text: str, scales: Sequence[int], where: str = "model.mask_sc
     if any(c < 1 for c in counts) or sum(counts) != s * s:
       raise ValueError(f"{where}={text!r}: scale {k + 1} (side {s}) counts {list(counts)} must "
                        f"be positive and sum to {s * s}")
+    if k == 0 and len(counts) > 1:
+      raise ValueError(f"{where}={text!r}: scale 1 is drawn in one step (its input is the "
+                       f"class), got counts {list(counts)}")
     out.append(counts)
   return tuple(out)
 
@@ -158,7 +161,6 @@ class HMAR(VAR):
   def refine_forward(self, tokens, labels, masked, *, train: bool = False, key=None):
     """Teacher-forced refinement over all scales: tokens int32 [B, N], masked bool [B or 1, N]
     (slot 0, scale 1, is never masked) -> Categorical over [B, N]."""
-    b = tokens.shape[0]
     ns = self.next_scale_inputs(tokens)                                   # [B, N - 1, Dv]
     maps = self.scale_quantizer().split(tokens)
     own = jnp.concatenate([self.own_codes(k, q) for k, q in enumerate(maps)][1:], 1)
@@ -168,7 +170,6 @@ class HMAR(VAR):
     lvl = jnp.take(self.level_embed[...], self.order.level_ids, axis=0)
     x = x + jax.lax.stop_gradient(lvl + self.pos_embed[...])[None]
     x = x.at[:, 0].set(jax.lax.stop_gradient(x[:, 0]))
-    del b
     return self._refine_tail(x, cond, self.order.train_mask(), train, key)
 
   def refine_scale(self, k: int, ns_inputs, idx, masked, labels):

@@ -220,7 +220,8 @@ class VAR(nnx.Module):
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
     if self.order.name != "scales":
-      raise ValueError(f"model {config.model.name!r} runs order 'scales', got order.name={self.order.name!r}")
+      raise ValueError(f"model {config.model.name!r} runs order 'scales', got "
+                       f"order.name={self.order.name!r}")
     c = m.width or 64 * m.depth
     heads = m.num_heads or m.depth
     if c % heads:
