@@ -205,8 +205,10 @@ def find_scale_quantizer(tokenizer, where: str = "the model's tokenizer"):
 class VAR(nnx.Module):
   """See the module docstring."""
 
+  FIELDS = VarFields  # a subclass (flexvar, hmar) reads its own, VAR's plus its additions.
+
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = model_fields(VarFields, config)
+    m = model_fields(self.FIELDS, config)
     head_name = config.model.get("head", {}).get("name", "categorical")
     if head_name != "categorical":
       raise ValueError(f"model 'var' predicts codebook indices: model.head.name must be "
@@ -218,7 +220,8 @@ class VAR(nnx.Module):
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
     if self.order.name != "scales":
-      raise ValueError(f"model 'var' runs order 'scales', got order.name={self.order.name!r}")
+      raise ValueError(f"model {config.model.name!r} runs order 'scales', got "
+                       f"order.name={self.order.name!r}")
     c = m.width or 64 * m.depth
     heads = m.num_heads or m.depth
     if c % heads:

@@ -11,6 +11,8 @@ upsampled reconstruction of scales < k (the model computes those inputs), so
   markovian      a slot of scale k sees scales k - 1 and k only (per attention layer: through
                  L blocks a change at scale k can still reach scale k + L; the inputs, the
                  running f_hat, carry every earlier token in both variants).
+  markov_window=0 a slot of scale k sees scale k only (block-diagonal; HMAR's released mask: the
+                 input of scale k already carries scale k - 1).
 
 Sampling step k reveals the whole of scale k (`Plan.step_of` = the scale of each cell, the
 base rule of `Order.reveal_cells`). `level_ids` are the scale of every slot (VAR's level
@@ -37,7 +39,9 @@ VAR_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 class ScaleFields:
   """`config.order` of order 'scales'."""
   scales: Tuple[int, ...] = VAR_SCALES  # token-map sides h_1 .. h_K, small to large.
-  markovian: bool = False               # scale k attends to scales k-1 and k only (HMAR).
+  markovian: bool = False               # scale k attends to scales k-w .. k only (HMAR).
+  markov_window: int = 1                # w of the Markovian mask: 1 (scales k-1 and k) or 0
+  # (scale k only, block-diagonal: HMAR's released mask, the input already carrying scale k-1).
 
 
 def check_scales(scales: Sequence[int], where: str, grid: int = 0, max_tokens: int = 0
@@ -66,10 +70,15 @@ class ScaleOrder(Order):
   mask_kind = "block"
   causal = True
 
-  def __init__(self, scales: Sequence[int] = VAR_SCALES, markovian: bool = False):
+  def __init__(self, scales: Sequence[int] = VAR_SCALES, markovian: bool = False,
+               markov_window: int = 1):
     scales = check_scales(scales, "order.scales")
+    if markov_window not in (0, 1):
+      raise ValueError(f"order.markov_window={markov_window}: expected 0 (scale k only) or 1 "
+                       "(scales k-1 and k)")
     self.scales = scales
     self.markovian = bool(markovian)
+    self.markov_window = int(markov_window)
     self.level_ids_np = np.concatenate([np.full(s * s, k, np.int32)
                                         for k, s in enumerate(scales)])        # [N]
     ends = np.cumsum([s * s for s in scales])
@@ -96,7 +105,7 @@ class ScaleOrder(Order):
     q, k = self.level_ids_np[:, None], self.level_ids_np[None, :]
     ok = k <= q
     if self.markovian:
-      ok &= k >= q - 1
+      ok &= k >= q - self.markov_window
     return ok
 
   def train_mask(self) -> MaskSpec:
@@ -110,7 +119,7 @@ class ScaleOrder(Order):
     a, e = self.bounds[k]
     if not self.markovian or k == 0:
       return MaskSpec(kind="bidirectional", kv_length=jnp.full((1,), e, jnp.int32))
-    lo = self.bounds[k - 1][0]
+    lo = self.bounds[k - self.markov_window][0]
     cols = np.arange(self.num_tokens)
     row = (cols >= lo) & (cols < e)
     dense = np.broadcast_to(row, (e - a, self.num_tokens))[None, None]
@@ -135,7 +144,7 @@ class ScaleOrder(Order):
 @ORDERS.register("scales", fields=ScaleFields)
 def _build_scales(config, tokenizer):
   f = order_fields(ScaleFields, config, "scales")
-  order = ScaleOrder(f.scales, f.markovian)
+  order = ScaleOrder(f.scales, f.markovian, f.markov_window)
   grid = tuple(getattr(tokenizer, "grid", ()))
   if grid and grid != order.grid:
     raise ValueError(f"order.scales={list(order.scales)} must end at the tokenizer's grid "

@@ -23,6 +23,12 @@ is the running sum after scale k. The decoder reads f + sg(f_hat - f) (straight-
 Lookup is Euclidean, or cosine with `l2_norm` (VAR's using_znorm; the selected code is still
 the raw codebook row).
 
+Non-residual (`residual=False`, FlexVAR, Jiao et al. 2025): every scale is quantized on its own
+from the area-downsampled latent, q_k = NN(area(f, s_k)), with no running sum; the last scale
+alone reconstructs (f_hat = phi_K(e[q_K])), and the next-scale input of scale k + 1 is
+bicubic(e[q_k], s_{k+1}) (`independent_tokens`, `independent_inputs`; any scale list, so a
+generator can draw its own). The loss is the plain VQ loss of each scale's map against area(f).
+
 Legend: B batch, H/W final latent grid, D code dim, K scales, V codebook size, N = sum s_k^2.
 """
 from __future__ import annotations
@@ -47,6 +53,7 @@ FIELDS = {
     "phi_ratio": (0.5, "phi(h) = (1 - r) h + r conv3x3(h); 0 disables phi"),
     "num_phi": (4, "phi convs shared across scales by nearest tick (VAR share_quant_resi)"),
     "l2_norm": (False, "cosine lookup (VAR using_znorm)"),
+    "residual": (True, "False: each scale quantizes area(f, s) on its own (FlexVAR)"),
 }
 
 
@@ -65,8 +72,9 @@ class MultiScaleVQ(nnx.Module):
   def __init__(self, in_channels: int, *, rngs: nnx.Rngs, codebook_size: int = 4096,
                code_dim: int = 32, scales: Sequence[int] = FIELDS["scales"][0],
                beta: float = 0.25, phi_ratio: float = 0.5, num_phi: int = 4,
-               l2_norm: bool = False):
+               l2_norm: bool = False, residual: bool = True):
     scales = tuple(int(s) for s in scales)
+    self.residual = bool(residual)
     if not scales or any(b <= a for a, b in zip(scales, scales[1:])) or scales[0] < 1:
       raise ValueError(f"quantizer.scales={list(scales)} must be positive and increasing")
     self.scales = scales
@@ -121,8 +129,32 @@ class MultiScaleVQ(nnx.Module):
       emb = bicubic_resize(emb, self.grid)
     return self.phi(k, emb)
 
+  def code_vectors(self, idx):
+    """int32 [...] -> the code vectors the lookup matched [..., D] (unit rows under l2_norm)."""
+    e = self.codebook[...]
+    return jnp.take(l2_normalize(e) if self.l2_norm else e, idx, axis=0)
+
+  def independent_tokens(self, f, scales: Sequence[int]) -> List[jax.Array]:
+    """Non-residual targets: f [B, H, W, D] -> per scale int32 [B, s, s], each NN(area(f, s))."""
+    f = jax.lax.stop_gradient(f)
+    return [self._lookup(area_resize(f, s) if s != f.shape[1] else f) for s in scales]
+
+  def independent_inputs(self, maps: Sequence[jax.Array], scales: Sequence[int]) -> jax.Array:
+    """Non-residual next-scale inputs: per scale int32 [B, s_k, s_k] -> [B, N - s_1^2, D],
+    bicubic(e[q_k], s_{k+1}) for k = 1 .. K-1 (FlexVAR)."""
+    b = maps[0].shape[0]
+    outs = [bicubic_resize(self.code_vectors(q), s).reshape(b, s * s, self.code_dim)
+            for q, s in zip(maps[:-1], scales[1:])]
+    return jnp.concatenate(outs, axis=1)
+
   def _residual_pass(self, f):
     """Runs the residual loop on sg(f). Returns (indices per scale, f_hat after each scale)."""
+    if not self.residual:
+      indices = self.independent_tokens(f, self.scales)
+      partial = [self.phi(k, bicubic_resize(self.code_vectors(q), self.grid)
+                          if k != len(self.scales) - 1 else self.code_vectors(q))
+                 for k, q in enumerate(indices)]
+      return indices, partial
     f = jax.lax.stop_gradient(f)
     e = self.codebook[...]
     rest, f_hat = f, jnp.zeros_like(f)
@@ -146,6 +178,23 @@ class MultiScaleVQ(nnx.Module):
     indices, partial = self._residual_pass(f)
     f_sg = jax.lax.stop_gradient(f)
     loss = 0.0
+    if not self.residual:  # each scale's own map against area(f, s): VQ loss per scale.
+      partial = [self.phi(k, self.code_vectors(q)) if k == len(self.scales) - 1 else
+                 area_resize(p, self.scales[k]) for k, (q, p) in enumerate(zip(indices, partial))]
+      f_sg = jax.lax.stop_gradient(f)
+      targets = [area_resize(f, s) if s != self.grid[0] else f for s in self.scales]
+      for f_hat, t in zip(partial, targets):
+        loss = loss + self.beta * jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - t))
+        loss = loss + jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(t)))
+      loss = loss / len(self.scales)
+      f_hat = partial[-1]
+      st = f + jax.lax.stop_gradient(f_hat - f)
+      b = z.shape[0]
+      tokens = jnp.concatenate([i.reshape(b, -1) for i in indices], axis=1)
+      metrics = {"quant_error": jnp.mean(jnp.square(f_hat - f_sg))}
+      metrics.update(usage_metrics(tokens, self.vocab_size))
+      out = st if self.proj_out is None else self.proj_out(st)
+      return QuantizerOutput(out, tokens, loss, metrics)
     for f_hat in partial:
       loss = loss + self.beta * jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - f))
       loss = loss + jnp.mean(jnp.square(f_hat - f_sg))
@@ -179,6 +228,8 @@ class MultiScaleVQ(nnx.Module):
     """f_hat [B, H, W, D] after each scale (scale 1 only, scales 1-2, ... all)."""
     e = self.codebook[...]
     f_hat, out = 0.0, []
+    if not self.residual:  # each scale alone (upsampled); the last one is the reconstruction.
+      return [self._upsample(k, self.code_vectors(idx)) for k, idx in enumerate(self.split(tokens))]
     for k, idx in enumerate(self.split(tokens)):
       f_hat = f_hat + self._upsample(k, jnp.take(e, idx, axis=0))
       out.append(f_hat)
@@ -186,7 +237,10 @@ class MultiScaleVQ(nnx.Module):
 
   def next_scale_inputs(self, tokens) -> jax.Array:
     """VAR's teacher-forcing input: [B, N - 1, D], the area-downsampled running f_hat of
-    scales 1..k at scale k+1, for k = 1 .. K-1 (scale 1's input is the class token)."""
+    scales 1..k at scale k+1, for k = 1 .. K-1 (scale 1's input is the class token).
+    Non-residual: bicubic(e[q_k], s_{k+1}) instead (`independent_inputs`)."""
+    if not self.residual:
+      return self.independent_inputs(self.split(tokens), self.scales)
     outs = []
     partial = self.partial_reconstructions(tokens)
     for k in range(len(self.scales) - 1):
