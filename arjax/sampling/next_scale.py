@@ -13,6 +13,12 @@ reconstruction through the tokenizer's quantizer,
 and area(f_hat, h_{k+1}) is the next pass's input; the final f_hat is what the tokenizer's
 decoder turns into pixels (`sample_images`, `Sampler.sample_images`).
 
+Zero-shot editing (VAR's inpainting, outpainting and class-conditional editing; the released
+demo_zero_shot_edit): `known` marks the cells to keep and `given` holds the multi-scale tokens
+of the image being edited (the tokenizer's encoding). After each scale is drawn, its kept cells
+take the given tokens, so the running f_hat, and with it every later scale's input, is built from
+them. A mask on the final grid [H, W] becomes per-scale masks by VAR's rule (`edit_masks`).
+
 VAR's guidance ramp: logits = (1 + t) l_c - t l_u with t = cfg k / (K - 1). That is the 'linear'
 guidance schedule by steps with scale s = 1 + cfg (configs/imagenet256/var.py sets
 eval.cfg_schedule='linear', eval.cfg_by='steps'; eval.cfg_scale = 1 + VAR's cfg).
@@ -36,12 +42,52 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from arjax.core.functional import FunctionalModel
 from arjax.sampling.base import SAMPLERS, Sampler
 from arjax.sampling.config import SamplingConfig
 from arjax.sampling.guidance_schedule import GuidanceSchedule
 from arjax.sampling.state import PLAN_KEY, SamplerState
+
+
+def _source_weights(n_out: int, n_in: int):
+  """Indices i0, i1 int [n_out] and weights l0, l1 float32 [n_out] of 1-D linear interpolation
+  with align_corners=False and no antialiasing, rounded as PyTorch's CPU kernel rounds them
+  (scale = n_in / n_out in float32; src = max(scale (i + 0.5) - 0.5, 0) with one rounding, a
+  fused multiply-add; l1 = src - floor(src))."""
+  scale = np.float32(n_in) / np.float32(n_out)
+  half = np.arange(n_out, dtype=np.float32) + np.float32(0.5)
+  src = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(np.float32)
+  src = np.maximum(src, np.float32(0))
+  i0 = src.astype(np.int64)
+  i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+  l1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
+  return i0, i1, np.float32(1) - l1, l1
+
+
+def edit_masks(mask, scales: Sequence[int]) -> np.ndarray:
+  """VAR's per-scale keep masks: bool [..., H, W] (True = keep the edited image's token) ->
+  bool [..., N], N = sum s^2, scale 1 first, each map row-major. Scale s keeps a cell where the
+  bilinear resize of the mask to s x s (F.interpolate, align_corners=False) exceeds 0.5; scales
+  of at most 3 cells keep every cell (the edited image's coarsest layout, as in VAR's demo).
+  Computed in float32 in PyTorch's order of operations, so cells at 0.5 in exact arithmetic
+  are decided by its rounding, as in the released code (tests/sampling/fixtures)."""
+  m = np.asarray(mask).astype(np.float32)
+  h, w = m.shape[-2:]
+  out = []
+  for s in scales:
+    r0, r1, a0, a1 = _source_weights(s, h)
+    c0, c1, b0, b1 = _source_weights(s, w)
+    a0, a1 = a0[:, None], a1[:, None]
+    x = lambda r, c: m[..., r, :][..., :, c]                                  # [..., s, s]
+    v = ((x(r0, c0) * (a0 * b0) + x(r0, c1) * (a0 * b1)) + x(r1, c0) * (a1 * b0)) \
+        + x(r1, c1) * (a1 * b1)
+    keep = v > np.float32(0.5)
+    if s * s <= 3:
+      keep = np.ones_like(keep)
+    out.append(keep.reshape(keep.shape[:-2] + (s * s,)))
+  return np.concatenate(out, -1)
 
 
 @SAMPLERS.register("next_scale")
@@ -61,10 +107,11 @@ class NextScaleSampler(Sampler):
       return "it has no next-scale decoding (decode_scale)"
     return None
 
-  def _sample(self, params, labels, rng, scales=None):
+  def _sample(self, params, labels, rng, scales=None, known=None, given=None):
     """labels int32 [B] -> (tokens int32 [B, N], f_hat float32 [B, H, W, Dv]).
     scales (static): a list for a model with flexible scales (FlexVAR), whose `decode_scale`
-    takes the list's order and whose `sample_update` gives the next pass's inputs."""
+    takes the list's order and whose `sample_update` gives the next pass's inputs.
+    known bool [B, N], given int32 [B, N] (or None): zero-shot editing (module docstring)."""
     from arjax.tokenizers.resample import area_resize
     model = self.fm.bind(params)
     flexible = getattr(model, "flexible_scales", False)
@@ -102,6 +149,8 @@ class NextScaleSampler(Sampler):
         cells = self._refine(model, k, inputs[:b], state.tokens[:, a:e], guided, counts, labels,
                              jax.random.fold_in(state.key, 1_000_000 + k))
         state = state.replace(tokens=state.tokens.at[:, a:e].set(cells))
+      if known is not None:  # kept cells take the edited image's tokens
+        state = state.replace(tokens=jnp.where(known, given, state.tokens))
       idx = state.tokens[:, a:e].reshape(b, s, s)
       if flexible:  # non-residual: the next input is this scale's codes, upsampled.
         f_hat, nxt_inputs = model.sample_update(vq, order, k, idx, f_hat)
@@ -151,15 +200,48 @@ class NextScaleSampler(Sampler):
                        f"training scales {list(have)} (fixed position table of "
                        f"{sum(s * s for s in have)} slots and {len(have)} level embeddings)")
 
-  def sample_with_fhat(self, params, labels, rng, scales: Optional[Sequence[int]] = None):
-    """labels int32 [B] -> (tokens int32 [B, N], final f_hat [B, H, W, Dv])."""
+  def edit_inputs(self, labels, known, given):
+    """The editing arguments as the compiled loop takes them: known bool [B, N] (a final-grid
+    mask [H, W] / [B, H, W] becomes per-scale masks, `edit_masks`) and given int32 [B, N]; neither
+    given -> (None, None). ValueError naming the argument otherwise."""
+    from arjax.orders.base import check_known
+    model = self.fm.bind(self.fm.abstract_params)
+    b, n, scales = labels.shape[0], model.num_tokens, tuple(model.scales)
+    if known is None and given is None:
+      return None, None
+    if known is None or given is None:
+      missing = "given" if given is None else "known"
+      raise ValueError(f"sampler 'next_scale': editing needs both `known` (cells to keep) and "
+                       f"`given` (the edited image's tokens [B, {n}]); `{missing}` is missing")
+    known = np.asarray(known)
+    if known.ndim in (2, 3) and known.shape[-2:] == (scales[-1], scales[-1]):
+      known = edit_masks(known, scales)
+    known = check_known(known, b, n)
+    given = jnp.asarray(given)
+    if given.shape != (b, n) or not jnp.issubdtype(given.dtype, jnp.integer):
+      raise ValueError(f"sampler 'next_scale': given must be the edited image's multi-scale "
+                       f"tokens, integer [{b}, {n}]; got {given.dtype}{list(given.shape)}")
+    vocab = model.tokenizer.vocab_size
+    if int(given.min()) < 0 or int(given.max()) >= vocab:
+      raise ValueError(f"sampler 'next_scale': given tokens must be in [0, {vocab}); got "
+                       f"[{int(given.min())}, {int(given.max())}]")
+    return known, given.astype(jnp.int32)
+
+  def sample_with_fhat(self, params, labels, rng, scales: Optional[Sequence[int]] = None,
+                       known=None, given=None):
+    """labels int32 [B] -> (tokens int32 [B, N], final f_hat [B, H, W, Dv]). known / given:
+    zero-shot editing (module docstring)."""
     if scales is not None:
+      if known is not None or given is not None:
+        raise ValueError(f"sampler 'next_scale': editing (known / given) runs at the model's "
+                         f"training scales; got scales={list(scales)}")
       scales = self.check_scales(scales)  # a tuple for a flexible model, else None
-    return self._run(params, jnp.asarray(labels, jnp.int32), rng, scales)
+    labels = jnp.asarray(labels, jnp.int32)
+    known, given = self.edit_inputs(labels, known, given)
+    return self._run(params, labels, rng, scales, known, given)
 
   def sample_tokens(self, params, labels, rng, known=None, given=None, scales=None):
-    """labels int32 [B] -> tokens int32 [B, N] (scales concatenated, scale 1 first)."""
-    if known is not None or given is not None:
-      raise ValueError("sampler 'next_scale' does not take an inpainting mask (known / given): "
-                       "VAR's editing is not implemented here")
-    return self.sample_with_fhat(params, labels, rng, scales)[0]
+    """labels int32 [B] -> tokens int32 [B, N] (scales concatenated, scale 1 first). known bool
+    [N] / [B, N] / [H, W] / [B, H, W] and given int [B, N]: keep those cells of the edited image
+    (inpainting, outpainting, class-conditional editing; module docstring)."""
+    return self.sample_with_fhat(params, labels, rng, scales, known=known, given=given)[0]
