@@ -1,0 +1,87 @@
+"""'next_entity': KV-cached entity-by-entity flow sampling (xAR, Ren et al. 2025;
+sample_tokens and sampler.py of OliverRensu/xAR).
+
+E passes for E entities (arjax.models.xar.EntityLayout). For entity k:
+
+  1. k > 0: the previous entity's drawn tokens are fed clean (flow time t = 1, the data end)
+     at their slots, which writes their keys and values into the cache (`decode_entity`);
+  2. its G_k slots start from x_0 = temperature * eps (eps from fold_in(key, k)) and are
+     integrated from t = 0 to 1 with the flow head's solver (`arjax.heads.flow.integrate`: Euler
+     or Heun on the uniform grid, `model.head.num_sampling_steps` steps); every velocity is one
+     pass of the whole network over the entity's slots against the cache (the pass overwrites
+     the entity's own cache slots, which step 1 of the next entity replaces by the clean ones);
+  3. guidance: the batch is doubled (conditional rows first, the null class second) and the
+     velocity is v_u + w (v_c - v_u) at every ODE step, w from the guidance schedule at the
+     entity's progress (xAR's ramp 1 + (w - 1) k / (E - 1) is eval.cfg_schedule='linear' with
+     eval.cfg_by='steps').
+
+The entities can differ in size (scale entities), so the loop over entities is unrolled inside
+one jit; the ODE loop is a `lax.fori_loop`. The tokens come back on the grid in raster order
+(`EntityLayout.to_grid`). The official sampler integrates an Euler-Maruyama SDE instead; see
+arjax/models/xar.py.
+
+Legend: B batch, N tokens, S slots, E entities, G slots of one entity, C token channels.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from arjax.core.functional import FunctionalModel
+from arjax.heads.diffusion import check_temperature
+from arjax.heads.flow import integrate
+from arjax.sampling.base import SAMPLERS, Sampler
+from arjax.sampling.config import SamplingConfig
+from arjax.sampling.guidance_schedule import GuidanceSchedule
+
+
+@SAMPLERS.register("next_entity")
+class NextEntitySampler(Sampler):
+  """Samples continuous tokens entity by entity (see the module docstring)."""
+
+  name = "next_entity"
+
+  def __init__(self, fm: FunctionalModel, sampling: SamplingConfig,
+               guidance: Optional[GuidanceSchedule] = None):
+    super().__init__(fm, sampling, guidance)
+    check_temperature("flow", sampling.temperature)
+    self._run = jax.jit(self._sample)
+
+  @classmethod
+  def cannot_run(cls, model):
+    if not hasattr(model, "decode_entity"):
+      return "it has no next-entity decoding (decode_entity)"
+    return None
+
+  def _sample(self, params, labels, rng):
+    """labels int32 [B] -> tokens float32 [B, N, C]."""
+    model = self.fm.bind(params)
+    lay, flow, g = model.layout, model.flow, self.guidance
+    b, c = labels.shape[0], model.channels
+    feed = g.feed_labels(labels, model.null_class)
+    caches = model.init_cache(feed.shape[0])
+    drawn = []
+    for k, (a, e) in enumerate(lay.bounds):
+      if k:
+        _, caches = model.decode_entity(k - 1, g.double(drawn[-1]), 1.0, feed, caches)
+      scale = g.at(g.progress(a, lay.num_slots, k, lay.num_entities))
+
+      def velocity(x, t, k=k, caches=caches, scale=scale):
+        v, _ = model.decode_entity(k, g.double(x), t, feed, caches)
+        if not g.enabled:
+          return v
+        v_c, v_u = v[:b], v[b:]
+        return v_u + scale * (v_c - v_u)
+
+      x0 = self.sampling.temperature * jax.random.normal(jax.random.fold_in(rng, k),
+                                                         (b, e - a, c), jnp.float32)
+      drawn.append(integrate(velocity, x0, flow.num_sampling_steps, flow.solver))
+    return lay.to_grid(jnp.concatenate(drawn, 1))
+
+  def sample_tokens(self, params, labels, rng, known=None, given=None):
+    """labels int32 [B] -> tokens float32 [B, N, C] (raster order)."""
+    if known is not None or given is not None:
+      raise ValueError("sampler 'next_entity' does not take an inpainting mask (known / given)")
+    return self._run(params, jnp.asarray(labels, jnp.int32), rng)
