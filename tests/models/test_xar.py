@@ -249,3 +249,15 @@ def test_wrong_latent_channels_name_both_shapes(smoke):
   model = smoke["fm"].bind(smoke["params"])
   with pytest.raises(ValueError, match=r"takes targets \[2, 196, 1\].*got \[2, 196, 3\]"):
     model.loss({"tokens": jnp.zeros((2, 196, 3)), "label": jnp.zeros(2, jnp.int32)}, train=False)
+
+
+def test_samplers_that_cannot_run_xar_say_so(smoke):
+  with pytest.raises(ValueError, match=r"sampler 'sequential' cannot run model XAR.*samplers "
+                                       r"that can: \['next_entity'\]"):
+    build_sampler(smoke["fm"], SamplingConfig(name="sequential"), smoke["config"])
+  sampler = build_sampler(smoke["fm"], SamplingConfig(), smoke["config"])
+  with pytest.raises(ValueError, match="'next_entity' does not take an inpainting mask"):
+    sampler.sample_tokens(smoke["params"], jnp.array([1]), jax.random.key(0),
+                          known=jnp.ones((196,), bool))
+  with pytest.raises(ValueError, match=r"head 'flow' samples at temperature > 0"):
+    build_sampler(smoke["fm"], SamplingConfig(temperature=0.0), smoke["config"])
