@@ -47,7 +47,10 @@ Differences from the official blocks, stated because they move the parameter cou
 its RMSNorms inside the blocks have no weight (here they have one, 2 D per block) and its SwiGLU
 (timm) has biases (2 Dh + D per block; the shared SwiGLU has none). Its attention drops
 probabilities at 0.1 (here `resid_dropout` / `ffn_dropout` only) and its EVA-style RoPE rotates
-interleaved halves per axis; the one here is LlamaGen's 2D RoPE.
+interleaved halves per axis; the one here is LlamaGen's 2D RoPE. Initialisation: the official
+code initialises every Linear (adaLN projections included) Xavier-uniform; the shared blocks'
+adaLN projections start at zero (adaLN-Zero). Its time embedding sees the integer (1000 s).long();
+here the float 1000 t.
 
 **Sampling** ('next_entity', arjax.sampling.next_entity): entity by entity, the previous entity
 is fed clean (t = 1) to write its keys and values, then the entity's slots start from
