@@ -57,9 +57,9 @@ is fed clean (t = 1) to write its keys and values, then the entity's slots start
 temperature * eps and are integrated from t = 0 to 1 with the flow head's solvers
 (`arjax.heads.flow.integrate`: Euler or Heun, `model.head.num_sampling_steps` steps) through the
 whole network against the cache, CFG on the velocity (v_u + w (v_c - v_u)); the official ramp
-w_k = 1 + (w - 1) k / (E - 1) is the 'linear' schedule by steps. The official sampler is an
-Euler-Maruyama SDE on linspace(1, 0.04, S) plus a last deterministic step; it is not implemented
-here.
+w_k = 1 + (w - 1) k / (E - 1) is the 'linear' schedule by steps. `model.sde=True` samples with
+the official Euler-Maruyama SDE instead (linspace(1, 0.04, S) in its time, then a last
+deterministic step; arjax.sampling.next_entity).
 
 Legend: B batch, N = H W tokens, S slots, E entities, G slots of one entity, C token channels,
 D encoder width, Dd decoder width.
@@ -104,6 +104,8 @@ class XARFields(GeneratorFields):
   decoder_layers: int = 2         # decoder depth (xAR-B 8, L 16, H 20).
   decoder_dim: int = 0            # Dd (0: the encoder's width).
   decoder_heads: int = 0          # decoder heads (0: the encoder's).
+  sde: bool = False               # sample with the official Euler-Maruyama SDE (head.solver
+                                  # must then be 'euler'; see arjax.sampling.next_entity).
 
   def __post_init__(self):
     if self.entity not in ENTITIES:
@@ -113,6 +115,8 @@ class XARFields(GeneratorFields):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise ValueError(f"model.{name}={v!r}; expected an integer >= {lo}")
+    if not isinstance(self.sde, bool):
+      raise ValueError(f"model.sde={self.sde!r}; expected True or False")
     if self.token_dropout:
       raise ValueError(f"model.token_dropout={self.token_dropout!r}: model 'xar' has no input "
                        "token dropout (its inputs are noised entities)")
@@ -270,7 +274,10 @@ class XAR(nnx.Module):
         raise ValueError(f"model.head.{f}={getattr(flow, f)!r} does not apply to model 'xar' "
                          f"(its velocity network is the backbone, not the head's MLP); leave it "
                          f"at {getattr(FlowFields(), f)!r}")
-    self.flow = flow
+    if m.sde and flow.solver != "euler":
+      raise ValueError(f"model.sde=True samples with the Euler-Maruyama SDE: model.head.solver="
+                       f"{flow.solver!r} does not apply; leave it at 'euler'")
+    self.flow, self.sde = flow, m.sde
     order = config.get("order", {}).get("name", "raster")
     if order != "raster":
       raise ValueError(f"model 'xar' groups the tokens into entities itself (model.entity, "

@@ -15,10 +15,20 @@ E passes for E entities (arjax.models.xar.EntityLayout). For entity k:
      entity's progress (xAR's ramp 1 + (w - 1) k / (E - 1) is eval.cfg_schedule='linear' with
      eval.cfg_by='steps').
 
+With `model.sde=True` step 2 is the official Euler-Maruyama sampler instead (sampler.py's
+euler_maruyama_sampler), written in the official time s = 1 - t (s = 1 noise, 0 data) with its
+velocity u = -v: on the grid s_i = linspace(1, 0.04, S) then 0, the drift of the reverse SDE
+with diffusion 2 s is d = u - s * score = (2 - s) u + x (the linear path's score
+-((1 - s) u + x) / s), and
+
+    x <- x + d (s_{i+1} - s_i) + sqrt(2 s_i |s_{i+1} - s_i|) z_i,    z_i from fold_in(key_k, i + 1)
+
+for the first S - 1 steps, then one deterministic step to s = 0 (S network passes). CFG on the
+velocity equals the official CFG on the drift (d is affine in u with the same x).
+
 The entities can differ in size (scale entities), so the loop over entities is unrolled inside
 one jit; the ODE loop is a `lax.fori_loop`. The tokens come back on the grid in raster order
-(`EntityLayout.to_grid`). The official sampler integrates an Euler-Maruyama SDE instead; see
-arjax/models/xar.py.
+(`EntityLayout.to_grid`).
 
 Legend: B batch, N tokens, S slots, E entities, G slots of one entity, C token channels.
 """
@@ -35,6 +45,26 @@ from arjax.heads.flow import integrate
 from arjax.sampling.base import SAMPLERS, Sampler
 from arjax.sampling.config import SamplingConfig
 from arjax.sampling.guidance_schedule import GuidanceSchedule
+
+
+def euler_maruyama(velocity, x0, num_steps: int, key):
+  """xAR's Euler-Maruyama sampler (see the module docstring): velocity(x, t) in the library's
+  time t (0 noise, 1 data), x0 [B, G, C] the noise at s = 1 -> the sample at s = 0."""
+  grid = jnp.concatenate([jnp.linspace(1.0, 0.04, num_steps, dtype=jnp.float32),
+                          jnp.zeros((1,), jnp.float32)])
+
+  def drift(x, s):
+    return (2.0 - s) * -velocity(x, 1.0 - s) + x
+
+  def body(i, x):
+    s, s_next = grid[i], grid[i + 1]
+    dt = s_next - s
+    z = jax.random.normal(jax.random.fold_in(key, i + 1), x.shape, jnp.float32)
+    return x + drift(x, s) * dt + jnp.sqrt(2.0 * s * jnp.abs(dt)) * z
+
+  x = jax.lax.fori_loop(0, num_steps - 1, body, x0)
+  s = grid[num_steps - 1]
+  return x + drift(x, s) * (0.0 - s)
 
 
 @SAMPLERS.register("next_entity")
@@ -75,9 +105,12 @@ class NextEntitySampler(Sampler):
         v_c, v_u = v[:b], v[b:]
         return v_u + scale * (v_c - v_u)
 
-      x0 = self.sampling.temperature * jax.random.normal(jax.random.fold_in(rng, k),
-                                                         (b, e - a, c), jnp.float32)
-      drawn.append(integrate(velocity, x0, flow.num_sampling_steps, flow.solver))
+      key = jax.random.fold_in(rng, k)
+      x0 = self.sampling.temperature * jax.random.normal(key, (b, e - a, c), jnp.float32)
+      if model.sde:
+        drawn.append(euler_maruyama(velocity, x0, flow.num_sampling_steps, key))
+      else:
+        drawn.append(integrate(velocity, x0, flow.num_sampling_steps, flow.solver))
     return lay.to_grid(jnp.concatenate(drawn, 1))
 
   def sample_tokens(self, params, labels, rng, known=None, given=None):

@@ -17,8 +17,9 @@ and learned positions, a Linear velocity output. Parameters 172,584,976 /
 every entity noised (noisy context), velocity MSE; class dropout 0.1; AdamW (0.9, 0.96), lr 5e-5 x batch /
 256 (4e-4 at 2048), 100 warmup epochs then constant, 800 epochs, grad clip 1, EMA 0.9999,
 weight decay 0.02 (official main_mar.py defaults). Sampling ('next_entity'): the official CFG
-w = 2.7 / 2.3 / 2.2 ramped linearly over the entities, 40 / 50 / 50 flow steps (the official
-sampler is Euler-Maruyama; here Euler). Paper FID 1.72 / 1.28 / 1.24.
+w = 2.7 / 2.3 / 2.2 ramped linearly over the entities, 40 / 50 / 50 steps of the official
+Euler-Maruyama sampler (model.sde; `--config.model.sde=False` integrates the ODE with
+model.head.solver). Paper FID 1.72 / 1.28 / 1.24.
 
 `:smoke` runs on a fresh clone: the continuous values of the 14x14 area-averaged MNIST pixels
 (pixel tokenizer, continuous, one channel), 7x7 cells (4 entities), a tiny encoder-decoder.
@@ -54,6 +55,7 @@ def get_config(arg=None):
   m.entity = args.entity
   m.entity_size = args.entity_size or 8   # 8x8 cells: 4 entities (official clusters=4).
   m.decoder_layers = layers
+  m.sde = True                      # the official Euler-Maruyama sampler (smoke: Euler ODE).
   b = m.backbone
   b.num_layers, b.num_heads, b.dim = layers, heads, width
   b.mlp_dim = int(width * 4 * 2 / 3)  # timm SwiGLU hidden of the official blocks.
@@ -89,6 +91,7 @@ def get_config(arg=None):
     m.num_classes = 10
     m.entity_size = args.entity_size or 7  # 2x2 cells of 7x7 tokens.
     m.decoder_layers = 1
+    m.sde = False
     b.num_layers, b.num_heads, b.dim, b.mlp_dim = 1, 2, 32, 64
     b.resid_dropout = b.ffn_dropout = 0.0
     h.num_sampling_steps = 4

@@ -11,7 +11,8 @@
   eps, t per entity), and the model's loss is the MSE of that formula.
 - The KV-cached sampler equals a naive Euler loop that recomputes the whole sequence (earlier
   entities clean at t = 1) at every step with the linear CFG ramp, so cached decoding equals the
-  full forward; it is deterministic per key; a few optimizer steps on a fixed batch lower the
+  full forward; its SDE path (model.sde) equals a float64 transcription of the official
+  Euler-Maruyama loop with the same noise; it is deterministic per key; a few optimizer steps on a fixed batch lower the
   loss.
 - Bad configs fail naming the field.
 """
@@ -144,26 +145,6 @@ def test_mask_is_entity_causal(smoke):
     assert np.abs(out[:, a:lay.bounds[k][1]] - base[:, a:lay.bounds[k][1]]).max() > 1e-3
 
 
-def test_loss_is_the_noisy_context_velocity_mse(smoke):
-  fm, params, velocity, lay = smoke["fm"], smoke["params"], smoke["velocity"], smoke["layout"]
-  model = fm.bind(params)
-  x = jax.random.normal(jax.random.key(4), (2, 196, 1))
-  y = jnp.array([3, 4])
-  loss, metrics = jax.jit(lambda p, b: fm.bind(p).loss(b, train=False))(
-      params, {"tokens": x, "label": y})
-  kt, ke = jax.random.split(jax.random.key(0))  # the evaluation keys of XAR.loss.
-  t = np.asarray(jax.nn.sigmoid(jax.random.normal(kt, (2, 4))), np.float64)  # logit-normal.
-  eps = np.asarray(jax.random.normal(ke, (2, 196, 1)), np.float64)
-  slots = np.asarray(x, np.float64)[:, lay.perm]
-  tt = t[:, lay.entity_ids][..., None]
-  xt = tt * slots + (1 - tt) * eps
-  v = np.asarray(velocity(params, jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32), y))
-  want = np.mean((v - (slots - eps)) ** 2)
-  assert float(loss) == pytest.approx(want, rel=1e-4)
-  assert float(metrics["num_tokens"]) == 2 * 196
-  assert model.num_tokens == 196
-
-
 def naive_sample(smoke, labels, rng, w, steps, temperature=1.0):
   """Euler over each entity, recomputing the whole sequence (clean earlier entities at t = 1,
   zeros after) at every step, CFG w_k = 1 + (w - 1) k / (E - 1) on the velocity."""
@@ -201,9 +182,55 @@ def test_sampler_matches_naive_loop_and_is_deterministic(smoke):
   np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=2e-4)
 
 
-def test_a_few_steps_lower_the_loss_on_a_fixed_batch(smoke):
-  # The evaluation loss (fixed (t, eps) draws) as the objective, so that its decrease is not
-  # noise; the training path (class dropout, fresh draws) runs in the smoke training run.
+def naive_official_em(smoke, labels, rng, w, steps):
+  """float64 transcription of xAR's euler_maruyama_sampler (official time s = 1 - t, velocity
+  u = -v, CFG on the drift), clean earlier entities recomputed at every step."""
+  params, velocity, lay = smoke["params"], smoke["velocity"], smoke["layout"]
+  b, e_num = labels.shape[0], lay.num_entities
+  seq = np.zeros((b, lay.num_slots, 1), np.float64)
+  null = jnp.full((b,), 10)
+  grid = np.concatenate([np.linspace(1.0, 0.04, steps), [0.0]])
+  for k, (a, e) in enumerate(lay.bounds):
+    wk = 1 + (w - 1) * k / (e_num - 1)
+    key = jax.random.fold_in(rng, k)
+    x = np.asarray(jax.random.normal(key, (b, e - a, 1)), np.float64)
+    for i in range(steps):
+      s_cur, s_next = grid[i], grid[i + 1]
+      t = np.ones((b, e_num), np.float32)
+      t[:, k] = 1.0 - s_cur
+      seq[:, a:e] = x
+      d = []
+      for y in (labels, null):
+        u = -np.asarray(velocity(params, jnp.asarray(seq, jnp.float32), jnp.asarray(t), y),
+                        np.float64)[:, a:e]
+        score = (-(1 - s_cur) * u - x) / s_cur     # sampler.get_score_from_velocity, linear.
+        d.append(u - 0.5 * (2 * s_cur) * score)
+      drift = d[1] + wk * (d[0] - d[1])
+      dt = s_next - s_cur
+      x = x + drift * dt
+      if i < steps - 1:
+        z = np.asarray(jax.random.normal(jax.random.fold_in(key, i + 1), x.shape), np.float64)
+        x = x + np.sqrt(2 * s_cur) * z * np.sqrt(abs(dt))
+    seq[:, a:e] = x
+  return seq[:, lay.inverse]
+
+
+def test_sde_sampler_matches_the_official_euler_maruyama_loop(smoke):
+  config = load_config(SMOKE, ["model.sde=True"])
+  fm = FunctionalModel.abstract(lambda: build_model(config))
+  sampler = build_sampler(fm, SamplingConfig(cfg_scale=2.0), config)
+  labels, rng = jnp.array([4, 5]), jax.random.key(8)
+  ours = np.asarray(sampler.sample_tokens(smoke["params"], labels, rng))
+  ref = naive_official_em(smoke, labels, rng, 2.0, config.model.head.num_sampling_steps)
+  assert np.abs(ref).max() > 0.1
+  np.testing.assert_allclose(ours, ref, rtol=5e-4, atol=5e-4)
+
+
+@pytest.fixture(scope="module")
+def fixed_batch_run(smoke):
+  """Six Adam steps on the evaluation loss of a fixed batch (fixed (t, eps) draws, so that its
+  decrease is not noise; the training path, with class dropout and fresh draws, runs in the
+  smoke training run). One compile serves both tests below."""
   fm, params = smoke["fm"], smoke["params"]
   batch = {"tokens": jax.random.normal(jax.random.key(6), (4, 196, 1)) * 0.5,
            "label": jnp.arange(4)}
@@ -211,19 +238,40 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(smoke):
 
   @jax.jit
   def step(p, opt):
-    (loss, _), g = jax.value_and_grad(lambda q: fm.bind(q).loss(batch, train=False),
-                                      has_aux=True)(p)
+    (loss, metrics), g = jax.value_and_grad(lambda q: fm.bind(q).loss(batch, train=False),
+                                            has_aux=True)(p)
     up, opt = tx.update(g, opt, p)
-    return optax.apply_updates(p, up), opt, loss
+    return optax.apply_updates(p, up), opt, loss, metrics
 
   p, opt = params, tx.init(params)
-  losses = []
+  losses, metrics = [], []
   for _ in range(6):
-    p, opt, loss = step(p, opt)
+    p, opt, loss, m = step(p, opt)
     losses.append(float(loss))
+    metrics.append(m)
+  return dict(batch=batch, losses=losses, metrics=metrics)
+
+
+def test_loss_is_the_noisy_context_velocity_mse(smoke, fixed_batch_run):
+  params, velocity, lay = smoke["params"], smoke["velocity"], smoke["layout"]
+  x, y = fixed_batch_run["batch"]["tokens"], fixed_batch_run["batch"]["label"]
+  kt, ke = jax.random.split(jax.random.key(0))  # the evaluation keys of XAR.loss.
+  t = np.asarray(jax.nn.sigmoid(jax.random.normal(kt, (4, 4))), np.float64)  # logit-normal.
+  eps = np.asarray(jax.random.normal(ke, (4, 196, 1)), np.float64)
+  slots = np.asarray(x, np.float64)[:, lay.perm]
+  tt = t[:, lay.entity_ids][..., None]
+  xt = tt * slots + (1 - tt) * eps
+  v = np.asarray(velocity(params, jnp.asarray(xt, jnp.float32), jnp.asarray(t, jnp.float32), y))
+  want = np.mean((v - (slots - eps)) ** 2)
+  assert fixed_batch_run["losses"][0] == pytest.approx(want, rel=1e-4)  # at the initial params.
+  assert float(fixed_batch_run["metrics"][0]["num_tokens"]) == 4 * 196
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(fixed_batch_run):
+  losses = fixed_batch_run["losses"]
   assert np.isfinite(losses).all()
-  # Seed-fixed and deterministic: 1.386 -> 1.287 here (v = 0 would score about 1.25, the variance
-  # of x - eps).
+  # Seed-fixed and deterministic: 1.386 -> 1.287 here (v = 0 would score about 1.25, the
+  # variance of x - eps).
   assert losses[-1] < 0.95 * losses[0], losses
 
 
@@ -238,6 +286,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(smoke):
     (["model.head.width=64"], r"model.head.width=64 does not apply to model 'xar'"),
     (["order.name=random"], r"config.order.name must stay 'raster', got 'random'"),
     (["tokenizer.continuous=False"], "continuous head and needs continuous tokens"),
+    (["model.sde=True", "model.head.solver=heun"], r"model.head.solver='heun' does not apply"),
 ])
 def test_bad_config_names_the_field(overrides, match):
   with pytest.raises(ValueError, match=match):
