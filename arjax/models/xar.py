@@ -327,24 +327,26 @@ class XAR(nnx.Module):
     cls = self.class_embed(labels).astype(jnp.float32)[:, None]
     return cls + self.time_embed(TIME_SCALE * t_slots)
 
-  def run(self, x, labels, t_slots, start: int, *, caches=None, train: bool = False):
+  def run(self, x, labels, t_slots, start, *, caches=None, train: bool = False):
     """x float [B, L, C]: slots start .. start + L - 1 (noised), t_slots [B, L] ->
-    (velocity float32 [B, L, C], caches). Without caches L = S and start = 0 (training)."""
+    (velocity float32 [B, L, C], caches). Without caches L = S and start = 0 (training). start
+    may be traced (a loop over equal-size entities)."""
     b, l, _ = x.shape
     lay = self.layout
     ids = jnp.asarray(lay.entity_ids)
-    q_ids = jnp.broadcast_to(ids[start:start + l][None], (b, l))
+    window = lambda table: jax.lax.dynamic_slice_in_dim(table, start, l, 0)
+    q_ids = jnp.broadcast_to(window(ids)[None], (b, l))
     mask = MaskSpec(kind="block_causal", q_block_ids=q_ids,
                     kv_block_ids=jnp.broadcast_to(ids[None], (b, lay.num_slots)))
-    pos = jnp.broadcast_to(jnp.asarray(lay.positions)[start:start + l][None], (b, l, 2))
+    pos = jnp.broadcast_to(window(jnp.asarray(lay.positions))[None], (b, l, 2))
     cond = self.condition(labels, t_slots)
     enc_caches, dec_caches = (None, None) if caches is None else caches
     index = None if caches is None else jnp.asarray(start, jnp.int32)
     h = self.z_proj(x.astype(jnp.float32)).astype(jnp.float32)
-    h = self.z_proj_norm(h + self.encoder_pos[...][start:start + l])
+    h = self.z_proj_norm(h + window(self.encoder_pos[...]))
     h, enc_caches = self.encoder(h, positions=pos, mask=mask, cond=cond, caches=enc_caches,
                                  cache_index=index, deterministic=not train)
-    y = self.decoder_embed(h).astype(jnp.float32) + self.decoder_pos[...][start:start + l]
+    y = self.decoder_embed(h).astype(jnp.float32) + window(self.decoder_pos[...])
     y, dec_caches = self.decoder(y, positions=pos, mask=mask, cond=cond, caches=dec_caches,
                                  cache_index=index, deterministic=not train)
     v = self.head(y)
@@ -392,14 +394,24 @@ class XAR(nnx.Module):
     return (self.encoder.init_cache(batch, s, jnp.float32),
             self.decoder.init_cache(batch, s, jnp.float32))
 
-  def decode_entity(self, k: int, x, t, labels, caches):
-    """Entity k (static) at flow time t (scalar or [B]): x [B, G_k, C] -> (velocity
-    [B, G_k, C], caches with the entity's keys and values written at its slots). Entities < k
-    must be in the caches (fed clean, t = 1); later slots are hidden by the mask."""
-    a, e = self.layout.bounds[k]
+  def decode_entity(self, k, x, t, labels, caches):
+    """Entity k at flow time t (scalar or [B]): x [B, G_k, C] -> (velocity [B, G_k, C], caches
+    with the entity's keys and values written at its slots). Entities < k must be in the caches
+    (fed clean, t = 1); later slots are hidden by the mask. k may be traced when every entity
+    has the same size (`equal_entities`)."""
+    if isinstance(k, int):
+      a, e = self.layout.bounds[k]
+    else:
+      g = self.layout.bounds[0][1]
+      a, e = k * g, k * g + g
+    g = x.shape[1]
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32).reshape(-1, 1)
-                         if jnp.ndim(t) else jnp.asarray(t, jnp.float32), (x.shape[0], e - a))
+                         if jnp.ndim(t) else jnp.asarray(t, jnp.float32), (x.shape[0], g))
     return self.run(x, labels, t, a, caches=caches)
+
+  @property
+  def equal_entities(self) -> bool:
+    return len({e - a for a, e in self.layout.bounds}) == 1
 
   def default_sampler(self) -> str:
     return "next_entity"

@@ -3,19 +3,22 @@ sample_tokens and sampler.py of OliverRensu/xAR).
 
 E passes for E entities (arjax.models.xar.EntityLayout). For entity k:
 
-  1. k > 0: the previous entity's drawn tokens are fed clean (flow time t = 1, the data end)
-     at their slots, which writes their keys and values into the cache (`decode_entity`);
-  2. its G_k slots start from x_0 = temperature * eps (eps from fold_in(key, k)) and are
+  1. its G_k slots start from x_0 = temperature * eps (eps from fold_in(key, k)) and are
      integrated from t = 0 to 1 with the flow head's solver (`arjax.heads.flow.integrate`: Euler
      or Heun on the uniform grid, `model.head.num_sampling_steps` steps); every velocity is one
      pass of the whole network over the entity's slots against the cache (the pass overwrites
-     the entity's own cache slots, which step 1 of the next entity replaces by the clean ones);
-  3. guidance: the batch is doubled (conditional rows first, the null class second) and the
+     the entity's own cache slots, which step 3 replaces by the clean ones);
+  2. guidance: the batch is doubled (conditional rows first, the null class second) and the
      velocity is v_u + w (v_c - v_u) at every ODE step, w from the guidance schedule at the
      entity's progress (xAR's ramp 1 + (w - 1) k / (E - 1) is eval.cfg_schedule='linear' with
-     eval.cfg_by='steps').
+     eval.cfg_by='steps');
+  3. the drawn tokens are fed clean (flow time t = 1, the data end) at their slots, which
+     writes their keys and values into the cache (`decode_entity`) for the later entities (the
+     official code feeds them together with the next entity's first step: the same keys and
+     values, since the block-causal mask keeps the next entity out of them; after the last
+     entity this pass is spare).
 
-With `model.sde=True` step 2 is the official Euler-Maruyama sampler instead (sampler.py's
+With `model.sde=True` step 1 is the official Euler-Maruyama sampler instead (sampler.py's
 euler_maruyama_sampler), written in the official time s = 1 - t (s = 1 noise, 0 data) with its
 velocity u = -v: on the grid s_i = linspace(1, 0.04, S) then 0, the drift of the reverse SDE
 with diffusion 2 s is d = u - s * score = (2 - s) u + x (the linear path's score
@@ -26,8 +29,9 @@ with diffusion 2 s is d = u - s * score = (2 - s) u + x (the linear path's score
 for the first S - 1 steps, then one deterministic step to s = 0 (S network passes). CFG on the
 velocity equals the official CFG on the drift (d is affine in u with the same x).
 
-The entities can differ in size (scale entities), so the loop over entities is unrolled inside
-one jit; the ODE loop is a `lax.fori_loop`. The tokens come back on the grid in raster order
+Entities of one size (cell, subsample) run as one traced step in a `lax.fori_loop` (compile time
+independent of E); scale entities differ in size, so their loop is unrolled inside the jit. The
+ODE / SDE loop is a `lax.fori_loop`. The tokens come back on the grid in raster order
 (`EntityLayout.to_grid`).
 
 Legend: B batch, N tokens, S slots, E entities, G slots of one entity, C token channels.
@@ -91,14 +95,13 @@ class NextEntitySampler(Sampler):
     lay, flow, g = model.layout, model.flow, self.guidance
     b, c = labels.shape[0], model.channels
     feed = g.feed_labels(labels, model.null_class)
-    caches = model.init_cache(feed.shape[0])
-    drawn = []
-    for k, (a, e) in enumerate(lay.bounds):
-      if k:
-        _, caches = model.decode_entity(k - 1, g.double(drawn[-1]), 1.0, feed, caches)
-      scale = g.at(g.progress(a, lay.num_slots, k, lay.num_entities))
 
-      def velocity(x, t, k=k, caches=caches, scale=scale):
+    def entity(k, size, start, slots, caches):
+      """Draws entity k (G = size slots from `start`; k and start static or traced), writes it
+      into slots [B, S, C] and feeds it clean (t = 1) into the caches for the next entities."""
+      scale = g.at(g.progress(start, lay.num_slots, k, lay.num_entities))
+
+      def velocity(x, t):
         v, _ = model.decode_entity(k, g.double(x), t, feed, caches)
         if not g.enabled:
           return v
@@ -106,12 +109,24 @@ class NextEntitySampler(Sampler):
         return v_u + scale * (v_c - v_u)
 
       key = jax.random.fold_in(rng, k)
-      x0 = self.sampling.temperature * jax.random.normal(key, (b, e - a, c), jnp.float32)
+      x0 = self.sampling.temperature * jax.random.normal(key, (b, size, c), jnp.float32)
       if model.sde:
-        drawn.append(euler_maruyama(velocity, x0, flow.num_sampling_steps, key))
+        x = euler_maruyama(velocity, x0, flow.num_sampling_steps, key)
       else:
-        drawn.append(integrate(velocity, x0, flow.num_sampling_steps, flow.solver))
-    return lay.to_grid(jnp.concatenate(drawn, 1))
+        x = integrate(velocity, x0, flow.num_sampling_steps, flow.solver)
+      _, caches = model.decode_entity(k, g.double(x), 1.0, feed, caches)
+      return jax.lax.dynamic_update_slice_in_dim(slots, x, start, 1), caches
+
+    slots = jnp.zeros((b, lay.num_slots, c), jnp.float32)
+    caches = model.init_cache(feed.shape[0])
+    if model.equal_entities:  # one traced entity step in a loop: compile time independent of E.
+      size = lay.bounds[0][1]
+      slots, caches = jax.lax.fori_loop(
+          0, lay.num_entities, lambda k, sc: entity(k, size, k * size, *sc), (slots, caches))
+    else:                     # scale entities: one unrolled step per entity size.
+      for k, (a, e) in enumerate(lay.bounds):
+        slots, caches = entity(k, e - a, a, slots, caches)
+    return lay.to_grid(slots)
 
   def sample_tokens(self, params, labels, rng, known=None, given=None):
     """labels int32 [B] -> tokens float32 [B, N, C] (raster order)."""
