@@ -7,6 +7,7 @@ from arjax.sampling.orders import OrderSampler
 from arjax.sampling.cached_groups import CachedGroupSampler
 from arjax.sampling.cached_orders import CachedOrderSampler
 from arjax.sampling.next_scale import NextScaleSampler
+from arjax.sampling import next_entity  # noqa: F401  ('next_entity': xAR)
 from arjax.sampling.speculative import (GSDSampler, MCSJDSampler, SJDSampler,
                                         SpeculativeOptions)
 from arjax.sampling.state import SamplerState
