@@ -153,15 +153,19 @@ class ContinuousSJDSampler(SpeculativeSampler):
     ku, kr, kf = jax.random.split(key, 3)
     log_u = jnp.log(jax.random.uniform(ku, (w,)))
     accept = log_u < self.log_accept_ratio(p, q, x)
-    draw, exact = residual_draw(kr, p, q, self.spec.max_tries)
-    coupled = jnp.where(accept[:, None], x, draw)
     reject = valid & ~accept
     first = jnp.where(reject.any(), jnp.argmax(reject), w)
     j = jnp.arange(w)
     commit = valid & (j <= first)
     after = valid & (j > first)
+    # Only the first rejected cell's residual is committed (the cells after it get fresh
+    # drafts), so it alone is drawn: max_tries proposals, not W * max_tries.
+    at = jnp.minimum(first, w - 1)
+    one = lambda law: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, at, 1), law)
+    draw, exact = residual_draw(kr, one(p), one(q), self.spec.max_tries)     # [1, C], [1]
     new = gmm_draw(kf, p)   # fresh drafts from this pass's p (as 'sjd').
-    fell = (first < w) & ~exact[jnp.minimum(first, w - 1)]
+    tokens = jnp.where(commit[:, None], x, jnp.where(after[:, None], new, x))
+    tokens = jnp.where((j == first)[:, None], draw, tokens)
+    fell = (first < w) & ~exact[0]
     counts = jnp.stack([(first < w).astype(jnp.int32), fell.astype(jnp.int32)])
-    tokens = jnp.where(commit[:, None], coupled, jnp.where(after[:, None], new, x))
     return tokens, commit, after, counts

@@ -44,6 +44,12 @@ Models: those of the 'sequential' sampler (decode_prefix / decode_tokens with pe
 indexes: raster_ar, ordered_ar with a raster-like causal order) with a categorical head. An
 order with bidirectional or block masks is refused by name.
 
+The loop is generic over the law of a cell (`target_law`, `initial_law`, `initial_drafts`,
+`draw_one`, `verify_row`): categorical probabilities [V] here, the GMM head's mixture for
+'continuous_sjd' (arjax.sampling.continuous_speculative). Stats per row also count the tokens
+committed from a residual draw and, for continuous_sjd, the residual draws that fell back at
+its try bound.
+
 Legend: B batch, N tokens per image, V vocabulary, W window (tokens fed per pass).
 """
 from __future__ import annotations
