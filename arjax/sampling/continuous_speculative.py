@@ -14,10 +14,10 @@ propose y ~ p_k, keep it with probability max(0, 1 - q_k(y) / p_k(y)) (= r_k(y) 
 <= 1, so a kept y is an exact draw from r_k), at most `max_tries` proposals (the paper: 100).
 At the bound, the first proposal (a draw from p_k, not r_k) is committed and counted as a
 fallback (`sample_with_stats`: stats['fallbacks'] per row). A fallback is the only departure
-from the exact law: a token committed after a rejection falls back with probability
-(1 - Z_k)^max_tries, so the law of a committed token is off by at most Z_k (1 - Z_k)^max_tries
-<= 1 / (e (max_tries + 1)) in total variation (0.0036 at 100 tries), and by 0 where no fallback
-happened. Where p_k = q_k the test accepts with probability 1 and the residual is never drawn.
+from the exact law: a cell is rejected with probability Z_k (= TV(p_k, q_k)) and its residual
+then falls back with probability (1 - Z_k)^T (T = max_tries), so the conditional law of a
+committed token is off by at most Z_k (1 - Z_k)^T <= 1 / (e T) in total variation (0.0037 at
+100 tries; the joint law by at most the sum over tokens), and by 0 where no fallback happened. Where p_k = q_k the test accepts with probability 1 and the residual is never drawn.
 
 Initial drafts are standard normal, q = N(0, I) (written as a K-component mixture with equal
 components, so every cell's law has one pytree structure); new drafts after a rejection are
