@@ -103,7 +103,7 @@ def table(rs: List[Dict], n: int) -> str:
                  f"{r['row_pass_reduction']:.2f}× | {r['images_per_s']:.2f} | "
                  f"{r['speed_vs_sequential']:.2f}× |"
                  + (f" residual draws {r['residual_draws']:.1f}, fallbacks {r['fallbacks']:.2f}"
-                    " per image" if "fallbacks" in r else ""))
+                    " per image" if r["sampler"] == "continuous_sjd" else ""))
   return "\n".join(lines)
 
 
