@@ -56,11 +56,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str],
 
 def check_sampling_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
   """The sampling options given on the command line (--cfg_scale, --temperature, --top_k,
-  --top_p, the speculative --window, --gsd_radius, --gsd_tol; None: not given) checked by SamplingConfig's rules (NaN, ranges) before anything is
+  --top_p, the speculative --window, --gsd_radius, --gsd_tol, --max_tries; None: not given) checked by SamplingConfig's rules (NaN, ranges) before anything is
   loaded; a bad one is `parser.error`, one line naming the option."""
   from arjax.sampling.config import SamplingConfig
   given = {k: getattr(args, k) for k in ("cfg_scale", "temperature", "top_k", "top_p",
-                                         "window", "gsd_radius", "gsd_tol")
+                                         "window", "gsd_radius", "gsd_tol", "max_tries")
            if getattr(args, k, None) is not None}
   try:
     SamplingConfig(**given).validate()

@@ -1,6 +1,6 @@
 """python -m arjax.sample --workdir DIR [--num N] [--cfg_scale S] [--temperature T] [--top_k K]
                          [--top_p P] [--sampler NAME] [--window W] [--gsd_radius R]
-                         [--gsd_tol T] [--seed X] [--out PREFIX] [--resolution R]
+                         [--gsd_tol T] [--max_tries M] [--seed X] [--out PREFIX] [--resolution R]
 
 Samples class-conditional images from the latest checkpoint of a run (classes cycle 0, 1, ...)
 and writes PREFIX.png (a grid, one column per class) and PREFIX.npz (images, labels, tokens).
@@ -40,6 +40,9 @@ def main(argv=None):
                  help="gsd: group radius in ranks (default: config.sampling.gsd_radius)")
   p.add_argument("--gsd_tol", type=float, default=None,
                  help="gsd: group probability tolerance (default: config.sampling.gsd_tol)")
+  p.add_argument("--max_tries", type=int, default=None,
+                 help="continuous_sjd: proposals of the residual's acceptance-rejection "
+                 "(default: config.sampling.max_tries)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   p.add_argument("--out", default=None, help="output prefix (default WORKDIR/samples/sample_SEED)")
@@ -63,7 +66,8 @@ def main(argv=None):
   fm, params, config = loading.load(args.workdir, step)
   # config.eval's head options and config.sampling's speculative options, unless typed.
   sampling = sampling_from_config(config, **{k: getattr(args, k) for k in (
-      "cfg_scale", "temperature", "top_k", "top_p", "window", "gsd_radius", "gsd_tol")})
+      "cfg_scale", "temperature", "top_k", "top_p", "window", "gsd_radius", "gsd_tol",
+      "max_tries")})
   sampling = dataclasses.replace(sampling, name=args.sampler or "auto")
   ncls = config.model.num_classes
   labels = jnp.arange(args.num, dtype=jnp.int32) % ncls

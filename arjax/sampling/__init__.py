@@ -10,10 +10,12 @@ from arjax.sampling.next_scale import NextScaleSampler
 from arjax.sampling import next_entity  # noqa: F401  ('next_entity': xAR)
 from arjax.sampling.speculative import (GSDSampler, MCSJDSampler, SJDSampler,
                                         SpeculativeOptions)
+from arjax.sampling.continuous_speculative import ContinuousSJDSampler
 from arjax.sampling.state import SamplerState
 from arjax.sampling import diffusion_lm  # noqa: F401  (text_ar, mdlm, sdar, fast_dllm)
 
 __all__ = ["SAMPLERS", "Sampler", "build_sampler", "SamplingConfig", "sampling_from_config",
            "SequentialSampler", "OrderSampler", "CachedGroupSampler", "CachedOrderSampler",
            "SamplerState", "SJDSampler", "MCSJDSampler", "GSDSampler", "SpeculativeOptions",
+           "ContinuousSJDSampler",
            "class_grid_labels", "cfg_logits", "double_labels"]

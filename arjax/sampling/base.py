@@ -46,7 +46,7 @@ class Sampler:
   """Base class of the registered samplers (see the module docstring)."""
 
   name = "sampler"
-  # The speculative options (SamplingConfig.window, gsd_radius, gsd_tol) this sampler takes;
+  # The speculative options (SamplingConfig.window, gsd_radius, gsd_tol, max_tries) it takes;
   # one set away from its default for a sampler not taking it is refused by name.
   speculative_options: tuple = ()
 
@@ -102,7 +102,8 @@ class Sampler:
     unused = [f for f in sampling.speculative_set() if f not in self.speculative_options]
     if unused:
       raise ValueError(f"sampling option(s) {unused} do not apply to sampler {self.name!r} "
-                       "(window: 'sjd', 'mc_sjd', 'gsd'; gsd_radius, gsd_tol: 'gsd')")
+                       "(window: 'sjd', 'mc_sjd', 'gsd', 'continuous_sjd'; gsd_radius, gsd_tol: "
+                       "'gsd'; max_tries: 'continuous_sjd')")
     self.options = sampling.head_options()
     allowed = getattr(model.head, "sample_options", ())
     extra = sorted(set(self.options) - set(allowed))

@@ -17,10 +17,10 @@ from typing import Any, Dict, Tuple
 
 from arjax.registry import ranged
 
-# The speculative samplers' options: (field, default); 'gsd' takes all three, 'sjd' / 'mc_sjd'
-# the window only.
+# The speculative samplers' options: (field, default); 'sjd' / 'mc_sjd' take the window,
+# 'gsd' also gsd_radius and gsd_tol, 'continuous_sjd' the window and max_tries.
 SPECULATIVE_FIELDS: Tuple[Tuple[str, Any], ...] = (
-    ("window", 0), ("gsd_radius", 7), ("gsd_tol", 0.15))
+    ("window", 0), ("gsd_radius", 7), ("gsd_tol", 0.15), ("max_tries", 100))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +32,7 @@ class SamplingFields:
   window: int = ranged(0, lo=0, integer=True)        # W drafts per pass (0: min(16, N - 1)).
   gsd_radius: int = ranged(7, lo=0, integer=True)    # gsd: group of tokens within this many ranks.
   gsd_tol: float = ranged(0.15, lo=0.0, hi=1.0, lo_open=True)  # gsd: ... and this probability.
+  max_tries: int = ranged(100, lo=1, integer=True)   # continuous_sjd: residual proposals.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,7 @@ class SamplingConfig:
   window: int = 0          # speculative: drafts verified per pass (0: min(16, N - 1)).
   gsd_radius: int = 7      # gsd: the group holds tokens within this many ranks of the draft ...
   gsd_tol: float = 0.15    # gsd: ... whose probability differs from the draft's by < this.
+  max_tries: int = 100     # continuous_sjd: proposals of the residual's acceptance-rejection.
 
   def validate(self):
     for field in ("cfg_scale", "temperature", "top_p"):
@@ -57,12 +59,12 @@ class SamplingConfig:
       raise ValueError(f"top_k={self.top_k}; expected >= 0")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p={self.top_p}; expected a value in (0, 1]")
-    for field in ("window", "gsd_radius"):
+    for field in ("window", "gsd_radius", "max_tries"):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{field}={value!r}; expected an integer")
-      if value < 0:
-        raise ValueError(f"{field}={value}; expected >= 0"
+      if value < (1 if field == "max_tries" else 0):
+        raise ValueError(f"{field}={value}; expected >= {1 if field == 'max_tries' else 0}"
                          + (" (0: min(16, N - 1))" if field == "window" else ""))
     if not (math.isfinite(self.gsd_tol) and 0.0 < self.gsd_tol <= 1.0):
       raise ValueError(f"gsd_tol={self.gsd_tol}; expected a value in (0, 1]")
@@ -94,4 +96,4 @@ def sampling_from_config(config, **overrides) -> SamplingConfig:
                         temperature=float(get("temperature", 1.0)),
                         top_k=int(get("top_k", 0)), top_p=float(get("top_p", 1.0)), name=name,
                         window=spec["window"], gsd_radius=spec["gsd_radius"],
-                        gsd_tol=float(spec["gsd_tol"]))
+                        gsd_tol=float(spec["gsd_tol"]), max_tries=spec["max_tries"])

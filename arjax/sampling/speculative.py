@@ -44,6 +44,12 @@ Models: those of the 'sequential' sampler (decode_prefix / decode_tokens with pe
 indexes: raster_ar, ordered_ar with a raster-like causal order) with a categorical head. An
 order with bidirectional or block masks is refused by name.
 
+The loop is generic over the law of a cell (`target_law`, `initial_law`, `initial_drafts`,
+`draw_one`, `verify_row`): categorical probabilities [V] here, the GMM head's mixture for
+'continuous_sjd' (arjax.sampling.continuous_speculative). Stats per row also count the tokens
+committed from a residual draw and, for continuous_sjd, the residual draws that fell back at
+its try bound.
+
 Legend: B batch, N tokens per image, V vocabulary, W window (tokens fed per pass).
 """
 from __future__ import annotations
@@ -75,13 +81,16 @@ class SpeculativeOptions:
   window: int = 16        # W: tokens fed per pass = drafts verified per pass (1..N-1).
   gsd_radius: int = 7     # gsd: the group holds tokens within this many ranks of the draft.
   gsd_tol: float = 0.15   # gsd: ... whose probability differs from the draft's by < gsd_tol.
+  max_tries: int = 100    # continuous_sjd: proposals of the residual's acceptance-rejection.
 
   def validate(self, num_tokens: Optional[int] = None):
     """Raises ValueError naming the field that is out of range (window against N - 1)."""
-    for field in ("window", "gsd_radius"):
+    for field in ("window", "gsd_radius", "max_tries"):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"speculative option {field}={value!r}; expected an integer")
+    if self.max_tries < 1:
+      raise ValueError(f"speculative option max_tries={self.max_tries}; expected >= 1")
     if self.window < 1:
       raise ValueError(f"speculative option window={self.window}; expected >= 1")
     if num_tokens is not None and self.window > num_tokens - 1:
@@ -114,7 +123,7 @@ class SpeculativeSampler(Sampler):
                        f"{list(sampling.speculative_set())} in the SamplingConfig and `options`")
     self.spec = options or SpeculativeOptions(
         window=sampling.window or min(SpeculativeOptions.window, self.num_tokens - 1),
-        gsd_radius=sampling.gsd_radius, gsd_tol=sampling.gsd_tol)
+        gsd_radius=sampling.gsd_radius, gsd_tol=sampling.gsd_tol, max_tries=sampling.max_tries)
     self.vocab_size = int(model.tokenizer.vocab_size)
     self.spec.validate(self.num_tokens)
     self._run = jax.jit(self._decode, donate_argnames=("caches",))
@@ -131,11 +140,34 @@ class SpeculativeSampler(Sampler):
       return "it has no KV-cached next-token decoding (decode_prefix / decode_tokens)"
     if not raster_like(order):
       return "the order does not generate one cell per step in raster order"
+    return cls.head_problem(model)
+
+  @classmethod
+  def head_problem(cls, model) -> Optional[str]:
+    """None when the model's head gives the laws this sampler verifies, else why not."""
     head = getattr(model, "head", None)
     if head is None or not jnp.issubdtype(head.token_dtype, jnp.integer):
       return (f"head {type(head).__name__} draws continuous tokens; {cls.name!r} verifies "
-              f"categorical probabilities")
+              f"categorical probabilities (continuous tokens: 'continuous_sjd')")
     return None
+
+  # -- the laws of the cells (categorical: probabilities [..., V]; continuous_sjd overrides) ----
+  def target_law(self, dist, cells):
+    """Distribution over [B, T] predicting cells int32 [B, T] -> a pytree of leaves [B, T, ...]:
+    the law each cell is drawn from and tested against."""
+    return self.target_probs(dist, cells)
+
+  def initial_law(self):
+    """The law of the initial drafts, one cell (leaves without [B, T])."""
+    return jnp.full((self.vocab_size,), 1.0 / self.vocab_size, jnp.float32)
+
+  def initial_drafts(self, key):
+    """The initial drafts of one row [N, *T], drawn from `initial_law` per cell."""
+    return jax.random.randint(key, (self.num_tokens,), 0, self.vocab_size, jnp.int32)
+
+  def draw_one(self, key, law):
+    """One token [*T] from the law of one cell."""
+    return jax.random.categorical(key, _log(law)).astype(jnp.int32)
 
   # -- the two rules subclasses choose -------------------------------------------------------------
   def accept_ratio(self, p, q, x):
@@ -169,7 +201,9 @@ class SpeculativeSampler(Sampler):
   def verify_row(self, key, p, q, x, valid):
     """One row of a pass. p, q [W, V]: target and draft laws of the window's cells; x [W] their
     drafts; valid [W]: cells not yet committed. Returns (tokens [W]: committed values, new
-    drafts or the old ones; commit bool [W]; after bool [W]: cells given new drafts)."""
+    drafts or the old ones; commit bool [W]; after bool [W]: cells given new drafts; counts
+    int32 [2]: residual draws committed (0 or 1) and those that fell back (always 0 here: the
+    categorical residual is drawn exactly))."""
     w = x.shape[0]
     ku, kr, kf = jax.random.split(key, 3)
     u = jax.random.uniform(ku, (w,))
@@ -186,7 +220,8 @@ class SpeculativeSampler(Sampler):
     commit = valid & (j <= first)
     after = valid & (j > first)
     new = self.redraft(kf, p, coupled)
-    return jnp.where(commit, coupled, jnp.where(after, new, x)), commit, after
+    counts = jnp.stack([(first < w).astype(jnp.int32), jnp.zeros((), jnp.int32)])
+    return jnp.where(commit, coupled, jnp.where(after, new, x)), commit, after, counts
 
   # -- the jitted loop ---------------------------------------------------------------------------
   def init_caches(self, params, batch: int):
@@ -194,22 +229,22 @@ class SpeculativeSampler(Sampler):
 
   def _decode(self, params, labels, caches, keys):
     model = self.fm.bind(params)
-    n, w, v = self.num_tokens, self.spec.window, self.vocab_size
+    n, w = self.num_tokens, self.spec.window
     b = labels.shape[0]
     g = self.guidance
     rows = jnp.arange(b)
     dist, caches = model.decode_prefix(g.feed_labels(labels, model.null_class), caches)
-    p0 = self.target_probs(dist, jnp.zeros((b, 1), jnp.int32))[:, 0]
-    first = jax.vmap(lambda k, p: jax.random.categorical(jax.random.fold_in(k, _FIRST_KEY),
-                                                         _log(p)))(keys, p0)
-    drafts = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, _INIT_KEY), (n,), 0,
-                                                   v, jnp.int32))(keys)
-    tokens = drafts.at[:, 0].set(first.astype(jnp.int32))
+    p0 = jax.tree.map(lambda a: a[:, 0], self.target_law(dist, jnp.zeros((b, 1), jnp.int32)))
+    first = jax.vmap(lambda k, p: self.draw_one(jax.random.fold_in(k, _FIRST_KEY), p))(keys, p0)
+    drafts = jax.vmap(lambda k: self.initial_drafts(jax.random.fold_in(k, _INIT_KEY)))(keys)
+    tokens = drafts.at[:, 0].set(first)
     # Draft laws of the cells n_b ... n_b + W - 1 in a ring of W slots (cell k at slot k mod W);
-    # cells past `stored` have never been predicted and keep their uniform initial draws.
-    carry = dict(tokens=tokens, q=jnp.zeros((b, w, v), jnp.float32),
+    # cells past `stored` have never been predicted and keep their initial draws (initial_law).
+    init = self.initial_law()
+    carry = dict(tokens=tokens, q=jax.tree.map(lambda a: jnp.zeros((b, w) + a.shape, a.dtype), init),
                  stored=jnp.zeros((b,), jnp.int32), done=jnp.ones((b,), jnp.int32),
-                 cache=caches, t=jnp.zeros((), jnp.int32), row_passes=jnp.ones((b,), jnp.int32))
+                 cache=caches, t=jnp.zeros((), jnp.int32), row_passes=jnp.ones((b,), jnp.int32),
+                 counts=jnp.zeros((b, 2), jnp.int32))
 
     def body(c):
       active = c["done"] < n
@@ -218,24 +253,30 @@ class SpeculativeSampler(Sampler):
       fed = window(c["tokens"], start)
       dist, cache = model.decode_tokens(g.double(fed), g.double(start), c["cache"])
       cells = start[:, None] + 1 + jnp.arange(w, dtype=jnp.int32)  # [B, W] cells predicted.
-      p = self.target_probs(dist, cells)
+      p = self.target_law(dist, cells)
       x = window(c["tokens"], start + 1)
       slots = cells % w
-      q_raw = c["q"][rows[:, None], slots]
-      q = jnp.where((cells <= c["stored"][:, None])[..., None], q_raw, 1.0 / v)
+      q_raw = jax.tree.map(lambda a: a[rows[:, None], slots], c["q"])
+      seen = cells <= c["stored"][:, None]
+      q = jax.tree.map(lambda a, i: jnp.where(_over(seen, a), a, i), q_raw, init)
       valid = cells >= c["done"][:, None]
       keys_t = jax.vmap(lambda k: jax.random.fold_in(k, c["t"]))(keys)
-      new, commit, after = jax.vmap(self.verify_row)(keys_t, p, q, x, valid)
+      new, commit, after, counts = jax.vmap(self.verify_row)(keys_t, p, q, x, valid)
       tokens = jax.vmap(lambda r, u, i: jax.lax.dynamic_update_slice_in_dim(r, u, i, 0))(
           c["tokens"], new, start + 1)
-      q_new = c["q"].at[rows[:, None], slots].set(jnp.where(after[..., None], p, q_raw))
+      q_new = jax.tree.map(
+          lambda ring, pa, qa: ring.at[rows[:, None], slots].set(jnp.where(_over(after, pa), pa,
+                                                                           qa)),
+          c["q"], p, q_raw)
       return dict(tokens=tokens, q=q_new,
                   stored=jnp.where(active, start + w, c["stored"]),
                   done=c["done"] + commit.sum(-1).astype(jnp.int32), cache=cache,
-                  t=c["t"] + 1, row_passes=c["row_passes"] + active.astype(jnp.int32))
+                  t=c["t"] + 1, row_passes=c["row_passes"] + active.astype(jnp.int32),
+                  counts=c["counts"] + jnp.where(active[:, None], counts, 0))
 
     c = jax.lax.while_loop(lambda c: (c["done"] < n).any(), body, carry)
-    stats = {"passes": c["t"] + 1, "row_passes": c["row_passes"]}
+    stats = {"passes": c["t"] + 1, "row_passes": c["row_passes"],
+             "residual_draws": c["counts"][:, 0], "fallbacks": c["counts"][:, 1]}
     # Returning the caches lets XLA alias the donated buffers (updated in place).
     return c["tokens"], stats, c["cache"]
 
@@ -252,20 +293,27 @@ class SpeculativeSampler(Sampler):
                      f"[{batch}]")
 
   def sample_with_stats(self, params, labels, rng) -> Tuple[jax.Array, Dict[str, np.ndarray]]:
-    """labels int32 [B], rng (one key or [B] keys) -> (tokens int32 [B, N], stats): passes, the
+    """labels int32 [B], rng (one key or [B] keys) -> (tokens [B, N, *T], stats): passes, the
     forward passes the batch ran (prefix included; the batch runs until its slowest row is
-    done), and row_passes int32 [B], the passes each row needed."""
+    done); per row int32 [B]: row_passes, the passes each row needed, residual_draws, the
+    tokens committed from a residual after a rejection, and fallbacks, those of them whose
+    residual draw hit the try bound (continuous_sjd; 0 for the categorical samplers)."""
     b = labels.shape[0]
     caches = self.init_caches(params, b)
     tokens, stats, _ = self._run(params, labels, caches, self.row_keys(rng, b))
     return tokens, {k: np.asarray(s) for k, s in stats.items()}
 
   def sample_tokens(self, params, labels, rng, known=None, given=None):
-    """labels int32 [B], rng -> tokens int32 [B, N]."""
+    """labels int32 [B], rng -> tokens [B, N, *T] (categorical: int32 [B, N])."""
     if known is not None:
       raise ValueError(f"sampler {self.name!r} does not inpaint (known/given); use sampler "
                        f"'order'")
     return self.sample_with_stats(params, labels, rng)[0]
+
+
+def _over(mask, a):
+  """mask [B, W] reshaped to broadcast over a leaf a [B, W, ...]."""
+  return mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
 
 
 def _log(p):

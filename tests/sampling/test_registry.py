@@ -84,7 +84,8 @@ def test_default_sampler_comes_from_the_model_and_bad_names_are_listed(givt):
                                      + re.escape(f"expected one of {SAMPLERS.names()}")):
     build_sampler(fm, SamplingConfig(name="jacobi"))
   with pytest.raises(ValueError, match=r"sampler 'cached_groups' cannot run model RasterAR with "
-                                       r"order 'raster': .*samplers that can: \['sequential'\]"):
+                                       r"order 'raster': .*samplers that can: "
+                                       r"\['continuous_sjd', 'sequential'\]"):
     CachedGroupSampler(fm, SamplingConfig())
   with pytest.raises(ValueError, match=r"sampling options \['top_k'\] do not apply to head "
                                        r"GMMHead \(it takes temperature only\)"):
