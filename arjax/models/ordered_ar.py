@@ -109,8 +109,9 @@ class OrderedAR(nnx.Module):
                        f"{self.order.schedule!r}) needs separate target queries: use model "
                        "'arpg' or order 'randar'")
     if head_is_continuous(config):
-      raise ValueError(f"model {m.name!r} embeds discrete tokens: model.head.name="
-                       f"{m.head.name!r} (continuous tokens) runs on model 'raster_ar'")
+      raise ValueError(f"model {config.model.name!r} embeds discrete tokens: model.head.name="
+                       f"{config.model.head.name!r} (continuous tokens) runs on model "
+                       "'raster_ar'")
     self.class_embed = Embed(m.num_classes + 1, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
     self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
     init = nnx.initializers.normal(stddev=0.02)

@@ -34,6 +34,14 @@ def test_the_categorical_head_on_continuous_tokens_names_both():
     nnx.eval_shape(lambda: build_model(_config("categorical", continuous=True)))
 
 
+def test_a_continuous_head_on_ordered_ar_names_the_model_and_head():
+  c = _config("gmm", continuous=True)
+  c.model.name = "ordered_ar"
+  with pytest.raises(ValueError, match=r"model 'ordered_ar' embeds discrete tokens: "
+                                       r"model.head.name='gmm' .* runs on model 'raster_ar'"):
+    nnx.eval_shape(lambda: build_model(c))
+
+
 @pytest.mark.parametrize("head", ["diffusion", "flow", "arinar"])
 def test_latents_of_the_wrong_channel_count_name_both_shapes(head):
   batch = {"latents": jnp.zeros((2, 49, 3)), "label": jnp.zeros((2,), jnp.int32)}
