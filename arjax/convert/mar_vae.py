@@ -74,12 +74,7 @@ def mar_vae_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
   z, d = m.z_channels, m.quantizer.latent_dim
   last = len(mult) - 1
 
-  def res(key, c_in, c_out):
-    out = {"norm1": r.norm(key + ".norm1", c_in), "conv1": r.conv(key + ".conv1", c_in, c_out, 3),
-           "norm2": r.norm(key + ".norm2", c_out), "conv2": r.conv(key + ".conv2", c_out, c_out, 3)}
-    if c_in != c_out:
-      out["shortcut"] = r.conv(key + ".nin_shortcut", c_in, c_out, 1)
-    return out
+  res = r.res_block
 
   def attn(key, c):
     return {"norm": r.norm(key + ".norm", c),

@@ -84,6 +84,16 @@ class _Reader:
   def norm(self, key: str, c: int) -> Dict:
     return {"scale": self.get(key + ".weight", (c,)), "bias": self.get(key + ".bias", (c,))}
 
+  def res_block(self, key: str, c_in: int, c_out: int) -> Dict:
+    """An LDM / VQGAN ResnetBlock (norm1, conv1, norm2, conv2, nin_shortcut when c_in != c_out)."""
+    out = {"norm1": self.norm(key + ".norm1", c_in),
+           "conv1": self.conv(key + ".conv1", c_in, c_out, 3),
+           "norm2": self.norm(key + ".norm2", c_out),
+           "conv2": self.conv(key + ".conv2", c_out, c_out, 3)}
+    if c_in != c_out:
+      out["shortcut"] = self.conv(key + ".nin_shortcut", c_in, c_out, 1)
+    return out
+
   def finish(self, skip=(), hint: str = "") -> None:
     extra = sorted(k for k in self.sd if k not in self.used
                    and not any(k == s or k.endswith("." + s) for s in skip))
@@ -108,12 +118,7 @@ def vae_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
   ch, mult, nrb, z = m.ch, list(m.ch_mult), m.num_res_blocks, m.z_channels
   last = len(mult) - 1
 
-  def res(key, c_in, c_out):
-    out = {"norm1": r.norm(key + ".norm1", c_in), "conv1": r.conv(key + ".conv1", c_in, c_out, 3),
-           "norm2": r.norm(key + ".norm2", c_out), "conv2": r.conv(key + ".conv2", c_out, c_out, 3)}
-    if c_in != c_out:
-      out["shortcut"] = r.conv(key + ".nin_shortcut", c_in, c_out, 1)
-    return out
+  res = r.res_block
 
   def attn(key, c):
     w = r.get(key + ".qkv.weight", (3 * c, c, 1, 1)).transpose(2, 3, 1, 0)

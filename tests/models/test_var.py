@@ -236,8 +236,10 @@ def test_cfg_ramp_matches_var():
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
-def naive_greedy_cfg(fm, params, tok, labels, cfg):
-  """Recomputes the full forward pass at every scale (no cache), VAR's ramp in numpy, argmax."""
+def naive_greedy_cfg(fm, params, tok, labels, cfg, known=None, given=None):
+  """Recomputes the full forward pass at every scale (no cache), VAR's ramp in numpy, argmax;
+  with known bool [B, N] / given int [B, N] (VAR's editing) the kept cells are replaced after
+  each scale."""
   b = len(labels)
   null = np.full(b, 10)
   tokens = np.zeros((b, 30), np.int32)
@@ -247,6 +249,8 @@ def naive_greedy_cfg(fm, params, tok, labels, cfg):
     lu = np.asarray(f(params, jnp.asarray(tokens), jnp.asarray(null)), np.float64)
     t = cfg * k / (len(BOUNDS) - 1)
     tokens[:, a:e] = np.argmax(((1 + t) * lc - t * lu)[:, a:e], -1)
+    if known is not None:
+      tokens[:, a:e] = np.where(known[:, a:e], given[:, a:e], tokens[:, a:e])
   fhat = jax.jit(lambda t: tok.fm.bind(tok.variables).quantizer.partial_reconstructions(t)[-1])(
       jnp.asarray(tokens))
   return tokens, np.asarray(fhat)

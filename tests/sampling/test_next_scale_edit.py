@@ -20,7 +20,7 @@ import pytest
 from arjax.sampling import SamplingConfig, build_sampler
 from arjax.sampling.guidance_schedule import GuidanceSchedule
 from arjax.sampling.next_scale import edit_masks
-from tests.models.test_var import BOUNDS, build, tok  # noqa: F401  (tok: a module fixture)
+from tests.models.test_var import build, naive_greedy_cfg, tok  # noqa: F401  (tok: a fixture)
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
                        "var_edit_masks.npz")
@@ -42,23 +42,6 @@ def var(tok):  # noqa: F811
   return fm, params, sampler
 
 
-def naive_edit(fm, params, tok, labels, known, given):  # noqa: F811
-  """Full forward pass per scale, VAR's ramp in float64 numpy, argmax, kept cells replaced."""
-  b = len(labels)
-  null = np.full(b, 10)
-  tokens = np.zeros((b, 30), np.int32)
-  f = jax.jit(lambda p, t, y: fm.bind(p).forward(t, y).logits)
-  for k, (a, e) in enumerate(BOUNDS):
-    lc = np.asarray(f(params, jnp.asarray(tokens), jnp.asarray(labels)), np.float64)
-    lu = np.asarray(f(params, jnp.asarray(tokens), jnp.asarray(null)), np.float64)
-    t = CFG * k / (len(BOUNDS) - 1)
-    tokens[:, a:e] = np.argmax(((1 + t) * lc - t * lu)[:, a:e], -1)
-    tokens[:, a:e] = np.where(known[:, a:e], given[:, a:e], tokens[:, a:e])
-  fhat = jax.jit(lambda t: tok.fm.bind(tok.variables).quantizer.partial_reconstructions(t)[-1])(
-      jnp.asarray(tokens))
-  return tokens, np.asarray(fhat)
-
-
 def test_greedy_editing_equals_naive_reference(var, tok):  # noqa: F811
   fm, params, sampler = var
   labels = np.array([2, 6, 9])
@@ -69,7 +52,7 @@ def test_greedy_editing_equals_naive_reference(var, tok):  # noqa: F811
   tokens, fhat = sampler.sample_with_fhat(params, labels, jax.random.key(0), known=region,
                                           given=given)
   tokens = np.asarray(tokens)
-  want_tokens, want_fhat = naive_edit(fm, params, tok, labels, known, given)
+  want_tokens, want_fhat = naive_greedy_cfg(fm, params, tok, labels, CFG, known, given)
   np.testing.assert_array_equal(tokens, want_tokens)
   np.testing.assert_allclose(np.asarray(fhat), want_fhat, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(tokens[known], given[known])

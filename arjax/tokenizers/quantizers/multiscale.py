@@ -177,27 +177,16 @@ class MultiScaleVQ(nnx.Module):
     self._check(f)
     indices, partial = self._residual_pass(f)
     f_sg = jax.lax.stop_gradient(f)
-    loss = 0.0
-    if not self.residual:  # each scale's own map against area(f, s): VQ loss per scale.
+    if self.residual:  # every running reconstruction against f
+      targets = [f] * len(partial)
+    else:  # each scale's own map against area(f, s): VQ loss per scale.
       partial = [self.phi(k, self.code_vectors(q)) if k == len(self.scales) - 1 else
                  area_resize(p, self.scales[k]) for k, (q, p) in enumerate(zip(indices, partial))]
-      f_sg = jax.lax.stop_gradient(f)
       targets = [area_resize(f, s) if s != self.grid[0] else f for s in self.scales]
-      for f_hat, t in zip(partial, targets):
-        loss = loss + self.beta * jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - t))
-        loss = loss + jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(t)))
-      loss = loss / len(self.scales)
-      f_hat = partial[-1]
-      st = f + jax.lax.stop_gradient(f_hat - f)
-      b = z.shape[0]
-      tokens = jnp.concatenate([i.reshape(b, -1) for i in indices], axis=1)
-      metrics = {"quant_error": jnp.mean(jnp.square(f_hat - f_sg))}
-      metrics.update(usage_metrics(tokens, self.vocab_size))
-      out = st if self.proj_out is None else self.proj_out(st)
-      return QuantizerOutput(out, tokens, loss, metrics)
-    for f_hat in partial:
-      loss = loss + self.beta * jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - f))
-      loss = loss + jnp.mean(jnp.square(f_hat - f_sg))
+    loss = 0.0
+    for f_hat, t in zip(partial, targets):
+      loss = loss + self.beta * jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - t))
+      loss = loss + jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(t)))
     loss = loss / len(self.scales)
     f_hat = partial[-1]
     st = f + jax.lax.stop_gradient(f_hat - f)
