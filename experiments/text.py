@@ -23,8 +23,9 @@ Validation bits/char is the trainer's text evaluation over the whole validation 
 Then, per model and sampler: tokens per forward pass, samples/s (batch 16, timed on the second
 call after compilation) and the bits/char of the samples under the AR row's model (generative
 bits/char, lower = closer to what AR considers likely text); with --sdtt_rounds > 0, SDTT rounds
-on the trained MDLM. Everything goes to WORKDIR/results.json (and WORKDIR/samples.txt); the
-measurements of a row already in results.json are skipped on a rerun.
+on the trained MDLM (`arjax.models.sdtt`, divergence --sdtt_kind: kl-bwd, SDTT's default, or
+kl-fwd; --sdtt_only skips the sampler table). Everything goes to WORKDIR/results.json (and
+WORKDIR/samples.txt); the measurements of a row already in results.json are skipped on a rerun.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ import optax  # noqa: E402
 import arjax  # noqa: E402
 from arjax.config import load_config  # noqa: E402
 from arjax.data.text import corpus_ids, split_ids  # noqa: E402
+from arjax.models import sdtt  # noqa: E402
 from arjax.sampling import SAMPLERS, SamplingConfig, build_sampler  # noqa: E402
 from arjax.sampling.diffusion_lm import DecodeOptions  # noqa: E402
 from arjax.tokenizers.char import CHARS  # noqa: E402
@@ -113,8 +115,9 @@ def train_seconds(workdir: str) -> float:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       r = json.loads(line)
-      if "steps_per_second" in r:
-        total += (r["step"] - last) / max(r["steps_per_second"], 1e-9)
+      rate = r.get("steps_per_sec", r.get("steps_per_second"))  # the trainer's key, old and new
+      if rate is not None:
+        total += (r["step"] - last) / max(rate, 1e-9)
         last = r["step"]
   return total
 
@@ -169,57 +172,36 @@ def mdlm_bound(fm, params, val_ids, seq_len, batch=256, seed=1):
   return float(per.mean()), float(per.std() / math.sqrt(len(per)))
 
 
-def sdtt_round(teacher_fm, teacher, student_init, *, dt, steps, batch, lr, train_ids, seq_len,
-               path, log, seed=0):
-  """One SDTT round (Deschenaux & Gulcehre 2025, jdeschena/sdtt): from x_t (t ~ U[2 dt, 1]) the
-  teacher takes two ancestral steps of size dt (t -> t - dt -> t - 2 dt); the target of every
-  position masked in x_t is the one-hot of the token the first step revealed there, else the
-  teacher's prediction at the second step; the student, one step of size 2 dt, minimises
-  KL(target || student) on those positions (the 'kl-fwd' form; SDTT's default kl-bwd is not
-  used). Returns the student's parameters."""
-  model_t = teacher_fm.bind(teacher)
-  mask_id = model_t.mask_id
-
-  def target(x, key):
-    k1, k2, k3 = jax.random.split(key, 3)
-    b = x.shape[0]
-    t = jax.random.uniform(k1, (b, 1), minval=2 * dt, maxval=1.0)
-    xt = jnp.where(jax.random.uniform(k2, x.shape) < t, mask_id, x)
-    masked = xt == mask_id
-    p1 = jax.nn.softmax(model_t.mdlm_logits(xt), -1)
-    ka, kb = jax.random.split(k3)
-    draw = jax.random.categorical(ka, jnp.log(jnp.maximum(p1, 1e-20)))
-    rev = masked & (jax.random.uniform(kb, x.shape) < dt / t)
-    x1 = jnp.where(rev, draw, xt)
-    p2 = jax.nn.softmax(model_t.mdlm_logits(x1), -1)
-    tgt = jnp.where(rev[..., None], jax.nn.one_hot(draw, p1.shape[-1]), p2)
-    return xt, masked, jax.lax.stop_gradient(tgt)
-
+def sdtt_round(fm, teacher, student_init, *, dt, steps, batch, lr, train_ids, seq_len, path,
+               log, kind="kl-bwd", seed=0):
+  """One SDTT round (Deschenaux & Gulcehre 2025, jdeschena/sdtt) with `arjax.models.sdtt`: the
+  teacher's two ancestral steps of size dt give the targets (`sdtt_targets`), the student (one
+  step of 2 dt, initialised from `student_init`) minimises `sdtt_loss(..., kind)` on the
+  positions masked in x_t (kind 'kl-bwd', SDTT's default, or 'kl-fwd'). Returns the student's
+  parameters (cached in `path`: a rerun reuses a finished round)."""
+  sdtt.check_divergence(kind)
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      return pickle.load(f)["params"]
+  model_t = fm.bind(teacher)
   tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 4),
                                                       max(steps, 2), lr * 0.1),
                    b1=0.9, b2=0.99, weight_decay=0.0)
 
   @jax.jit
   def step_fn(params, opt, x, key):
-    xt, masked, tgt = target(x, key)
-
-    def loss_fn(p):
-      logq = jax.nn.log_softmax(teacher_fm.bind(p).mdlm_logits(xt), -1)
-      kl = (tgt * (jnp.log(jnp.maximum(tgt, 1e-20)) - logq)).sum(-1)
-      return jnp.sum(jnp.where(masked, kl, 0.0)) / jnp.maximum(masked.sum(), 1)
-    loss, g = jax.value_and_grad(loss_fn)(params)
+    xt, masked, tgt = sdtt.sdtt_targets(model_t, x, key, dt)
+    loss, g = jax.value_and_grad(
+        lambda p: sdtt.sdtt_loss(fm.bind(p), xt, masked, tgt, kind))(params)
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss
 
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      return pickle.load(f)["params"]
   params, opt = student_init, tx.init(student_init)
   for s in range(steps):
     x = batch_at(train_ids, s, batch, seq_len, seed + 7)
     params, opt, loss = step_fn(params, opt, jnp.asarray(x), jax.random.key(seed * 7919 + s))
-    if (s + 1) % 50 == 0:
-      log(f"  sdtt dt={dt:.4f} step {s + 1}/{steps} KL {float(loss):.4f}")
+    if (s + 1) % 20 == 0:
+      log(f"  sdtt {kind} dt={dt:.4f} step {s + 1}/{steps} divergence {float(loss):.4f}")
   _save(path, dict(params=params))
   return params
 
@@ -267,11 +249,20 @@ def main(argv=None):
   p.add_argument("--convert_steps", type=int, default=200)
   p.add_argument("--sdtt_rounds", type=int, default=2)
   p.add_argument("--sdtt_steps", type=int, default=80)
+  p.add_argument("--sdtt_kind", default="kl-bwd", choices=sdtt.DIVERGENCES,
+                 help="SDTT's divergence (arjax.models.sdtt): kl-bwd = KL(student || target), "
+                      "SDTT's default; kl-fwd = KL(target || student)")
+  p.add_argument("--sdtt_only", action="store_true",
+                 help="after training, measure only the SDTT rounds (not the sampler table)")
   p.add_argument("--train_only", action="store_true", help="train the rows, measure nothing")
   p.add_argument("--smoke", action="store_true", help="the configs' smoke variants (a check)")
   p.add_argument("--partial", action="store_true",
                  help="do not train: report unfinished rows at their newest checkpoint")
   args = p.parse_args(argv)
+  if args.sdtt_rounds < 0:
+    p.error(f"--sdtt_rounds={args.sdtt_rounds}; expected >= 0")
+  if args.sdtt_steps < 1:
+    p.error(f"--sdtt_steps={args.sdtt_steps}; expected >= 1")
   os.makedirs(args.workdir, exist_ok=True)
   res_path = os.path.join(args.workdir, "results.json")
   results = json.load(open(res_path)) if os.path.exists(res_path) else {}
@@ -378,7 +369,7 @@ def main(argv=None):
       "ar_dlm": [("text_ar", {})],
       "sdar_from_ar_b4": [("sdar", dict(strategy="dynamic", threshold=0.9, steps=4))],
   }
-  for name in models:
+  for name in ([] if args.sdtt_only else models):
     fm, variables, cfg = models[name]
     rows_s = results[name].setdefault("sampling", {})
     for sname, opts in samplers.get(name, []):
@@ -398,12 +389,13 @@ def main(argv=None):
       log(f"  {name} {tag}: {st['tokens_per_forward']:.2f} tokens/pass, "
           f"{st['samples_per_s']:.1f} samples/s, gen bits/char {st['gen_bpc_under_ar']:.3f}")
       save()
-  with open(os.path.join(args.workdir, "tables.md"), "w") as f:
-    f.write(markdown(results))
-  with open(os.path.join(args.workdir, "samples.txt"), "w") as f:
-    for name in models:
-      for tag, st in results[name].get("sampling", {}).items():
-        f.write(f"### {name} / {tag}\n" + "\n---\n".join(st["samples"]) + "\n\n")
+  if not args.sdtt_only:
+    with open(os.path.join(args.workdir, "tables.md"), "w") as f:
+      f.write(markdown(results))
+    with open(os.path.join(args.workdir, "samples.txt"), "w") as f:
+      for name in models:
+        for tag, st in results[name].get("sampling", {}).items():
+          f.write(f"### {name} / {tag}\n" + "\n---\n".join(st["samples"]) + "\n\n")
 
   # -- SDTT: rounds of distillation of the MDLM; each halves the sampling steps -----------------
   if args.sdtt_rounds > 0 and "mdlm" in models:
@@ -411,15 +403,20 @@ def main(argv=None):
     fm, teacher, _ = models["mdlm"]
     teacher, _ = fm.split_model_state(teacher)
     touched.add("sdtt")
-    sd = results.setdefault("sdtt", {})
+    # results["sdtt"][kind]["K=..."]: one entry per divergence, so kl-fwd and kl-bwd rounds
+    # (their students cached in sdtt_<kind>_round<r>.pkl) never mix.
+    sd = results.setdefault("sdtt", {}).setdefault(args.sdtt_kind, {})
     k_steps = L
     for r in range(args.sdtt_rounds + 1):
       key = f"K={k_steps}"
       if r > 0:
         dt = 1.0 / (2 * k_steps)   # the teacher ran 2 k_steps steps; the student takes k_steps.
+        t0 = time.time()
         teacher = sdtt_round(fm, teacher, teacher, dt=dt, steps=args.sdtt_steps, batch=B,
-                             lr=3e-4, train_ids=train_ids, seq_len=L,
-                             path=os.path.join(args.workdir, f"sdtt_round{r}.pkl"), log=log)
+                             lr=3e-4, train_ids=train_ids, seq_len=L, kind=args.sdtt_kind,
+                             path=os.path.join(args.workdir,
+                                               f"sdtt_{args.sdtt_kind}_round{r}.pkl"), log=log)
+        log(f"  sdtt round {r} ({args.sdtt_kind}): {time.time() - t0:.0f} s")
       if key not in sd:
         row = {}
         for k in sorted({k_steps, max(k_steps // 2, 1), max(k_steps // 4, 1)}, reverse=True):
@@ -429,8 +426,9 @@ def main(argv=None):
           row[f"steps={k}"] = dict(gen_bpc_under_ar=gen_bpc(judge, tok),
                                    samples_per_s=st["samples_per_s"])
         bpc, se = mdlm_bound(fm, teacher, val_ids, L)
-        sd[key] = dict(round=r, bpc=bpc, bpc_se=se, sampling=row)
-        log(f"  sdtt round {r} (student for {k_steps} steps): NELBO {bpc:.3f} bits/char; "
+        sd[key] = dict(round=r, bpc=bpc, bpc_se=se, sampling=row, steps=args.sdtt_steps)
+        log(f"  sdtt {args.sdtt_kind} round {r} (student for {k_steps} steps): NELBO "
+            f"{bpc:.3f} bits/char; "
             + ", ".join(f"{k}: gen {v['gen_bpc_under_ar']:.3f}" for k, v in row.items()))
         save()
       k_steps //= 2

@@ -94,6 +94,29 @@ def test_bad_text_files_name_the_file_and_first_offending_byte(tmp_path, content
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("content, line", [
+    (b"", "error: {path}: the file is empty; expected UTF-8 text"),
+    (b"Hello\nwor\xffld", "error: {path}: not UTF-8: byte offset 9 (0xff) invalid start byte"),
+    (b"Hello 42", "error: {path}: character '4' at byte offset 6 is outside the 65-character "
+                  "vocabulary " + repr(char.CHARS)),
+    (None, "error: model.block_size=3 does not divide model.seq_len=16")])
+def test_trainer_cli_prints_the_one_line(tmp_path, capsys, content, line):
+  """The same mistakes through `python -m arjax.train` (arjax.cli.run, in this process): exit 2
+  and exactly this one line on stderr. (The trainer makes its workdir before it opens the data,
+  so unlike tests/test_bad_input.py no assertion on the workdir.)"""
+  from arjax import cli
+  from arjax.train.__main__ import main
+  path = tmp_path / "a.txt"
+  if content is None:   # the block size of a block-diffusion model (configs/text/bd3lm.py)
+    argv = ["--config", "configs/text/bd3lm.py:block=4,smoke", "--config.model.block_size=3"]
+  else:
+    path.write_bytes(content)
+    argv = ["--config", "configs/text/char_ar.py:smoke", f"--config.data.source=txt:{path}"]
+  code = cli.run(main, argv + ["--workdir", str(tmp_path / "w")])
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert code == 2 and lines == [line.format(path=path)]
+
+
 def test_missing_file_short_split_and_bad_options_name_the_field(tmp_path):
   with pytest.raises(FileNotFoundError, match="not found"):
     sources.open_source(f"txt:{tmp_path}/none.txt", "train", seq_len=4)

@@ -99,14 +99,20 @@ def test_mdlm_sampler_fills_every_position():
   assert tok.min() >= 0 and tok.max() < V and nfe == 4
 
 
-@pytest.mark.parametrize("opts,msg", [
-    (dict(threshold=0.0), "sampling.threshold=0.0"),
-    (dict(threshold=1.5), "sampling.threshold=1.5"),
-    (dict(steps=0), "sampling.steps=0"), (dict(block_size=3), "sampling.block_size=3 does not")])
-def test_bad_options_name_the_field(bd3, opts, msg):
-  fm, _ = bd3
-  with pytest.raises(ValueError, match=msg):
-    SAMPLERS.get("sdar")(fm, SamplingConfig(name="sdar"), decode=DecodeOptions(**opts))
+@pytest.mark.parametrize("name,opts,line", [
+    ("sdar", dict(threshold=0.0), "sampling.threshold=0.0; expected a value in (0, 1]"),
+    ("sdar", dict(threshold=1.5), "sampling.threshold=1.5; expected a value in (0, 1]"),
+    ("fast_dllm", dict(threshold=-0.5), "sampling.threshold=-0.5; expected a value in (0, 1]"),
+    ("sdar", dict(steps=0), "sampling.steps=0; expected an integer >= 1"),
+    ("mdlm", dict(steps=-2), "sampling.steps=-2; expected an integer >= 1"),
+    ("sdar", dict(block_size=3), "sampling.block_size=3 does not divide the sequence length 8")])
+def test_bad_options_name_the_field(bd3, name, opts, line):
+  """The whole message is this one line (the issue's bad input: threshold outside (0, 1], a
+  step count below 1, a block size that does not divide the length)."""
+  fm = bd3[0] if name != "mdlm" else make("mdlm", block_size=L)[0]
+  with pytest.raises(ValueError) as e:
+    SAMPLERS.get(name)(fm, SamplingConfig(name=name), decode=DecodeOptions(**opts))
+  assert str(e.value) == line
 
 
 def test_sampler_refuses_other_objective(bd3):
