@@ -33,7 +33,7 @@ from arjax.train.checkpoint import Checkpointer, check_keep
 from arjax.train import memory  # [scale] per-device memory report of the first step
 from arjax.train.evaluation import evaluation_kind
 from arjax.train.evaluators import build_evaluators, configured_evaluators, due, run_evaluators
-from arjax.train.lock import WorkdirLock
+from arjax.train.lock import LOCK_FILE, WorkdirLock
 from arjax.core.functional import FunctionalModel, abstract_module
 from arjax.train.optim import learning_rate_schedule, make_optimizer
 from arjax.train.state import TrainState, initial_state
@@ -283,11 +283,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   parallel.maybe_initialize_distributed()
   # From here (after jax.distributed has installed its preemption notifier): a SIGTERM while
   # the job compiles stops it after its first step, on every process together.
-  with _Preemption() as preempt:
-    check_workdir(workdir)
-    with WorkdirLock(workdir, process_index=jax.process_index(),
-                     process_count=jax.process_count()):
-      return _train_and_evaluate(config, workdir, preempt)
+  created = not os.path.isdir(workdir)
+  try:
+    with _Preemption() as preempt:
+      check_workdir(workdir)
+      with WorkdirLock(workdir, process_index=jax.process_index(),
+                       process_count=jax.process_count()):
+        return _train_and_evaluate(config, workdir, preempt)
+  except BaseException:
+    if created:
+      _remove_if_untouched(workdir)
+    raise
+
+
+def _remove_if_untouched(workdir: str) -> None:
+  """A run that fails before writing anything (a bad data file, a config misfit found at build)
+  leaves no workdir behind: removed when this call created it and it holds only the released
+  lock file. Only process 0 removes it (the others share it)."""
+  if jax.process_index() != 0:
+    return
+  try:
+    if set(os.listdir(workdir)) <= {LOCK_FILE}:
+      for name in os.listdir(workdir):
+        os.remove(os.path.join(workdir, name))
+      os.rmdir(workdir)
+  except OSError:  # removing is a courtesy; the run's own error is the one to report.
+    pass
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

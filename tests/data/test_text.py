@@ -102,8 +102,7 @@ def test_bad_text_files_name_the_file_and_first_offending_byte(tmp_path, content
     (None, "error: model.block_size=3 does not divide model.seq_len=16")])
 def test_trainer_cli_prints_the_one_line(tmp_path, capsys, content, line):
   """The same mistakes through `python -m arjax.train` (arjax.cli.run, in this process): exit 2
-  and exactly this one line on stderr. (The trainer makes its workdir before it opens the data,
-  so unlike tests/test_bad_input.py no assertion on the workdir.)"""
+  and exactly this one line on stderr, and no workdir left behind."""
   from arjax import cli
   from arjax.train.__main__ import main
   path = tmp_path / "a.txt"
@@ -115,6 +114,7 @@ def test_trainer_cli_prints_the_one_line(tmp_path, capsys, content, line):
   code = cli.run(main, argv + ["--workdir", str(tmp_path / "w")])
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert code == 2 and lines == [line.format(path=path)]
+  assert not (tmp_path / "w").exists()
 
 
 def test_missing_file_short_split_and_bad_options_name_the_field(tmp_path):
