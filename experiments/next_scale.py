@@ -121,6 +121,7 @@ def stage_tokenizer(args):
   res = {"config": _rel(_tok_spec(args)), "steps": int(config.train.num_steps),
          "scales": list(config.model.quantizer.scales),
          "codebook_size": int(config.model.quantizer.codebook_size),
+         "batch_size": int(config.train.batch_size),
          "seconds": time.time() - t0, "metrics": keep}
   _write(path, res)
   _log.info("tokenizer: %s", {k: round(v, 4) for k, v in keep.items()})
@@ -281,11 +282,13 @@ def stage_speed(rows, args):
   from arjax.evaluate.sample_metrics import balanced_labels
   from arjax.sampling import SamplingConfig
   from arjax.train.restore import load_run
+  from arjax.loading import resolve_step
   path = os.path.join(_paths(args)["results"], "speed.json")
   done = _read(path)
-  if done and set(rows) <= set(done["rows"]) and all(
-      done["rows"][r]["train_steps"] == _read(os.path.join(_paths(args)["results"],
-                                                           f"{r}.json"))["train_steps"]
+  # Sampling cost does not depend on the weights: a measurement at earlier checkpoints of
+  # these rows (--speed_only during training) still holds, but is redone at the final ones.
+  if done and not args.speed_only and set(rows) <= set(done["rows"]) and all(
+      done["rows"][r]["train_steps"] == resolve_step(os.path.join(args.workdir, r))
       for r in rows):
     _log.info("speed: done before (%s)", path)
     return done
@@ -341,7 +344,7 @@ def section(rows, results, tok, speed, failed, args, hw, load):
     lines += [f"Tokenizer: multi-scale residual VQ (VAR's quantizer), scales "
               f"{','.join(map(str, tok['scales']))} of the 7x7 latent (N = "
               f"{sum(s * s for s in tok['scales'])} tokens, {tok['codebook_size']} codes), "
-              f"{tok['steps']} steps of batch 32 ({tok['seconds'] / 60:.1f} min); test "
+              f"{tok['steps']} steps of batch {tok.get('batch_size', 32)} ({tok['seconds'] / 60:.1f} min); test "
               + ", ".join(f"{name} {m[k]:.3f}" for k, name in TOK_METRICS if k in m)
               + " (first 1000 test images; digit error: the offline classifier reads the "
               "reconstruction as another digit, 0.011 on the originals).", ""]
@@ -402,7 +405,10 @@ def section(rows, results, tok, speed, failed, args, hw, load):
               "in one process (benchmarks/common.py `time_interleaved`) so that the shared "
               "machine's load hits them alike; compilation excluded. KV cache: keys and values "
               "of every layer for every token slot, float32, from the cache's shapes "
-              "(`init_cache`), per image; classifier-free guidance doubles the rows.", ""]
+              "(`init_cache`), per image; classifier-free guidance doubles the rows. Timed at the "
+              "checkpoints of steps " + ", ".join(f"{LABELS.get(r, r)} {v['train_steps']}"
+                                                 for r, v in speed["rows"].items())
+              + " (sampling cost does not depend on the weights).", ""]
   # The claims.
   claims = []
   if "raster" in results:
@@ -520,6 +526,9 @@ def main(argv=None) -> int:
   p.add_argument("--speed_batch", type=int, default=20)
   p.add_argument("--speed_repeats", type=int, default=5)
   p.add_argument("--load", default="", help="the machine's load, stated in the section")
+  p.add_argument("--speed_only", action="store_true",
+                 help="train nothing: time sampling at the rows' latest checkpoints (sampling "
+                      "cost does not depend on the weights), then write the section")
   p.add_argument("--report_only", action="store_true",
                  help="train nothing: the section from the results already written")
   args = p.parse_args(argv)
@@ -542,7 +551,7 @@ def main(argv=None) -> int:
   load = lambda: args.load or "load average %.1f when written" % os.getloadavg()[0]
   report = lambda speed=None: write_section(args.out, section(
       rows, results, tok, speed, failed, args, hardware(), load()))
-  if not args.report_only:
+  if not (args.report_only or args.speed_only):
     tok = stage_tokenizer(args)
     stage_cache(args)
     # Chunk by chunk, every row in turn: the rows always stand at (about) the same budget, and
@@ -578,9 +587,11 @@ def main(argv=None) -> int:
         failed[r] = "no results yet"
   speed = None
   done = [r for r in rows if r in results and not results[r].get("partial")]
-  if done and not args.report_only:
+  if args.speed_only:
+    speed = stage_speed([r for r in rows if r in results], args)
+  elif done and not args.report_only:
     speed = stage_speed(done, args)
-  elif done:
+  else:
     speed = _read(os.path.join(res_dir, "speed.json"))
   path = report(speed)
   _log.info("wrote %s", path)
