@@ -227,6 +227,38 @@ def partial_result(row, args):
           "progress": prog}
 
 
+def partial_grid(row, args, out_dir):
+  """A class grid (--grid_per_class samples per class, seed 1) of an unfinished row's latest
+  checkpoint, docs/next_scale/ROW_stepN.png: what the section shows until the row finishes."""
+  import numpy as np
+  from arjax.evaluate.images import save_grid
+  from arjax.evaluate import sample_metrics as sm
+  from arjax.sampling import SamplingConfig
+  from arjax.train.restore import load_run
+  exp, state, step = load_run(os.path.join(args.workdir, row), check_data=False)
+  e = exp.config.eval
+  sampling = SamplingConfig(cfg_scale=e.cfg_scale, temperature=e.temperature, top_k=e.top_k,
+                            top_p=e.top_p)
+  n = 10 * args.grid_per_class
+  images, labels = sm.generate_samples(exp, exp.eval_params(state), n, seed=1, batch_size=n,
+                                       sampling=sampling, progress=False)
+  png = os.path.join(out_dir, f"{row}_step{step}.png")
+  os.makedirs(out_dir, exist_ok=True)
+  save_grid(class_rows(images, np.asarray(labels), args.grid_per_class), png,
+            ncol=args.grid_per_class, scale=2)
+  return png, int(step)
+
+
+def _budget_step(workdir, args):
+  """The checkpoint at --steps when the run holds it (a run carried on to a larger budget
+  keeps it among its last checkpoints for a while), else None: the latest."""
+  from arjax.loading import resolve_step
+  try:
+    return resolve_step(workdir, args.steps)
+  except FileNotFoundError:
+    return None
+
+
 def finish_row(row, args, out_dir):
   """Final scoring of a row trained to --steps: --num_samples samples and the grid PNG."""
   from arjax.evaluate.images import save_grid
@@ -237,7 +269,7 @@ def finish_row(row, args, out_dir):
     _log.info("%s: done before at %d steps (%s)", row, done["train_steps"], path)
     return done
   workdir = os.path.join(args.workdir, row)
-  exp, state, step = load_run(workdir, check_data=False)
+  exp, state, step = load_run(workdir, _budget_step(workdir, args), check_data=False)
   params = exp.eval_params(state)
   _log.info("%s: scoring %d samples at step %d", row, args.num_samples, step)
   images, labels, s = _score(exp, params, args.num_samples, args.sample_batch, seed=1)
@@ -288,14 +320,18 @@ def stage_speed(rows, args):
   # Sampling cost does not depend on the weights: a measurement at earlier checkpoints of
   # these rows (--speed_only during training) still holds, but is redone at the final ones.
   if done and not args.speed_only and set(rows) <= set(done["rows"]) and all(
-      done["rows"][r]["train_steps"] == resolve_step(os.path.join(args.workdir, r))
+      done["rows"][r]["train_steps"] == resolve_step(os.path.join(args.workdir, r),
+                                                     _budget_step(os.path.join(args.workdir, r),
+                                                                  args))
       for r in rows):
     _log.info("speed: done before (%s)", path)
     return done
   out = {"batches": [1, args.speed_batch], "repeats": args.speed_repeats, "rows": {}}
   fns = {}
   for r in rows:
-    exp, state, step = load_run(os.path.join(args.workdir, r), check_data=False)
+    w = os.path.join(args.workdir, r)
+    exp, state, step = load_run(w, None if args.speed_only else _budget_step(w, args),
+                                check_data=False)
     params = exp.eval_params(state)
     e = exp.config.eval
     sampling = SamplingConfig(cfg_scale=e.cfg_scale, temperature=e.temperature,
@@ -352,11 +388,12 @@ def section(rows, results, tok, speed, failed, args, hw, load):
   if any_r:
     if any(x.get("partial") for x in results.values()):
       lines += [f"**Partial**: training to {args.steps} steps per row is still under way; rows "
-                "marked partial show their last chunk's progress record (fewer samples, seed "
-                "0), and images/s is measured once every row has finished.", ""]
+                "marked partial show their last chunk's progress record (its fewer samples, "
+                "seed 0, instead of the final scoring's seed 1).", ""]
     lines += [f"Hardware: {hw}, {load}. Budget per row: {any_r['train_steps']} steps of "
               f"{any_r['batch_size']} token maps (constant lr after warm-up). Samples: "
-              f"{any_r['num_samples']} balanced class-conditional samples per row (seed 1, CFG "
+              f"{any_r['num_samples']} balanced class-conditional samples per row (seed "
+              f"{0 if any_r.get('partial') else 1}, CFG "
               f"{any_r['cfg_scale']:g} constant at every step, temperature "
               f"{any_r['temperature']:g}, no top-k/top-p), decoded by the tokenizer and scored "
               "with the bundled offline MNIST classifier: FD in its feature space against the "
@@ -392,11 +429,13 @@ def section(rows, results, tok, speed, failed, args, hw, load):
     cells.append(_fmt_bytes(sp["kv_cache_bytes_per_image"]) +
                  (" x2 (CFG)" if sp["kv_cache_rows_per_image"] == 2 else "") if sp else "—")
     cells.append(f"{x['train_seconds'] / 60:.1f} min")
+    part = (f"partial: last progress record ({x['num_samples']} samples)"
+            if x.get("partial") else "")
     if x.get("grid"):
       rel_png = os.path.relpath(x["grid"], os.path.dirname(os.path.abspath(args.out)))
-      cells.append(f"[grid]({rel_png})")
+      cells.append(f"[grid]({rel_png})" + (f"; {part}" if part else ""))
     else:
-      cells.append(f"partial: last progress record ({x['num_samples']} samples)")
+      cells.append(part or "—")
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
   if speed:
@@ -463,7 +502,9 @@ def section(rows, results, tok, speed, failed, args, hw, load):
   if grids:
     here = os.path.dirname(os.path.abspath(args.out))
     lines += ["Sample grids (a row per class 0-9):", "",
-              "| " + " | ".join(LABELS.get(r, r) for r in grids) + " |",
+              "| " + " | ".join(LABELS.get(r, r) + (
+                  f" (step {results[r]['grid_step']}, seed 1)" if results[r].get("grid_step")
+                  else "") for r in grids) + " |",
               "|" + "---|" * len(grids),
               "| " + " | ".join(f"![]({os.path.relpath(results[r]['grid'], here)})"
                                 for r in grids) + " |", ""]
@@ -529,6 +570,9 @@ def main(argv=None) -> int:
   p.add_argument("--speed_only", action="store_true",
                  help="train nothing: time sampling at the rows' latest checkpoints (sampling "
                       "cost does not depend on the weights), then write the section")
+  p.add_argument("--partial_grids", action="store_true",
+                 help="with --report_only / --speed_only: sample grids of unfinished rows' "
+                      "latest checkpoints (docs/next_scale/ROW_stepN.png)")
   p.add_argument("--report_only", action="store_true",
                  help="train nothing: the section from the results already written")
   args = p.parse_args(argv)
@@ -583,6 +627,15 @@ def main(argv=None) -> int:
       x = _read(os.path.join(res_dir, f"{r}.json")) or partial_result(r, args)
       if x:
         results[r] = x
+        if x.get("partial") and args.partial_grids:
+          x["grid"], x["grid_step"] = partial_grid(r, args, out_dir)
+        elif x.get("partial"):  # the newest grid an earlier --partial_grids wrote.
+          import glob
+          import re
+          found = sorted((int(re.search(r"_step(\d+)\.png$", g).group(1)), g)
+                         for g in glob.glob(os.path.join(out_dir, f"{r}_step*.png")))
+          if found:
+            x["grid_step"], x["grid"] = found[-1]
       else:
         failed[r] = "no results yet"
   speed = None
