@@ -334,7 +334,7 @@ def write_table(path, rows, results, failed, args, meta, real):
     label, tokens, hname = ROWS[r]
     if r not in results:
       body.append(f"| {label} | {tokens} | {hname} | — | — | — | — | — | — | — | — | "
-                  f"not run: {failed.get(r, 'not finished')} |")
+                  f"{failed.get(r, 'not finished yet')} |")
       continue
     res = results[r]
     for e in res["entries"]:
