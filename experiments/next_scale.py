@@ -33,11 +33,12 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import hardware  # noqa: E402  (the platform line of every report)
 
 _log = logging.getLogger("experiments.next_scale")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -541,12 +542,6 @@ def write_section(path, lines):
   with open(path, "w") as f:
     f.write(new)
   return path
-
-
-def hardware():
-  import jax
-  return (f"{jax.devices()[0].platform.upper()}, {os.cpu_count()} cores "
-          f"({platform.processor() or platform.machine()})")
 
 
 def main(argv=None) -> int:

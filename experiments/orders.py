@@ -21,12 +21,13 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import hardware  # noqa: E402  (the platform line of every report)
 
 _log = logging.getLogger("experiments.orders")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -307,13 +308,6 @@ def write_table(path, orders, results, speed, failed, args, hw, wall_s=None, rea
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
   return path
-
-
-def hardware():
-  """The platform and core count (the load from other jobs is stated by hand in the notes)."""
-  import jax
-  return (f"{jax.devices()[0].platform.upper()}, {os.cpu_count()} cores "
-          f"({platform.processor() or platform.machine()})")
 
 
 def main(argv=None) -> int:
