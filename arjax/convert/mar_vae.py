@@ -82,10 +82,7 @@ def mar_vae_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
             "proj": r.conv(key + ".proj_out", c, c, 1)}
 
   def mid(key, c):
-    out = {"block1": res(key + ".block_1", c, c), "block2": res(key + ".block_2", c, c)}
-    if m.mid_attn:
-      out["attn"] = attn(key + ".attn_1", c)
-    return out
+    return r.mid_block(key, c, attn if m.mid_attn else None)
 
   def level(blocks, attns, resample):
     lv = {"blocks": dict(enumerate(blocks))}

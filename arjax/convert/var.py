@@ -94,6 +94,15 @@ class _Reader:
       out["shortcut"] = self.conv(key + ".nin_shortcut", c_in, c_out, 1)
     return out
 
+  def mid_block(self, key: str, c: int, attn=None) -> Dict:
+    """An LDM / VQGAN middle block: ResnetBlock, attention (when attn(key, c) is given),
+    ResnetBlock."""
+    out = {"block1": self.res_block(key + ".block_1", c, c),
+           "block2": self.res_block(key + ".block_2", c, c)}
+    if attn is not None:
+      out["attn"] = attn(key + ".attn_1", c)
+    return out
+
   def finish(self, skip=(), hint: str = "") -> None:
     extra = sorted(k for k in self.sd if k not in self.used
                    and not any(k == s or k.endswith("." + s) for s in skip))
@@ -129,10 +138,7 @@ def vae_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
             "proj": r.conv(key + ".proj_out", c, c, 1)}
 
   def mid(key, c):
-    out = {"block1": res(key + ".block_1", c, c), "block2": res(key + ".block_2", c, c)}
-    if m.mid_attn:
-      out["attn"] = attn(key + ".attn_1", c)
-    return out
+    return r.mid_block(key, c, attn if m.mid_attn else None)
 
   enc_levels, c_in = {}, ch
   for i, mu in enumerate(mult):
