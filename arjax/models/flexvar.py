@@ -297,11 +297,6 @@ class FlexVAR(VAR):
     return loss, metrics
 
   # -- decoding ----------------------------------------------------------------------------------
-  def init_cache(self, batch: int, dtype=jnp.float32, num_tokens: Optional[int] = None):
-    n = self.num_tokens if num_tokens is None else num_tokens
-    shape = (batch, n, self.num_heads, self.width // self.num_heads)
-    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.depth)]
-
   def decode_scale(self, k: int, inputs, labels, caches, order: Optional[ScaleOrder] = None):
     """Scale k (static) of `order` (default: the model's): inputs [B, s_k^2, Dv] (None at
     k = 0) -> (Categorical over [B, s_k^2], caches)."""

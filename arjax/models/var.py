@@ -321,14 +321,20 @@ class VAR(nnx.Module):
     return loss, token_metrics(dist, loss, per_token, tokens, w)
 
   # -- decoding ----------------------------------------------------------------------------------
-  def init_cache(self, batch: int, dtype=jnp.float32) -> List[Tuple[jax.Array, jax.Array]]:
-    """Per block (k, v) zeros [B, N, H, Kh]."""
-    shape = (batch, self.num_tokens, self.num_heads, self.width // self.num_heads)
+  def init_cache(self, batch: int, dtype=jnp.float32,
+                 num_tokens: Optional[int] = None) -> List[Tuple[jax.Array, jax.Array]]:
+    """Per block (k, v) zeros [B, N, H, Kh]; N = num_tokens (a sampling scale list's, for a
+    model with flexible scales) or the model's."""
+    n = self.num_tokens if num_tokens is None else num_tokens
+    shape = (batch, n, self.num_heads, self.width // self.num_heads)
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.depth)]
 
-  def decode_scale(self, k: int, inputs: Optional[jax.Array], labels, caches):
+  def decode_scale(self, k: int, inputs: Optional[jax.Array], labels, caches, order=None):
     """Scale k (from 0, static): inputs [B, h_k^2, Dv] (None at k = 0), labels [B] ->
-    (Categorical over [B, h_k^2], caches with the scale's keys and values written)."""
+    (Categorical over [B, h_k^2], caches with the scale's keys and values written). order:
+    the sampling scale list's order; VAR's fixed tables admit only its own (the sampler's
+    check_scales refuses others), so it is not read here."""
+    del order
     a, e = self.order.bounds[k]
     cond = self.cond(labels)
     if k == 0:

@@ -122,8 +122,7 @@ class NextScaleSampler(Sampler):
     g = self.guidance
     feed = g.feed_labels(labels, model.null_class)
     plan = order.sample_plan(jax.random.fold_in(rng, PLAN_KEY), b)
-    cache = (model.init_cache(feed.shape[0], num_tokens=n) if flexible
-             else model.init_cache(feed.shape[0]))
+    cache = model.init_cache(feed.shape[0], num_tokens=n)
     state = SamplerState.create(self.token_buffer(model, b, n), jnp.zeros((b, n), bool), rng,
                                 cache=cache)
     grid = order.grid
@@ -133,10 +132,7 @@ class NextScaleSampler(Sampler):
     schedule = (model.refine_schedule(order) if hasattr(model, "refine_schedule") else None)
     for k, s in enumerate(order.scales):
       a, e = order.bounds[k]
-      if flexible:
-        dist, cache = model.decode_scale(k, inputs, feed, state.cache, order=order)
-      else:
-        dist, cache = model.decode_scale(k, inputs, feed, state.cache)
+      dist, cache = model.decode_scale(k, inputs, feed, state.cache, order=order)
       to_grid = lambda x, a=a: jax.lax.dynamic_update_slice_in_dim(
           jnp.zeros((b, n) + x.shape[2:], x.dtype), x, a, axis=1)
       counts = schedule[k] if schedule is not None else (s * s,)
