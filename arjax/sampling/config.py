@@ -59,12 +59,12 @@ class SamplingConfig:
       raise ValueError(f"top_k={self.top_k}; expected >= 0")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p={self.top_p}; expected a value in (0, 1]")
-    for field in ("window", "gsd_radius", "max_tries"):
+    for field, lo in (("window", 0), ("gsd_radius", 0), ("max_tries", 1)):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{field}={value!r}; expected an integer")
-      if value < (1 if field == "max_tries" else 0):
-        raise ValueError(f"{field}={value}; expected >= {1 if field == 'max_tries' else 0}"
+      if value < lo:
+        raise ValueError(f"{field}={value}; expected >= {lo}"
                          + (" (0: min(16, N - 1))" if field == "window" else ""))
     if not (math.isfinite(self.gsd_tol) and 0.0 < self.gsd_tol <= 1.0):
       raise ValueError(f"gsd_tol={self.gsd_tol}; expected a value in (0, 1]")

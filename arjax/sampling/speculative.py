@@ -241,7 +241,8 @@ class SpeculativeSampler(Sampler):
     # Draft laws of the cells n_b ... n_b + W - 1 in a ring of W slots (cell k at slot k mod W);
     # cells past `stored` have never been predicted and keep their initial draws (initial_law).
     init = self.initial_law()
-    carry = dict(tokens=tokens, q=jax.tree.map(lambda a: jnp.zeros((b, w) + a.shape, a.dtype), init),
+    ring = jax.tree.map(lambda a: jnp.zeros((b, w) + a.shape, a.dtype), init)
+    carry = dict(tokens=tokens, q=ring,
                  stored=jnp.zeros((b,), jnp.int32), done=jnp.ones((b,), jnp.int32),
                  cache=caches, t=jnp.zeros((), jnp.int32), row_passes=jnp.ones((b,), jnp.int32),
                  counts=jnp.zeros((b, 2), jnp.int32))
