@@ -34,6 +34,12 @@ A model with `refine_schedule` (HMAR, arjax.models.hmar) refines a scale in plac
 it: the lowest-probability cells are masked again and redrawn by its refinement branch
 (`_refine`), as many steps as the scale's schedule has counts.
 
+A model with `continuous_scales` (FlowAR, arjax.models.flowar) takes the continuous path
+(`_sample_continuous`): the same KV-cached pass per scale gives the scale's semantics, the
+model's per-scale flow head integrates the scale's ODE (Euler / Heun, CFG on the velocity), and
+the drawn map, upsampled by the model (`next_input`), is the next pass's input; its tokens are
+the final scale's latent (the first output of `sample_with_fhat`; the second: every scale).
+
 Legend: B batch, N tokens, K scales, H/W latent grid, Dv code dim, s side of a scale.
 """
 from __future__ import annotations
@@ -114,6 +120,8 @@ class NextScaleSampler(Sampler):
     known bool [B, N], given int32 [B, N] (or None): zero-shot editing (module docstring)."""
     from arjax.tokenizers.resample import area_resize
     model = self.fm.bind(params)
+    if getattr(model, "continuous_scales", False):
+      return self._sample_continuous(model, labels, rng)
     flexible = getattr(model, "flexible_scales", False)
     order = model.scale_order(scales) if flexible and scales is not None else model.order
     vq = model.scale_quantizer()
@@ -157,6 +165,35 @@ class NextScaleSampler(Sampler):
         nxt = order.scales[k + 1]
         inputs = g.double(area_resize(f_hat, nxt).reshape(b, nxt * nxt, vq.code_dim))
     return state.tokens, f_hat
+
+  def _sample_continuous(self, model, labels, rng):
+    """The continuous path (FlowAR, arjax.models.flowar): labels int32 [B] -> (the final scale's
+    latent tokens float32 [B, H*W, Ct], every scale float32 [B, N, Ct]). Pass k: shat_k from
+    one KV-cached AR pass (doubled batch under guidance), then scale k's ODE from
+    temperature * F0 (key fold_in(rng, k)) with the head's solver and steps, CFG on the
+    velocity v_u + w (v_c - v_u) (w from the guidance schedule at step k of K); the drawn map,
+    upsampled (`model.next_input`), is pass k + 1's input."""
+    from arjax.heads.flow import integrate
+    order, g, f = model.order, self.guidance, model.flow
+    b, n, c = labels.shape[0], order.num_tokens, model.channels
+    feed = g.feed_labels(labels, model.null_class)
+    cache = model.init_cache(feed.shape[0], num_tokens=n)
+    inputs, maps = None, []
+    for k, s in enumerate(order.scales):
+      shat, cache = model.decode_scale(k, inputs, feed, cache, order=order)
+      w = g.at(g.progress(order.bounds[k][0], n, k, len(order.scales)))
+
+      def velocity(x, t, shat=shat, w=w):
+        v = model.scale_velocity(g.double(x), t, shat)
+        return v if not g.enabled else v[b:] + w * (v[:b] - v[b:])
+
+      x0 = self.sampling.temperature * jax.random.normal(jax.random.fold_in(rng, k),
+                                                         (b, s * s, c), jnp.float32)
+      x = integrate(velocity, x0, f.num_sampling_steps, f.solver)
+      maps.append(x)
+      if k + 1 < len(order.scales):
+        inputs = g.double(model.next_input(x, k))
+    return maps[-1], jnp.concatenate(maps, 1)
 
   def _refine(self, model, k: int, ns_inputs, cells, guided, counts, labels, key):
     """In-scale masked refinement of scale k (HMAR): cells int32 [B, L] drawn from `guided`
@@ -233,6 +270,13 @@ class NextScaleSampler(Sampler):
                          f"training scales; got scales={list(scales)}")
       scales = self.check_scales(scales)  # a tuple for a flexible model, else None
     labels = jnp.asarray(labels, jnp.int32)
+    if getattr(self.fm.bind(self.fm.abstract_params), "continuous_scales", False):
+      from arjax.heads.diffusion import check_temperature
+      check_temperature("spatial_flow", self.sampling.temperature)
+      if known is not None or given is not None:
+        raise ValueError("sampler 'next_scale': editing (known / given) is for discrete scale "
+                         "tokens; the continuous path (FlowAR) does not take it")
+      return self._run(params, labels, rng, None, None, None)
     known, given = self.edit_inputs(labels, known, given)
     return self._run(params, labels, rng, scales, known, given)
 

@@ -173,7 +173,7 @@ def test_build_head_reads_declared_fields_and_rejects_bad_names():
                      r"_Continuous with vocab_size=0, token_dim=3: use a continuous head "
                      r"\(model.head.name in \['arinar', 'diffusion', 'flow', 'gmm'\]\)"):
     build_head(_config(name="categorical"), 8, _Continuous(), rngs=nnx.Rngs(0))
-  assert HEADS.names() == ["arinar", "categorical", "diffusion", "flow", "gmm"]
+  assert HEADS.names() == ["arinar", "categorical", "diffusion", "flow", "gmm", "spatial_flow"]
 
 
 def test_a_run_written_with_the_string_head_field_still_builds():
