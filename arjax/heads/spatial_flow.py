@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from arjax.heads.base import HEADS
 from arjax.heads.flow import FlowFields
 
@@ -39,6 +41,9 @@ class SpatialFlowFields(FlowFields):
 @HEADS.register("spatial_flow", fields=SpatialFlowFields)
 class SpatialFlowOnlyForFlowAR:
   """Refuses to be built by `build_head`: the head belongs to model 'flowar'."""
+
+  token_dtype = jnp.float32   # continuous latents (arjax.heads.base.head_is_continuous).
+  sample_options = ()
 
   def __init__(self, dim, tokenizer, fields=None, *, rngs=None, dtype=None):
     raise ValueError("head 'spatial_flow' is FlowAR's per-scale head (a transformer over a whole "
