@@ -194,7 +194,9 @@ def describe_tokenizer(tokenizer) -> str:
 
 
 def continuous_heads():
-  return [n for n in HEADS.names() if not jnp.issubdtype(HEADS.get(n).token_dtype, jnp.integer)]
+  """The continuous heads any model can take (a head with `only_for_model` set is left out)."""
+  return [n for n in HEADS.names() if not jnp.issubdtype(HEADS.get(n).token_dtype, jnp.integer)
+          and not getattr(HEADS.get(n), "only_for_model", None)]
 
 
 def continuous_token_dim(tokenizer, head: str) -> int:

@@ -43,6 +43,7 @@ class SpatialFlowOnlyForFlowAR:
   """Refuses to be built by `build_head`: the head belongs to model 'flowar'."""
 
   token_dtype = jnp.float32   # continuous latents (arjax.heads.base.head_is_continuous).
+  only_for_model = "flowar"   # not offered to other models (arjax.heads.base.continuous_heads).
   sample_options = ()
 
   def __init__(self, dim, tokenizer, fields=None, *, rngs=None, dtype=None):
