@@ -11,6 +11,7 @@ from arjax.models import ardm  # noqa: F401  ('ardm': order-agnostic AR diffusio
 from arjax.models import autoencoder  # noqa: F401  ('autoencoder': VQ/FSQ/LFQ/VAR/KL tokenizers)
 from arjax.models import mar  # noqa: F401  ('mar': masked AR over continuous tokens)
 from arjax.models import xar  # noqa: F401  ('xar': next-entity prediction, noisy-context flow)
+from arjax.models import far  # noqa: F401  ('far': next-frequency prediction, continuous tokens)
 from arjax.models import diffusion_lm  # noqa: F401  ("diffusion_lm": AR, MDLM, BD3-LM on text)
 
 __all__ = ["MODELS", "build_model"]
