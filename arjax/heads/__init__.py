@@ -5,8 +5,9 @@ from arjax.heads.categorical import Categorical, CategoricalHead
 from arjax.heads.diffusion import Diffusion, DiffusionHead, GuidedDiffusion
 from arjax.heads.flow import Flow, FlowHead, GuidedFlow
 from arjax.heads.gmm import GMM, GMMHead, GuidedGMM
+from arjax.heads.shortcut import GuidedShortcut, Shortcut, ShortcutHead
 
 __all__ = ["HEADS", "Distribution", "build_head", "ARINAR", "ARINARHead", "GuidedARINAR",
            "Categorical", "CategoricalHead", "Diffusion",
            "DiffusionHead", "GuidedDiffusion", "Flow", "FlowHead", "GuidedFlow", "GMM", "GMMHead",
-           "GuidedGMM"]
+           "GuidedGMM", "Shortcut", "ShortcutHead", "GuidedShortcut"]
