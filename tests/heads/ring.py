@@ -4,8 +4,8 @@ on it, and the distances the tests score samples by.
 
 `python -m tests.heads.ring` trains the diffusion and flow heads once (fixed seed) and writes
 their parameters to tests/heads/fixtures/ring_{diffusion,flow}.npz; tests/heads/test_diffusion.py and
-test_flow.py sample from those parameters (`python -m tests.heads.ring shortcut`:
-ring_shortcut.npz for tests/heads/test_shortcut.py).
+test_flow.py sample from those parameters (`python -m tests.heads.ring shortcut`: ring_shortcut.npz
+for tests/heads/test_shortcut.py).
 """
 from __future__ import annotations
 
