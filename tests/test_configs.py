@@ -206,3 +206,13 @@ def test_flowar_paper_size_parameter_count(size):
   paper, exact = FLOWAR[size]
   ours = inspect_config(load_config(f"configs/imagenet256/flowar.py:size={size}"))["params"]
   assert ours == exact and abs(ours / paper - 1) < 0.01
+
+
+@pytest.mark.parametrize("size,readme", [("B", 208e6), ("L", 451e6), ("H", 812e6)])
+def test_far_paper_sizes_match_the_readme_within_one_percent(size, readme):
+  """FAR's README counts (head included, VAE excluded); configs/imagenet256/far.py says why the
+  heads are B 6 x 1024, L 8 x 1024, H 3 x 1024."""
+  from arjax.inspect import inspect_config
+  out = inspect_config(load_config(f"configs/imagenet256/far.py:size={size}"))
+  assert abs(out["params"] / readme - 1) < 0.01, out["params"]
+  assert out["params_by_module"]["level_embed"] > 0

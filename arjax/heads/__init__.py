@@ -6,8 +6,9 @@ from arjax.heads.diffusion import Diffusion, DiffusionHead, GuidedDiffusion
 from arjax.heads.flow import Flow, FlowHead, GuidedFlow
 from arjax.heads.gmm import GMM, GMMHead, GuidedGMM
 from arjax.heads import spatial_flow  # noqa: F401  (declares FlowAR's head, model 'flowar')
+from arjax.heads.shortcut import GuidedShortcut, Shortcut, ShortcutHead
 
 __all__ = ["HEADS", "Distribution", "build_head", "ARINAR", "ARINARHead", "GuidedARINAR",
            "Categorical", "CategoricalHead", "Diffusion",
            "DiffusionHead", "GuidedDiffusion", "Flow", "FlowHead", "GuidedFlow", "GMM", "GMMHead",
-           "GuidedGMM"]
+           "GuidedGMM", "Shortcut", "ShortcutHead", "GuidedShortcut"]

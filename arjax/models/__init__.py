@@ -12,6 +12,7 @@ from arjax.models import autoencoder  # noqa: F401  ('autoencoder': VQ/FSQ/LFQ/V
 from arjax.models import mar  # noqa: F401  ('mar': masked AR over continuous tokens)
 from arjax.models import xar  # noqa: F401  ('xar': next-entity prediction, noisy-context flow)
 from arjax.models import flowar  # noqa: F401  ('flowar': next-scale AR + per-scale flow matching)
+from arjax.models import far  # noqa: F401  ('far': next-frequency prediction, continuous tokens)
 from arjax.models import diffusion_lm  # noqa: F401  ("diffusion_lm": AR, MDLM, BD3-LM on text)
 
 __all__ = ["MODELS", "build_model"]

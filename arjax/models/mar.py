@@ -102,8 +102,10 @@ def decoder_config(enc: TransformerConfig, m: MARFields) -> TransformerConfig:
 
 class MAR(nnx.Module):
 
+  FIELDS = MARFields  # a subclass (arjax.models.far) reads its own, wider fields.
+
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    m = model_fields(MARFields, config)
+    m = model_fields(self.FIELDS, config)
     self.tokenizer = build_tokenizer(config)
     self.order = build_order(config, self.tokenizer)
     if not head_is_continuous(config):

@@ -8,6 +8,7 @@ from arjax.sampling.cached_groups import CachedGroupSampler
 from arjax.sampling.cached_orders import CachedOrderSampler
 from arjax.sampling.next_scale import NextScaleSampler
 from arjax.sampling import next_entity  # noqa: F401  ('next_entity': xAR)
+from arjax.sampling import next_frequency  # noqa: F401  ('next_frequency': FAR)
 from arjax.sampling.speculative import (GSDSampler, MCSJDSampler, SJDSampler,
                                         SpeculativeOptions)
 from arjax.sampling.continuous_speculative import ContinuousSJDSampler

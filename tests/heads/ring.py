@@ -4,7 +4,8 @@ on it, and the distances the tests score samples by.
 
 `python -m tests.heads.ring` trains the diffusion and flow heads once (fixed seed) and writes
 their parameters to tests/heads/fixtures/ring_{diffusion,flow}.npz; tests/heads/test_diffusion.py and
-test_flow.py sample from those parameters.
+test_flow.py sample from those parameters (`python -m tests.heads.ring shortcut`: ring_shortcut.npz
+for tests/heads/test_shortcut.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from flax import nnx
 
 from arjax.heads.diffusion import DiffusionFields, DiffusionHead
 from arjax.heads.flow import FlowFields, FlowHead
+from arjax.heads.shortcut import ShortcutFields, ShortcutHead
 
 RADIUS, STD, K = 1.5, 0.15, 8
 MEANS = RADIUS * np.stack([np.cos(2 * np.pi * np.arange(K) / K),
@@ -29,6 +31,8 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "ring_{kind}.npz")
 # The heads as trained for the fixture (small: W 64, 3 blocks).
 DIFFUSION = DiffusionFields(width=64, depth=3, diffusion_batch_mul=4, num_sampling_steps=100)
 FLOW = FlowFields(width=64, depth=3, batch_mul=4, num_sampling_steps=50)
+SHORTCUT = ShortcutFields(width=64, depth=3, batch_mul=4, consistency_draws=1, max_steps=8,
+                          num_sampling_steps=4)
 
 
 class _Tokens2:  # tokenizer stand-in: continuous tokens of C = 2 channels.
@@ -41,9 +45,9 @@ def ring_samples(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def build(kind: str, fields=None, seed: int = 0):
-  cls, f = (DiffusionHead, fields or DIFFUSION) if kind == "diffusion" else (FlowHead,
-                                                                             fields or FLOW)
-  return cls(Z_DIM, _Tokens2(), f, rngs=nnx.Rngs(seed))
+  cls, f = {"diffusion": (DiffusionHead, DIFFUSION), "flow": (FlowHead, FLOW),
+            "shortcut": (ShortcutHead, SHORTCUT)}[kind]
+  return cls(Z_DIM, _Tokens2(), fields or f, rngs=nnx.Rngs(seed))
 
 
 def condition(n: int):
