@@ -5,6 +5,7 @@ from arjax.heads.categorical import Categorical, CategoricalHead
 from arjax.heads.diffusion import Diffusion, DiffusionHead, GuidedDiffusion
 from arjax.heads.flow import Flow, FlowHead, GuidedFlow
 from arjax.heads.gmm import GMM, GMMHead, GuidedGMM
+from arjax.heads import global_diffusion  # noqa: F401  ('global_diffusion': Hi-MAR's DiT head)
 
 __all__ = ["HEADS", "Distribution", "build_head", "ARINAR", "ARINARHead", "GuidedARINAR",
            "Categorical", "CategoricalHead", "Diffusion",
