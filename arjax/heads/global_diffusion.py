@@ -113,14 +113,15 @@ class DiTNet(nnx.Module):
     self.final_ada = AdaLNModulation(w, w, 2, rngs=rngs, dtype=dtype, use_bias=True)
     self.final = Dense(w, channels, axes=("embed", None), rngs=rngs, dtype=dtype, use_bias=True,
                        init=zeros)
-    self.pos = jnp.asarray(sincos_2d(w, *grid), jnp.float32)  # fixed, not a parameter.
+    self.grid, self.width = tuple(grid), w  # the sin-cos table is fixed: built per call.
 
   def embed_cond(self, z):
     return self.c_embed(z).astype(jnp.float32)
 
   def __call__(self, x, t, c):
     b, n = x.shape[:2]
-    h = self.x_embed(x).astype(jnp.float32) + self.pos
+    h = self.x_embed(x).astype(jnp.float32) + jnp.asarray(sincos_2d(self.width, *self.grid),
+                                                            jnp.float32)
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (b,))
     temb = self.t_fc2(jax.nn.silu(self.t_fc1(timestep_embedding(t)))).astype(jnp.float32)
     cond = temb[:, None] + c

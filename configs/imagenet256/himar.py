@@ -86,12 +86,12 @@ def get_config(arg=None):
   e.temperature = 1.0
   if args.smoke:
     c.data.source = "mnist"
-    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=8, channels=1,
+    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=14, channels=1,
                                   continuous=True))
     m.num_classes = 10
     m.buffer_size = 4
     m.decoder_layers = 1
-    m.pivot_grid = 4
+    m.pivot_grid = 7
     m.pivot_steps, m.grid_steps, m.pivot_cfg = 3, 2, 1.5
     b.num_layers, b.num_heads, b.dim = 1, 2, 32
     b.resid_dropout = b.ffn_dropout = 0.0
