@@ -42,10 +42,30 @@ def _randomise(model, seed=0):
 
 @pytest.fixture(scope="module")
 def setup():
-  from flax import nnx
   config = load_config(SMOKE, TINY)
   model = _randomise(build_model(config))
   return config, model
+
+
+# Jitted pieces (one compile each, shared across tests): eager dispatch of the tiny model's
+# many small ops costs more than compiling them.
+from flax import nnx  # noqa: E402
+
+phase1 = nnx.jit(lambda m, *a: m.phase1(*a))
+phase2 = nnx.jit(lambda m, *a: m.phase2(*a))
+
+
+@nnx.jit
+def pivot_draw(m, z, scale, key):
+  b = z.shape[0] // 2
+  return m.head(z[:b]).guide(m.head(z[b:]), scale).sample(key)
+
+
+@nnx.jit
+def grid_draw(m, z, scale, key, known, known_mask):
+  b = z.shape[0] // 2
+  return m.global_head(z[:b]).guide(m.global_head(z[b:]), scale).sample(
+      key, known=known, known_mask=known_mask)
 
 
 def test_pivots_are_the_block_average(setup):
@@ -68,19 +88,19 @@ def test_phase2_ignores_masked_tokens_and_depends_on_pivots(setup):
   known = jnp.asarray(rng.random((b, n)) < 0.5)
   labels = jnp.array([1, 3], jnp.int32)
   slots = jnp.asarray(rng.normal(size=(b, np_, 16)), jnp.float32)
-  z = model.phase2(slots, tokens, labels, known)
+  z = phase2(model, slots, tokens, labels, known)
   other = jnp.where(known[..., None], tokens, 100.0 + tokens)
-  np.testing.assert_allclose(np.asarray(model.phase2(slots, other, labels, known)),
+  np.testing.assert_allclose(np.asarray(phase2(model, slots, other, labels, known)),
                              np.asarray(z), rtol=1e-5, atol=1e-5)
-  moved = model.phase2(slots.at[:, 0].add(jnp.asarray(rng.normal(size=16), jnp.float32)),
+  moved = phase2(model, slots.at[:, 0].add(jnp.asarray(rng.normal(size=16), jnp.float32)),
                        tokens, labels, known)
   assert float(jnp.abs(moved - z).max()) > 1e-3
   # Phase 1 ignores the grid entirely and masked pivots' values.
   piv = jnp.asarray(rng.normal(size=(b, np_, 1)), jnp.float32)
   pk = jnp.array([[True, False, True, False], [False, False, True, True]])
-  z1 = model.phase1(piv, labels, pk)
-  np.testing.assert_allclose(np.asarray(model.phase1(jnp.where(pk[..., None], piv, -7.0),
-                                                     labels, pk)), np.asarray(z1),
+  z1 = phase1(model, piv, labels, pk)
+  np.testing.assert_allclose(np.asarray(phase1(model, jnp.where(pk[..., None], piv, -7.0),
+                                               labels, pk)), np.asarray(z1),
                              rtol=1e-5, atol=1e-5)
 
 
@@ -104,7 +124,7 @@ def test_loss_is_the_weighted_sum_of_the_phases(setup):
   rng = np.random.default_rng(2)
   batch = {"latents": jnp.asarray(rng.normal(size=(2, 16, 1)), jnp.float32),
            "label": jnp.array([0, 5], jnp.int32)}
-  loss, m = model.loss(batch, train=False)
+  loss, m = nnx.jit(lambda mod, bt: mod.loss(bt, train=False))(model, batch)
   assert np.isfinite(float(loss))
   np.testing.assert_allclose(float(loss), 2.0 * float(m["pivot_loss"])
                              + 0.75 * float(m["grid_loss"]), rtol=1e-6)
@@ -134,10 +154,10 @@ def naive_sample(model, labels, rng, w, w1):
     for r in range(b):
       nxt[r, order[r, :m]] = True
     pred = mask & ~nxt
-    z = model.phase1(jnp.asarray(np.concatenate([pivots, pivots])), jnp.concatenate([labels, null]),
-                     jnp.asarray(np.concatenate([~mask, ~mask])))
-    d = model.head(z[:b]).guide(model.head(z[b:]), 1 + (w1 - 1) * (np_ - m) / np_)
-    draw = np.asarray(d.sample(jax.random.fold_in(rng, k)))
+    z = phase1(model, jnp.asarray(np.concatenate([pivots, pivots])),
+               jnp.concatenate([labels, null]), jnp.asarray(np.concatenate([~mask, ~mask])))
+    draw = np.asarray(pivot_draw(model, z, jnp.float32(1 + (w1 - 1) * (np_ - m) / np_),
+                                 jax.random.fold_in(rng, k)))
     pivots[pred] = draw[pred]
     z1[pred] = np.asarray(z[:b])[pred]
     mask = nxt
@@ -150,11 +170,12 @@ def naive_sample(model, labels, rng, w, w1):
     for r in range(b):
       nxt[r, order[r, :m]] = True
     pred = mask & ~nxt
-    z = model.phase2(jnp.concatenate([slots, slots]), jnp.asarray(np.concatenate([tokens, tokens])),
-                     jnp.concatenate([labels, null]), jnp.asarray(np.concatenate([~mask, ~mask])))
-    d = model.global_head(z[:b]).guide(model.global_head(z[b:]), 1 + (w - 1) * (n - m) / n)
-    draw = np.asarray(d.sample(jax.random.fold_in(rng, 1000 + k), known=jnp.asarray(tokens),
-                               known_mask=jnp.asarray(~mask)))
+    z = phase2(model, jnp.concatenate([slots, slots]),
+               jnp.asarray(np.concatenate([tokens, tokens])), jnp.concatenate([labels, null]),
+               jnp.asarray(np.concatenate([~mask, ~mask])))
+    draw = np.asarray(grid_draw(model, z, jnp.float32(1 + (w - 1) * (n - m) / n),
+                                jax.random.fold_in(rng, 1000 + k), jnp.asarray(tokens),
+                                jnp.asarray(~mask)))
     tokens[pred] = draw[pred]
     mask = nxt
   return pivots, tokens
@@ -162,8 +183,6 @@ def naive_sample(model, labels, rng, w, w1):
 
 def test_compiled_sampler_equals_naive_loop(setup):
   config, model = setup
-  from flax import nnx
-  fm = FunctionalModel.from_module(model) if hasattr(FunctionalModel, "from_module") else None
   graphdef, params = nnx.split(model)
   labels = jnp.array([2, 7], jnp.int32)
   key = jax.random.key(3)
@@ -189,12 +208,11 @@ def test_cfg_at_scale_one_is_the_conditional_head(setup):
   known = jnp.asarray(rng.random((2, 16)) < 0.5)
   tokens = jnp.asarray(rng.normal(size=(2, 16, 1)), jnp.float32)
   key = jax.random.key(5)
-  cond = model.global_head(z).sample(key, known=tokens, known_mask=known)
-  guided = model.global_head(z).guide(model.global_head(zu), 1.0).sample(
-      key, known=tokens, known_mask=known)
+  cond = nnx.jit(lambda m, z, k, t, kn: m.global_head(z).sample(k, known=t, known_mask=kn))(
+      model, z, key, tokens, known)
+  guided = grid_draw(model, jnp.concatenate([z, zu]), jnp.float32(1.0), key, tokens, known)
   np.testing.assert_allclose(np.asarray(guided), np.asarray(cond), rtol=1e-4, atol=1e-4)
-  other = model.global_head(z).guide(model.global_head(zu), 3.0).sample(
-      key, known=tokens, known_mask=known)
+  other = grid_draw(model, jnp.concatenate([z, zu]), jnp.float32(3.0), key, tokens, known)
   assert float(jnp.abs(other - cond).max()) > 1e-3
 
 
