@@ -171,7 +171,8 @@ def test_build_head_reads_declared_fields_and_rejects_bad_names():
       build_head(_config(name=name), 8, _Discrete(), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"head 'categorical' needs a discrete tokenizer .* got "
                      r"_Continuous with vocab_size=0, token_dim=3: use a continuous head "
-                     r"\(model.head.name in \['arinar', 'diffusion', 'flow', 'gmm'\]\)"):
+                     r"\(model.head.name in \['arinar', 'diffusion', 'flow', 'global_diffusion', "
+                     r"'gmm'\]\)"):
     build_head(_config(name="categorical"), 8, _Continuous(), rngs=nnx.Rngs(0))
   assert HEADS.names() == ["arinar", "categorical", "diffusion", "flow", "global_diffusion", "gmm"]
 
