@@ -216,3 +216,17 @@ def test_far_paper_sizes_match_the_readme_within_one_percent(size, readme):
   out = inspect_config(load_config(f"configs/imagenet256/far.py:size={size}"))
   assert abs(out["params"] / readme - 1) < 0.01, out["params"]
   assert out["params_by_module"]["level_embed"] > 0
+
+
+# Hi-MAR's README counts (HiDream-ai/himar): the official script's trainable parameters, both
+# diffusion heads included, the frozen VAE and the DiT head's fixed sin-cos table excluded.
+HIMAR_README = {"B": 244e6, "L": 529e6, "H": 1090e6}
+
+
+@pytest.mark.parametrize("size", sorted(HIMAR_README))
+def test_himar_sizes_match_the_readme_within_one_percent(size):
+  from arjax.core.functional import FunctionalModel
+  from arjax.models import build_model
+  config = load_config(f"configs/imagenet256/himar.py:size={size}")
+  count = FunctionalModel.abstract(lambda: build_model(config)).param_count()
+  assert abs(count / HIMAR_README[size] - 1) < 0.01, (size, count)

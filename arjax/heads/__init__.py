@@ -7,6 +7,7 @@ from arjax.heads.flow import Flow, FlowHead, GuidedFlow
 from arjax.heads.gmm import GMM, GMMHead, GuidedGMM
 from arjax.heads import spatial_flow  # noqa: F401  (declares FlowAR's head, model 'flowar')
 from arjax.heads.shortcut import GuidedShortcut, Shortcut, ShortcutHead
+from arjax.heads import global_diffusion  # noqa: F401  ('global_diffusion': Hi-MAR's DiT head)
 
 __all__ = ["HEADS", "Distribution", "build_head", "ARINAR", "ARINARHead", "GuidedARINAR",
            "Categorical", "CategoricalHead", "Diffusion",

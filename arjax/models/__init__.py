@@ -10,6 +10,7 @@ from arjax.models import hmar  # noqa: F401  ('hmar': Markovian scales + masked 
 from arjax.models import ardm  # noqa: F401  ('ardm': order-agnostic AR diffusion)
 from arjax.models import autoencoder  # noqa: F401  ('autoencoder': VQ/FSQ/LFQ/VAR/KL tokenizers)
 from arjax.models import mar  # noqa: F401  ('mar': masked AR over continuous tokens)
+from arjax.models import himar  # noqa: F401  ('himar': Hi-MAR, pivots then grid)
 from arjax.models import xar  # noqa: F401  ('xar': next-entity prediction, noisy-context flow)
 from arjax.models import flowar  # noqa: F401  ('flowar': next-scale AR + per-scale flow matching)
 from arjax.models import far  # noqa: F401  ('far': next-frequency prediction, continuous tokens)

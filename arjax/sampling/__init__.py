@@ -14,6 +14,7 @@ from arjax.sampling.speculative import (GSDSampler, MCSJDSampler, SJDSampler,
 from arjax.sampling.continuous_speculative import ContinuousSJDSampler
 from arjax.sampling.state import SamplerState
 from arjax.sampling import diffusion_lm  # noqa: F401  (text_ar, mdlm, sdar, fast_dllm)
+from arjax.sampling import two_phase  # noqa: F401  ('himar': Hi-MAR's pivots then grid)
 
 __all__ = ["SAMPLERS", "Sampler", "build_sampler", "SamplingConfig", "sampling_from_config",
            "SequentialSampler", "OrderSampler", "CachedGroupSampler", "CachedOrderSampler",

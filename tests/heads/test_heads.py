@@ -161,7 +161,8 @@ def test_build_head_reads_declared_fields_and_rejects_bad_names():
   assert head.label_smoothing == 0.2 and head.token_shape == () and head.token_dtype == jnp.int32
   assert isinstance(head(jnp.zeros((1, 2, 8))), Categorical)
   with pytest.raises(KeyError, match=r"unknown head 'softmax'.*\['arinar', 'categorical', "
-                                     r"'diffusion', 'flow', 'gmm', 'shortcut', 'spatial_flow'\]"):
+                                     r"'diffusion', 'flow', 'global_diffusion', 'gmm', 'shortcut', "
+                                     r"'spatial_flow'\]"):
     build_head(_config(name="softmax"), 8, _Discrete(), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"unknown field\(s\) \['label_smoothing'\] for head 'gmm'"):
     build_head(_config(name="gmm", label_smoothing=0.1), 8, _Continuous(), rngs=nnx.Rngs(0))
@@ -171,11 +172,11 @@ def test_build_head_reads_declared_fields_and_rejects_bad_names():
       build_head(_config(name=name), 8, _Discrete(), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"head 'categorical' needs a discrete tokenizer .* got "
                      r"_Continuous with vocab_size=0, token_dim=3: use a continuous head "
-                     r"\(model.head.name in \['arinar', 'diffusion', 'flow', 'gmm', "
-                     r"'shortcut'\]\)"):
+                     r"\(model.head.name in \['arinar', 'diffusion', 'flow', 'global_diffusion', "
+                     r"'gmm', 'shortcut'\]\)"):
     build_head(_config(name="categorical"), 8, _Continuous(), rngs=nnx.Rngs(0))
-  assert HEADS.names() == [
-      "arinar", "categorical", "diffusion", "flow", "gmm", "shortcut", "spatial_flow"]
+  assert HEADS.names() == ["arinar", "categorical", "diffusion", "flow", "global_diffusion", "gmm",
+                           "shortcut", "spatial_flow"]
 
 
 def test_a_run_written_with_the_string_head_field_still_builds():

@@ -1,0 +1,104 @@
+"""Hi-MAR: hierarchical masked AR with low-resolution token pivots (Zheng et al., ICML 2025;
+HiDream-ai/himar at 1d378c1), ImageNet 256.
+
+  python -m arjax.inspect --config configs/imagenet256/himar.py:size=B --json
+  python -m arjax.train --config configs/imagenet256/himar.py:smoke --workdir /tmp/himar_smoke
+
+Model 'himar' (arjax/models/himar.py): one MAR encoder-decoder shared by the two phases (B 12+12
+at 768, 12 heads; L 16+16 at 1024, 16 heads; H 20+20 at 1280, 16 heads; official himar_base /
+large / huge) with the official per-phase block modulation, 64 buffer slots, 8x8 pivots of the
+16-channel KL-16 latents; phase-1 head: MAR's MLP diffusion head (B 6 x 1024, L 8 x 1280,
+H 12 x 1536; README --diffloss_d/w); phase-2 head: the global DiT diffusion head (B 6 x 512,
+L 8 x 512, 8 heads; H 12 x 768, 12 heads; mlp ratio 4; README --gdm_d/--gdm_w/--head).
+Sampling (README): phase 1 32 steps (cond_scale 4), phase 2 B 4 / L 4 / H 12 steps, linear CFG
+B 2.5 (pivots 2.7), L 3.5 (3.5), H 3.2 (5.5). README counts 244M / 529M / 1090M are the
+official script's trainable parameters (`requires_grad`: both heads included, the frozen VAE
+and the DiT's fixed sin-cos table excluded); tests/test_configs.py checks ours within 1 %.
+Pivot targets: give batch['pivots'] [B, 64, 16] (the official ones are KL-16 latents of the
+image cropped to 128 px); without them the model averages 2x2 blocks of the grid latents.
+Training (main_himar.py defaults): AdamW, lr 1e-4 x batch / 256, weight decay 0.02, 100 warmup
+epochs, 400 epochs, EMA 0.9999; diffusion_batch_mul 1 (the flag's default).
+"""
+from arjax.config import ConfigDict, base_config, parse_arg
+
+SIZES = {  # layers, heads, width, diffloss d, w, gdm d, w, heads, grid steps, cfg, pivot cfg.
+    "B": (12, 12, 768, 6, 1024, 6, 512, 8, 4, 2.5, 2.7),
+    "L": (16, 16, 1024, 8, 1280, 8, 512, 8, 4, 3.5, 3.5),
+    "H": (20, 16, 1280, 12, 1536, 12, 768, 12, 12, 3.2, 5.5),
+}
+
+
+def get_config(arg=None):
+  args = parse_arg(arg, size="B")
+  if args.size not in SIZES:
+    raise ValueError(f"himar size={args.size!r}; expected one of {sorted(SIZES)}")
+  (layers, heads, width, hd, hw, gd, gw, gh, steps, cfg, pcfg) = SIZES[args.size]
+  c = base_config()
+  c.tokenizer.name = "cached"
+  c.tokenizer.vocab_size = 0
+  c.tokenizer.grid = 16
+  c.tokenizer.latent_dim = 16
+  c.data.source = "array_record:/data/imagenet_kl16/{split}.array_record"
+  c.data.pp = ""
+  c.sampling = ConfigDict(dict(name="himar"))
+  m = c.model
+  m.name = "himar"
+  m.num_classes = 1000
+  m.class_dropout = 0.1
+  m.buffer_size = 64
+  m.decoder_layers = layers
+  m.mask_ratio_min = 0.7
+  m.mask_ratio_std = 0.25
+  m.pivot_grid = 8
+  m.pivot_steps = 32
+  m.pivot_cfg = pcfg
+  m.grid_steps = steps
+  m.pivot_drop = 0.75
+  b = m.backbone
+  b.num_layers, b.num_heads, b.dim = layers, heads, width
+  b.norm, b.mlp, b.bias, b.norm_eps = "layernorm", "gelu", True, 1e-6
+  b.position = "none"
+  b.resid_dropout = 0.1
+  b.ffn_dropout = 0.1
+  h = m.head = ConfigDict()
+  h.name = "diffusion"
+  h.width, h.depth = hw, hd
+  h.diffusion_batch_mul = 1
+  h.num_sampling_steps = 100
+  g = m.global_head = ConfigDict()
+  g.name = "global_diffusion"
+  g.width, g.depth, g.num_heads, g.mlp_ratio = gw, gd, gh, 4
+  g.num_sampling_steps = 250
+  t = c.train
+  t.batch_size = 2048
+  t.lr = 8e-4
+  t.b1, t.b2 = 0.9, 0.95
+  t.weight_decay = 0.02
+  t.grad_clip = 3.0
+  t.num_steps = 400 * 626
+  t.warmup_steps = 100 * 626
+  t.end_lr_ratio = 1.0
+  t.ema_decay = 0.9999
+  e = c.eval
+  e.cfg_scale = cfg
+  e.cfg_schedule = "linear"
+  e.cfg_by = "revealed"
+  e.temperature = 1.0
+  if args.smoke:
+    c.data.source = "mnist"
+    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=14, channels=1,
+                                  continuous=True))
+    m.num_classes = 10
+    m.buffer_size = 4
+    m.decoder_layers = 1
+    m.pivot_grid = 7
+    m.pivot_steps, m.grid_steps, m.pivot_cfg = 3, 2, 1.5
+    b.num_layers, b.num_heads, b.dim = 1, 2, 32
+    b.resid_dropout = b.ffn_dropout = 0.0
+    h.width, h.depth, h.num_sampling_steps = 32, 1, 4
+    g.width, g.depth, g.num_heads, g.num_sampling_steps = 32, 1, 2, 4
+    t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
+    t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
+    e.num_examples, e.batch_size, e.samples_per_class = 64, 32, 1
+    e.cfg_scale = 2.0
+  return c
