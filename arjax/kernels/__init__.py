@@ -2,7 +2,8 @@
 
 `attention(q, k, v, mask=...)` is the single entry point every model uses. Implementations
 register in `IMPLS`:
-  'xla'     the jnp reference (always available);
+  'xla'     the jnp reference (always available; on CPU a one-query multi-head decode step
+            takes its multiply-reduce form, `xla_attention`);
   'pallas'  arjax's Pallas kernels: `flash_gpu` (Triton) on GPU, or `decode` (split-K) there
             when a few queries meet a long KV cache; `flash_tpu` (Mosaic) on TPU; on CPU the
             Triton kernels run in the Pallas interpreter (slow: for tests only);
