@@ -51,7 +51,14 @@ ROWS = {
     "diffusion": ("raster, diffusion head", "continuous (KL, 4 ch.)", "diffusion"),
     "gmm": ("raster, GMM head (GIVT-Causal)", "continuous (KL, 4 ch.)", "gmm"),
     "mar": ("MAR, diffusion head", "continuous (KL, 4 ch.)", "diffusion"),
+    "xar": ("xAR, next-token entities, noisy-context flow", "continuous (KL, 4 ch.)",
+            "flow (whole network)"),
+    "arinar": ("MAR backbone, ARINAR head", "continuous (KL, 4 ch.)", "arinar"),
 }
+# Head fields that act at sampling only: their values come from the row's current config
+# (configs/continuous/compare.py), not from the checkpoint's saved config, so a sampling fix
+# applies to rows trained before it (the parameters are the same).
+SAMPLING_HEAD_FIELDS = ("clip_denoised",)
 BAR = 0.80  # the discrete baseline's class accuracy that makes the comparison meaningful.
 NOTES_MARKER = "<!-- notes: kept when experiments/continuous.py rewrites this file -->"
 
@@ -205,10 +212,20 @@ def evaluate_row(row, args, res_dir, out_dir, peek=False):
   exp, state, step = load_run(workdir, check_data=False)
   params = exp.eval_params(state)
   config = exp.config
+  current = _load_cfg(CONFIG + f":row={row}" + (",tiny" if args.smoke else "")).model.head
+  overrides = {k: current[k] for k in SAMPLING_HEAD_FIELDS
+               if k in current and config.model.head.get(k) != current[k]}
+  if overrides:
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      for k, v in overrides.items():
+        config.model.head[k] = v
+    exp = Experiment(config, check_data=False)
+    _log.info("%s: sampling with the current config's head fields %s", row, overrides)
   ref = config.copy_and_resolve_references()
   ref.data.source = "mnist"            # the images the tokens were encoded from.
   variants = [None]
-  if config.model.name == "mar":
+  if row == "mar":
     variants = [k for k in args.mar_steps if k <= 49] if not args.smoke else [2, 4]
   h = config.model.head
   head_steps = int(h.get("num_sampling_steps", 1)) if h.name in ("flow", "diffusion") else 1
@@ -218,7 +235,7 @@ def evaluate_row(row, args, res_dir, out_dir, peek=False):
          "batch_size": int(config.train.batch_size), "lr": float(config.train.lr),
          "train_seconds": _train_seconds(workdir),
          "test_metric": tr.get("metrics", {}).get("test_bits_per_dim"),
-         "head_steps": head_steps, "entries": []}
+         "head_steps": head_steps, "sampling_overrides": overrides, "entries": []}
   for k in variants:
     cfg, fm = config, exp.fm
     if k is not None:                  # MAR at another reveal-step count: same params.

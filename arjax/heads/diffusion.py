@@ -63,10 +63,18 @@ class DiffusionFields:
   diffusion_batch_mul: int = 4    # M (t, eps) draws per token in the loss (MAR: 4).
   num_sampling_steps: int = 100   # S respaced DDPM steps at sampling (MAR: 100).
   train_timesteps: int = 1000     # T of the cosine schedule (MAR / ADM: 1000).
+  # Sampling only: clamp every reverse step's x_0 prediction to [-v, v] (ADM's clip_denoised,
+  # which clamps to the image range [-1, 1]); 0 = no clamp (MAR: clip_denoised=False). Set it
+  # to the data's range: see the note on the first reverse step in the module docstring.
+  clip_denoised: float = 0.0
 
   def __post_init__(self):
     for name in ("width", "depth", "diffusion_batch_mul", "train_timesteps"):
       _positive_int(name, getattr(self, name))
+    v = self.clip_denoised
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+      raise ValueError(f"model.head.clip_denoised={v!r}; expected a finite number >= 0 "
+                       "(0: no clamp)")
     _positive_int("num_sampling_steps", self.num_sampling_steps, upper=self.train_timesteps)
 
 
@@ -218,8 +226,9 @@ def hybrid_loss(sched: Schedule, net, x0, c, t, noise):
   return mse + vlb_term(sched, x0, xt, t, frozen)
 
 
-def ddpm_sample(sched: Schedule, eps_and_v, shape, key, temperature):
+def ddpm_sample(sched: Schedule, eps_and_v, shape, key, temperature, clip_denoised: float = 0.0):
   """Ancestral sampling over `sched`: eps_and_v(x_t, original timestep float) -> [..., 2C].
+  clip_denoised > 0: every step's x0 prediction clamped to [-v, v] (ADM's clip_denoised).
   Returns x_0 float32 of `shape`."""
   k0, kloop = jax.random.split(key)
   num = len(sched.betas)
@@ -228,7 +237,9 @@ def ddpm_sample(sched: Schedule, eps_and_v, shape, key, temperature):
   def body(j, x):
     i = num - 1 - j
     idx = jnp.full(shape[:-1], i, jnp.int32)
-    mean, logvar, _ = p_mean_logvar(sched, eps_and_v(x, tmap[i]), x, idx)
+    mean, logvar, x0 = p_mean_logvar(sched, eps_and_v(x, tmap[i]), x, idx)
+    if clip_denoised > 0:
+      mean, _ = q_posterior(sched, jnp.clip(x0, -clip_denoised, clip_denoised), x, idx)
     noise = jax.random.normal(jax.random.fold_in(kloop, j), shape, jnp.float32)
     return mean + (i > 0) * jnp.exp(0.5 * logvar) * noise * temperature
 
@@ -264,7 +275,8 @@ class Diffusion(Distribution):
     check_temperature(self.head_name, temperature)
     sched = sampling_schedule(self.fields.train_timesteps, self.fields.num_sampling_steps)
     return ddpm_sample(sched, lambda x, t: self.net(x, t, self.c),
-                       self.c.shape[:2] + (self.channels,), key, temperature)
+                       self.c.shape[:2] + (self.channels,), key, temperature,
+                       self.fields.clip_denoised)
 
   def guide(self, uncond: "Diffusion", scale) -> "GuidedDiffusion":
     s = broadcast_scale(scale, self.c[..., 0])
@@ -294,7 +306,7 @@ class GuidedDiffusion(Distribution):
     f = self.cond.fields
     sched = sampling_schedule(f.train_timesteps, f.num_sampling_steps)
     return ddpm_sample(sched, self.guided_output, self.cond.c.shape[:2] + (self.cond.channels,),
-                       key, temperature)
+                       key, temperature, f.clip_denoised)
 
   def loss(self, targets, key=None, weights=None):
     raise ValueError("a guided diffusion head is for sampling; train the conditional one")
