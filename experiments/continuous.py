@@ -145,6 +145,8 @@ def stage_train(row, args, toks, res_dir):
   _log.info("train_%s: %s in %s", row, s, workdir)
   t0 = time.time()
   m = train_and_evaluate(_load_cfg(s), workdir)
+  if m.get("preempted"):     # stopped by a signal: checkpointed, resumes on the next run.
+    raise RuntimeError(f"train_{row} stopped at step {m.get('step')} (preempted); rerun to resume")
   return _mark(res_dir, f"train_{row}", {
       "row": row, "config": s.replace(ROOT + os.sep, ""), "workdir": workdir,
       "seconds_this_process": time.time() - t0,
@@ -262,7 +264,9 @@ def evaluate_row(row, args, res_dir, out_dir, peek=False):
     seconds = time.time() - t0
     images = np.concatenate(images)
     scores = offline_scores(ref, images, labels)
-    ar_steps = int(fm.bind(params).order.num_steps())
+    model = fm.bind(params)
+    ar_steps = int(model.layout.num_entities if hasattr(model, "layout")   # xAR: entities.
+                   else model.order.num_steps())
     name = (row if k is None else f"{row}_{k}") + (f"_step{step}" if peek else "")
     png = os.path.join(out_dir, f"{name}.png")
     save_grid(class_rows(images, labels, args.per_class), png, ncol=args.per_class, scale=2)
