@@ -20,7 +20,17 @@ with adaLN on t_emb + Linear(z)) models p(x | z) by denoising diffusion:
     new betas 1 - abar_k / abar_{k-1} over the kept steps; the network sees the original
     timestep); x_S ~ N(0, I); x_{k-1} = mean + [k > 0] exp(log var / 2) * temperature * noise
     (MAR multiplies the noise std of every reverse step by the temperature; the start noise is
-    not scaled), no clipping of the x_0 prediction (MAR: clip_denoised=False);
+    not scaled); by default no clipping of the x_0 prediction (MAR: clip_denoised=False);
+    `clip_denoised` = v > 0 clamps it to [-v, v] and recomputes the posterior mean (ADM);
+  * the first reverse step: the cosine schedule's last beta is capped at 0.999, so
+    abar_{T-1} ~ 2.4e-9, and the first step's posterior mean carries the network's eps error
+    times sqrt(abar_prev / abar_{T-1}): ~32 over the full chain (abar_prev = abar_{T-2}), ~316
+    with 100 respaced steps (abar_prev = abar_989 ~ 2.4e-4). A head whose eps error at t = T-1
+    is 0.05 (the MNIST diffusion rows after 1000 steps of batch 32, docs/continuous.md) starts
+    the respaced chain at |x| ~ 8 instead of ~1, off the inputs it was trained on, and the
+    later steps amplify it (samples of std ~200); MAR reports the same early in training
+    (LTH14/mar issues 27 and 70). `clip_denoised` at the data range bounds that first x_0 and
+    removes the blow-up (tests/heads/test_diffusion.py, test_clip_denoised_*);
   * guidance (`Diffusion.guide`): inside every reverse step the network runs on the conditional
     and unconditional z with the same x_t and eps = eps_u + s (eps_c - eps_u); the variance is
     the conditional one (MAR's forward_with_cfg keeps each half's own variance channels and

@@ -294,7 +294,7 @@ def bounded_samples():
 
 def test_clip_denoised_keeps_the_respaced_chain_on_the_data(bounded_samples):
   """The MNIST diffusion rows' failure in miniature: 100 respaced steps from t = 999 multiply the
-  eps error by ~160 in the first step, the bounded network cannot undo the off-distribution x,
+  eps error by ~316 in the first step, the bounded network cannot undo the off-distribution x,
   and the samples' std ends far above the data's 0.5 (seed 0: ~75); the full 1000-step chain
   (first-step factor ~32) and the clamped x_0 at 100 steps give std 0.5. Tolerance: 0.03 (the
   sample std's standard error at 8000 values is 0.004; the net's eps error biases it ~0.01).
