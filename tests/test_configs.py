@@ -180,9 +180,6 @@ def _smoke_specs():
   compare = load_config_module(os.path.join(ROOT, "configs/orders/compare.py"))
   specs += [f"configs/orders/compare.py:order={o},smoke" for o in compare.ORDER_SETTINGS
             if o != "raster"]
-  # The continuous-token comparison: every row (the default row is the discrete one).
-  cont = load_config_module(os.path.join(ROOT, "configs/continuous/compare.py"))
-  specs += [f"configs/continuous/compare.py:row={r},smoke" for r in cont.ROWS if r != "discrete"]
   return specs
 
 
