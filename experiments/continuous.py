@@ -23,8 +23,12 @@ skipped; a training stage left unfinished resumes from its workdir's latest chec
 Then the table (docs/continuous.md by default, the PNGs in docs/continuous/ and the figures in
 docs/continuous.json). `--rows` restricts the rows this process trains (two processes may share
 one workdir with disjoint rows; the table lists every row with results). `--report_only` writes
-the table from the results already there. Rows other helpers add (xAR, ARINAR) are entries of
-ROWS below plus a `row=` of configs/continuous/compare.py.
+the table from the results already there. `--time` times every finished row's sampler (one
+batch, sampling + decoding) interleaved in one process (benchmarks/common.py time_interleaved:
+results/timing.json); the table's samples/s then come from it. A head's sampling-only fields
+(SAMPLING_HEAD_FIELDS: the diffusion head's clip_denoised) are taken from the current config
+when a row is sampled, so a sampling fix reaches rows trained before it. A row is a ROWS entry
+below plus a `row=` of configs/continuous/compare.py.
 """
 from __future__ import annotations
 

@@ -17,7 +17,13 @@ warmup steps, cosine to 0.1; `steps` steps; CFG 2.0):
              raster rows), 8 buffer slots, MAR's mask-ratio sampler; sampled at 49 steps of
              the cosine reveal by default (one token per step; the order refuses more steps
              than the 49 tokens, so MAR's 64 is not possible here; the experiment re-samples
-             at 8 / 16 / 49).
+             at 8 / 16 / 49); the diffusion head's x_0 clamp clip_denoised 2.0 (as the
+             diffusion row).
+  xar        xAR (arjax/models/xar.py) over the same latents: 2 + 2 blocks of width 96,
+             entities of one token (7 is prime: the only other cell is the whole grid), the
+             flow row's Euler ODE with 20 steps, CFG 2.0 ramped over the entities.
+  arinar     MAR's backbone (as the mar row) with the ARINAR head (inner width 128, 1 block,
+             4 heads, 4 components per feature), 49 reveal steps.
 
 Arguments: row, steps (training steps, default 1000), lr, tok_kl / tok_vq (tokenizer workdirs),
 cache_kl / cache_vq (token caches with '{split}'), tiny (a 1-block, width-32 model and a few
