@@ -23,8 +23,12 @@ skipped; a training stage left unfinished resumes from its workdir's latest chec
 Then the table (docs/continuous.md by default, the PNGs in docs/continuous/ and the figures in
 docs/continuous.json). `--rows` restricts the rows this process trains (two processes may share
 one workdir with disjoint rows; the table lists every row with results). `--report_only` writes
-the table from the results already there. Rows other helpers add (xAR, ARINAR) are entries of
-ROWS below plus a `row=` of configs/continuous/compare.py.
+the table from the results already there. `--time` times every finished row's sampler (one
+batch, sampling + decoding) interleaved in one process (benchmarks/common.py time_interleaved:
+results/timing.json); the table's samples/s then come from it. A head's sampling-only fields
+(SAMPLING_HEAD_FIELDS: the diffusion head's clip_denoised) are taken from the current config
+when a row is sampled, so a sampling fix reaches rows trained before it. A row is a ROWS entry
+below plus a `row=` of configs/continuous/compare.py.
 """
 from __future__ import annotations
 
@@ -51,7 +55,14 @@ ROWS = {
     "diffusion": ("raster, diffusion head", "continuous (KL, 4 ch.)", "diffusion"),
     "gmm": ("raster, GMM head (GIVT-Causal)", "continuous (KL, 4 ch.)", "gmm"),
     "mar": ("MAR, diffusion head", "continuous (KL, 4 ch.)", "diffusion"),
+    "xar": ("xAR, next-token entities, noisy-context flow", "continuous (KL, 4 ch.)",
+            "flow (whole network)"),
+    "arinar": ("MAR backbone, ARINAR head", "continuous (KL, 4 ch.)", "arinar"),
 }
+# Head fields that act at sampling only: their values come from the row's current config
+# (configs/continuous/compare.py), not from the checkpoint's saved config, so a sampling fix
+# applies to rows trained before it (the parameters are the same).
+SAMPLING_HEAD_FIELDS = ("clip_denoised",)
 BAR = 0.80  # the discrete baseline's class accuracy that makes the comparison meaningful.
 NOTES_MARKER = "<!-- notes: kept when experiments/continuous.py rewrites this file -->"
 
@@ -138,6 +149,8 @@ def stage_train(row, args, toks, res_dir):
   _log.info("train_%s: %s in %s", row, s, workdir)
   t0 = time.time()
   m = train_and_evaluate(_load_cfg(s), workdir)
+  if m.get("preempted"):     # stopped by a signal: checkpointed, resumes on the next run.
+    raise RuntimeError(f"train_{row} stopped at step {m.get('step')} (preempted); rerun to resume")
   return _mark(res_dir, f"train_{row}", {
       "row": row, "config": s.replace(ROOT + os.sep, ""), "workdir": workdir,
       "seconds_this_process": time.time() - t0,
@@ -189,6 +202,79 @@ def _train_seconds(workdir):
   return (total + last) or None
 
 
+def _load_row(row, args):
+  """(experiment, step, eval params, config, sampling overrides) of a trained row's workdir; the
+  head's SAMPLING_HEAD_FIELDS are the current config's."""
+  from arjax.train.loop import Experiment
+  from arjax.train.restore import load_run
+  exp, state, step = load_run(os.path.join(args.workdir, row), check_data=False)
+  params = exp.eval_params(state)
+  config = exp.config
+  current = _load_cfg(CONFIG + f":row={row}" + (",tiny" if args.smoke else "")).model.head
+  overrides = {k: current[k] for k in SAMPLING_HEAD_FIELDS
+               if k in current and config.model.head.get(k) != current[k]}
+  if overrides:
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      for k, v in overrides.items():
+        config.model.head[k] = v
+    exp = Experiment(config, check_data=False)
+    _log.info("%s: sampling with the current config's head fields %s", row, overrides)
+  return exp, step, params, config, overrides
+
+
+def _variants(row, args):
+  """MAR's reveal-step counts (one entry each), [None] for the other rows."""
+  if row == "mar":
+    return [k for k in args.mar_steps if k <= 49] if not args.smoke else [2, 4]
+  return [None]
+
+
+def _variant(config, exp, k):
+  """(config, functional model, sampling config, sampler, jitted decode) of one entry."""
+  import jax
+  from arjax.sampling import build_sampler, sampling_from_config
+  from arjax.train.loop import Experiment
+  cfg, fm = config, exp.fm
+  if k is not None:                  # MAR at another reveal-step count: same params.
+    cfg = config.copy_and_resolve_references()
+    cfg.order.num_steps = int(k)
+    fm = Experiment(cfg, check_data=False).fm
+  sampling = sampling_from_config(cfg)
+  sampler = build_sampler(fm, sampling, cfg)
+  decode = jax.jit(lambda p, t: fm.bind(p).tokenizer.decode(t))
+  return cfg, fm, sampling, sampler, decode
+
+
+def time_rows(rows, args, res_dir, repeats=3):
+  """samples/s of every finished row's entries, timed interleaved in this one process
+  (benchmarks/common.time_interleaved: one batch of args.batch_size class-conditional samples,
+  sampled and decoded, per call; calls alternate between the entries so that the shared CPU's
+  load hits all alike; median of `repeats` calls after one warm-up call that compiles)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from arjax.evaluate.sample_metrics import balanced_labels
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  from common import time_interleaved
+  fns, load0 = {}, os.getloadavg()[0]
+  for row in rows:
+    exp, _, params, config, _ = _load_row(row, args)
+    for k in _variants(row, args):
+      cfg, fm, _, sampler, decode = _variant(config, exp, k)
+      labels = jnp.asarray(balanced_labels(args.batch_size, cfg.model.num_classes))
+      key = jax.random.key(args.seed)
+      name = row if k is None else f"{row}_{k}"
+      fns[name] = (lambda s=sampler, d=decode, p=params, lab=labels, kk=key:
+                   d(p, s.sample_tokens(p, lab, kk)))
+  t0 = time.time()
+  med = time_interleaved(fns, repeats=repeats, warmup=1)
+  return {"batch_size": args.batch_size, "repeats": repeats, "seconds": time.time() - t0,
+          "load_avg_start": load0, "load_avg_end": os.getloadavg()[0],
+          "samples_per_s": {k: args.batch_size / v for k, v in med.items()},
+          "seconds_per_batch": med}
+
+
 def evaluate_row(row, args, res_dir, out_dir, peek=False):
   """Samples, scores and grids of a trained row (MAR: one entry per reveal-step count).
   peek: the latest checkpoint of a row still training (its names get a _stepN suffix)."""
@@ -197,19 +283,12 @@ def evaluate_row(row, args, res_dir, out_dir, peek=False):
   import numpy as np
   from arjax.evaluate.images import save_grid
   from arjax.evaluate.sample_metrics import balanced_labels, offline_scores
-  from arjax.sampling import build_sampler, sampling_from_config
-  from arjax.train.loop import Experiment
-  from arjax.train.restore import load_run
 
   workdir = os.path.join(args.workdir, row)
-  exp, state, step = load_run(workdir, check_data=False)
-  params = exp.eval_params(state)
-  config = exp.config
+  exp, step, params, config, overrides = _load_row(row, args)
   ref = config.copy_and_resolve_references()
   ref.data.source = "mnist"            # the images the tokens were encoded from.
-  variants = [None]
-  if config.model.name == "mar":
-    variants = [k for k in args.mar_steps if k <= 49] if not args.smoke else [2, 4]
+  variants = _variants(row, args)
   h = config.model.head
   head_steps = int(h.get("num_sampling_steps", 1)) if h.name in ("flow", "diffusion") else 1
   tr = _done(res_dir, f"train_{row}") or {}
@@ -218,19 +297,12 @@ def evaluate_row(row, args, res_dir, out_dir, peek=False):
          "batch_size": int(config.train.batch_size), "lr": float(config.train.lr),
          "train_seconds": _train_seconds(workdir),
          "test_metric": tr.get("metrics", {}).get("test_bits_per_dim"),
-         "head_steps": head_steps, "entries": []}
+         "head_steps": head_steps, "sampling_overrides": overrides, "entries": []}
   for k in variants:
-    cfg, fm = config, exp.fm
-    if k is not None:                  # MAR at another reveal-step count: same params.
-      cfg = config.copy_and_resolve_references()
-      cfg.order.num_steps = int(k)
-      fm = Experiment(cfg, check_data=False).fm
-    sampling = sampling_from_config(cfg)
-    sampler = build_sampler(fm, sampling, cfg)
+    cfg, fm, sampling, sampler, decode = _variant(config, exp, k)
     n, bs = args.num_samples, args.batch_size
     labels = balanced_labels(n, cfg.model.num_classes)
     key = jax.random.key(args.seed)
-    decode = jax.jit(lambda p, t: fm.bind(p).tokenizer.decode(t))
     t0 = time.time()
     warm = sampler.sample_tokens(params, jnp.asarray(labels[:bs]), key)
     np.asarray(decode(params, warm))
@@ -245,7 +317,9 @@ def evaluate_row(row, args, res_dir, out_dir, peek=False):
     seconds = time.time() - t0
     images = np.concatenate(images)
     scores = offline_scores(ref, images, labels)
-    ar_steps = int(fm.bind(params).order.num_steps())
+    model = fm.bind(params)
+    ar_steps = int(model.layout.num_entities if hasattr(model, "layout")   # xAR: entities.
+                   else model.order.num_steps())
     name = (row if k is None else f"{row}_{k}") + (f"_step{step}" if peek else "")
     png = os.path.join(out_dir, f"{name}.png")
     save_grid(class_rows(images, labels, args.per_class), png, ncol=args.per_class, scale=2)
@@ -286,14 +360,17 @@ def _fmt_s(s):
 
 def write_table(path, rows, results, failed, args, meta, real):
   out_dir = os.path.dirname(os.path.abspath(path))
+  timing = meta.get("timing") or {}
+  speed = lambda e: timing.get("samples_per_s", {}).get(e["name"].split("_step")[0],
+                                                        e["samples_per_s"])
   base = results.get("discrete", {}).get("entries", [{}])[0] if "discrete" in results else None
   lines = ["# Continuous vs discrete tokens at one budget (bundled MNIST, 7x7 tokens)", ""]
   cmd = "python experiments/continuous.py" + (" --smoke" if args.smoke else "")
   lines += [f"Written by `{cmd} --workdir {args.workdir} --steps {args.steps}` "
             "(configs: `configs/continuous/compare.py:row=NAME`). Every row trains "
             + ("1 transformer block of width 32 (MAR: 1 + 1; the smoke's tiny models)"
-               if args.smoke else "4 transformer blocks of width 96 (MAR: 2 encoder + 2 "
-               "decoder blocks)") + " with the same batch "
+               if args.smoke else "4 transformer blocks of width 96 (MAR, ARINAR and xAR: 2 "
+               "encoder + 2 decoder blocks)") + " with the same batch "
             f"({meta.get('batch', '?')}), steps, optimiser (AdamW, lr {args.lr:g}, cosine) and "
             "seed through `arjax.train.train_and_evaluate`; the discrete row reads the VQ "
             "tokenizer's 7x7 codes, the continuous rows the KL tokenizer's 7x7x4 latents "
@@ -306,9 +383,15 @@ def write_table(path, rows, results, failed, args, meta, real):
             "space (**not** Inception FID; biased upwards at this N, compare rows only with "
             "each other), class accuracy = share of samples the classifier assigns to the "
             "requested class. samples/s: the timed loop (sampling + decoding, batch "
-            f"{args.batch_size}, after a warm-up batch that compiles), on the shared CPU: the "
-            "load average when each row was timed is in the JSON; speeds of rows timed under "
-            "different loads compare only roughly.", ""]
+            f"{args.batch_size}, after a warm-up batch that compiles), on the shared CPU"
+            + (f": **timed interleaved in one process** (`--time`: benchmarks/common.py "
+               f"time_interleaved, median of {timing.get('repeats')} calls of one batch of "
+               f"{timing.get('batch_size')} per entry, the entries' calls alternating; load "
+               f"average {timing.get('load_avg_start', 0):.1f} at the start, "
+               f"{timing.get('load_avg_end', 0):.1f} at the end), so the rows' speeds compare "
+               "with each other." if timing else
+               ": the load average when each row was timed is in the JSON; speeds of rows "
+               "timed under different loads compare only roughly."), ""]
   if base:
     met = base["class_accuracy"] >= BAR
     lines += [f"**The bar** (the discrete baseline's samples classified correctly at least "
@@ -339,11 +422,13 @@ def write_table(path, rows, results, failed, args, meta, real):
     res = results[r]
     for e in res["entries"]:
       lab = label + (f", {e['ar_steps']} steps" if r == "mar" else "")
+      if e["name"] not in timing.get("samples_per_s", {e["name"]: 0}):
+        lab += " (samples/s: its own timed loop, not interleaved)"
       png = os.path.relpath(e["grid"], out_dir)
       body.append(f"| {lab} | {tokens} | {hname} | {res['params']:,} | {res['train_steps']} "
                   f"({_fmt_s(res['train_seconds'])}) | {e['ar_steps']} | {res['head_steps']} | "
                   f"{e['fd']:.2f} | {e['class_accuracy']:.3f} | {e['precision']:.2f} / "
-                  f"{e['recall']:.2f} | {e['samples_per_s']:.1f} | [grid]({png}) |")
+                  f"{e['recall']:.2f} | {speed(e):.1f} | [grid]({png}) |")
   if real:
     body.append(f"| *real training images* | — | — | — | — | — | — | {real['fd']:.2f} | "
                 f"{real['class_accuracy']:.3f} | — | — | {real['num_samples']} images |")
@@ -418,6 +503,9 @@ def main(argv=None):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--smoke", action="store_true", help="tiny budgets end to end (< 2 min idle)")
   p.add_argument("--report_only", action="store_true", help="only the table from results")
+  p.add_argument("--time", action="store_true",
+                 help="time every finished row's sampling interleaved in this process "
+                      "(results/timing.json), then write the table; nothing is trained")
   p.add_argument("--peek", default="",
                  help="comma-separated rows still training: sample and score their latest "
                       "checkpoint now (results/peek_ROW.json, shown as in progress); nothing "
@@ -447,7 +535,11 @@ def main(argv=None):
     except Exception as e:  # noqa: BLE001
       traceback.print_exc()
       _log.error("peek %s failed: %s", r, e)
-  if not args.report_only and not args.peek:
+  if args.time:
+    done = [r for r in rows if _done(res_dir, r)]
+    _log.info("timing %s interleaved", done)
+    _mark(res_dir, "timing", time_rows(done, args, res_dir))
+  if not args.report_only and not args.peek and not args.time:
     toks = {}
     needs_kl = any(r != "discrete" for r in want)
     needs_vq = "discrete" in want
@@ -487,12 +579,14 @@ def main(argv=None):
           "batch": next(iter(results.values()))["batch_size"] if results else "?",
           "stages": stages}
   meta["peeks"] = peeks
+  meta["timing"] = _done(res_dir, "timing")
   meta["progress"] = {r: _progress(os.path.join(args.workdir, r)) for r in rows
                       if r not in results}
   table = write_table(args.out, rows, results, failed, args, meta, real)
   with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
     json.dump({"steps": args.steps, "results": results, "real": real, "failed": failed,
-               "stages": stages, "in_progress": peeks, "progress": meta["progress"]}, f,
+               "stages": stages, "in_progress": peeks, "progress": meta["progress"],
+               "timing": meta["timing"]}, f,
               indent=2)
   _log.info("wrote %s", table)
   return 1 if failed else 0

@@ -20,7 +20,17 @@ with adaLN on t_emb + Linear(z)) models p(x | z) by denoising diffusion:
     new betas 1 - abar_k / abar_{k-1} over the kept steps; the network sees the original
     timestep); x_S ~ N(0, I); x_{k-1} = mean + [k > 0] exp(log var / 2) * temperature * noise
     (MAR multiplies the noise std of every reverse step by the temperature; the start noise is
-    not scaled), no clipping of the x_0 prediction (MAR: clip_denoised=False);
+    not scaled); by default no clipping of the x_0 prediction (MAR: clip_denoised=False);
+    `clip_denoised` = v > 0 clamps it to [-v, v] and recomputes the posterior mean (ADM);
+  * the first reverse step: the cosine schedule's last beta is capped at 0.999, so
+    abar_{T-1} ~ 2.4e-9, and the first step's posterior mean carries the network's eps error
+    times sqrt(abar_prev / abar_{T-1}): ~32 over the full chain (abar_prev = abar_{T-2}), ~316
+    with 100 respaced steps (abar_prev = abar_989 ~ 2.4e-4). A head whose eps error at t = T-1
+    is 0.05 (the MNIST diffusion rows after 1000 steps of batch 32, docs/continuous.md) starts
+    the respaced chain at |x| ~ 8 instead of ~1, off the inputs it was trained on, and the
+    later steps amplify it (samples of std ~200); MAR reports the same early in training
+    (LTH14/mar issues 27 and 70). `clip_denoised` at the data range bounds that first x_0 and
+    removes the blow-up (tests/heads/test_diffusion.py, test_clip_denoised_*);
   * guidance (`Diffusion.guide`): inside every reverse step the network runs on the conditional
     and unconditional z with the same x_t and eps = eps_u + s (eps_c - eps_u); the variance is
     the conditional one (MAR's forward_with_cfg keeps each half's own variance channels and
@@ -63,10 +73,18 @@ class DiffusionFields:
   diffusion_batch_mul: int = 4    # M (t, eps) draws per token in the loss (MAR: 4).
   num_sampling_steps: int = 100   # S respaced DDPM steps at sampling (MAR: 100).
   train_timesteps: int = 1000     # T of the cosine schedule (MAR / ADM: 1000).
+  # Sampling only: clamp every reverse step's x_0 prediction to [-v, v] (ADM's clip_denoised,
+  # which clamps to the image range [-1, 1]); 0 = no clamp (MAR: clip_denoised=False). Set it
+  # to the data's range: see the note on the first reverse step in the module docstring.
+  clip_denoised: float = 0.0
 
   def __post_init__(self):
     for name in ("width", "depth", "diffusion_batch_mul", "train_timesteps"):
       _positive_int(name, getattr(self, name))
+    v = self.clip_denoised
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+      raise ValueError(f"model.head.clip_denoised={v!r}; expected a finite number >= 0 "
+                       "(0: no clamp)")
     _positive_int("num_sampling_steps", self.num_sampling_steps, upper=self.train_timesteps)
 
 
@@ -218,8 +236,9 @@ def hybrid_loss(sched: Schedule, net, x0, c, t, noise):
   return mse + vlb_term(sched, x0, xt, t, frozen)
 
 
-def ddpm_sample(sched: Schedule, eps_and_v, shape, key, temperature):
+def ddpm_sample(sched: Schedule, eps_and_v, shape, key, temperature, clip_denoised: float = 0.0):
   """Ancestral sampling over `sched`: eps_and_v(x_t, original timestep float) -> [..., 2C].
+  clip_denoised > 0: every step's x0 prediction clamped to [-v, v] (ADM's clip_denoised).
   Returns x_0 float32 of `shape`."""
   k0, kloop = jax.random.split(key)
   num = len(sched.betas)
@@ -228,7 +247,9 @@ def ddpm_sample(sched: Schedule, eps_and_v, shape, key, temperature):
   def body(j, x):
     i = num - 1 - j
     idx = jnp.full(shape[:-1], i, jnp.int32)
-    mean, logvar, _ = p_mean_logvar(sched, eps_and_v(x, tmap[i]), x, idx)
+    mean, logvar, x0 = p_mean_logvar(sched, eps_and_v(x, tmap[i]), x, idx)
+    if clip_denoised > 0:
+      mean, _ = q_posterior(sched, jnp.clip(x0, -clip_denoised, clip_denoised), x, idx)
     noise = jax.random.normal(jax.random.fold_in(kloop, j), shape, jnp.float32)
     return mean + (i > 0) * jnp.exp(0.5 * logvar) * noise * temperature
 
@@ -264,7 +285,8 @@ class Diffusion(Distribution):
     check_temperature(self.head_name, temperature)
     sched = sampling_schedule(self.fields.train_timesteps, self.fields.num_sampling_steps)
     return ddpm_sample(sched, lambda x, t: self.net(x, t, self.c),
-                       self.c.shape[:2] + (self.channels,), key, temperature)
+                       self.c.shape[:2] + (self.channels,), key, temperature,
+                       self.fields.clip_denoised)
 
   def guide(self, uncond: "Diffusion", scale) -> "GuidedDiffusion":
     s = broadcast_scale(scale, self.c[..., 0])
@@ -294,7 +316,7 @@ class GuidedDiffusion(Distribution):
     f = self.cond.fields
     sched = sampling_schedule(f.train_timesteps, f.num_sampling_steps)
     return ddpm_sample(sched, self.guided_output, self.cond.c.shape[:2] + (self.cond.channels,),
-                       key, temperature)
+                       key, temperature, f.clip_denoised)
 
   def loss(self, targets, key=None, weights=None):
     raise ValueError("a guided diffusion head is for sampling; train the conditional one")
