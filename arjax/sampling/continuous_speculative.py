@@ -123,29 +123,26 @@ def trajectory_draw(net, sched, c, key, temperature, channels: int):
 
 
 def trajectory_log_ratio(net, sched, cp, cq, traj, temperature):
-  """log p(traj) - log q(traj) [...] of trajectories traj [..., S + 1, C] drawn from p or q,
-  the DDPM chains of conditions cp, cq [..., Wd]. The start state's N(0, I) cancels; the
-  stochastic steps are Gaussians; the last step is a point mass at mean_0(y_1), so its factor
-  is 1 where both laws put y_0 at the stored token, +inf where only p does, -inf where only q
-  does (exact comparison of floats: it is a ratio of point masses)."""
+  """(log p(traj) - log q(traj) over the stochastic steps [...], same bool [...]) of
+  trajectories traj [..., S + 1, C] under the DDPM chains of conditions cp, cq [..., Wd].
+
+  The start state's N(0, I) cancels; the reverse steps S - 1 ... 1 are Gaussians. The last step
+  adds no noise: y_0 = mean_0(y_1) is a point mass whose place depends on the condition, so
+  the joint densities' ratio is the stochastic steps' ratio where both chains put y_0 at the
+  same place (`same`: the two last means, computed in one call, equal bit for bit) and 0 or
+  infinite where they do not (0 for a draft drawn from q, infinite for one drawn from p)."""
   steps = len(sched.betas)
   i = steps - 1 - jnp.arange(steps)                                            # [S]
   t = jnp.asarray(sched.timestep_map, jnp.float32)[i]
   x_in, x_out = traj[..., :-1, :], traj[..., 1:, :]                            # [..., S, C]
-
-  def step_laws(c):
-    mean, logvar, _ = p_mean_logvar(sched, net(x_in, t, c[..., None, :]), x_in,
-                                    jnp.broadcast_to(i, x_in.shape[:-1]))
-    return mean, jnp.exp(0.5 * logvar) * temperature
-
-  (mp, sp), (mq, sq) = step_laws(cp), step_laws(cq)
+  both = jnp.stack(jnp.broadcast_arrays(cp, cq))[..., None, :]                 # [2, ..., 1, Wd]
+  mean, logvar, _ = p_mean_logvar(sched, net(x_in, t, both), x_in,
+                                  jnp.broadcast_to(i, x_in.shape[:-1]))
+  scale = jnp.exp(0.5 * logvar) * temperature
   noisy = (i > 0)[:, None]
-  lp = jnp.where(noisy, normal_logpdf(x_out, mp, sp), 0.0).sum((-2, -1))
-  lq = jnp.where(noisy, normal_logpdf(x_out, mq, sq), 0.0).sum((-2, -1))
-  at_p = (mp[..., -1, :] == x_out[..., -1, :]).all(-1)
-  at_q = (mq[..., -1, :] == x_out[..., -1, :]).all(-1)
-  last = jnp.where(at_p & at_q, 0.0, jnp.where(at_p, jnp.inf, -jnp.inf))
-  return lp - lq + last
+  logpdf = jnp.where(noisy, normal_logpdf(x_out, mean, scale), 0.0).sum((-2, -1))   # [2, ...]
+  same = (mean[0, ..., -1, :] == mean[1, ..., -1, :]).all(-1)
+  return logpdf[0] - logpdf[1], same
 
 
 @SAMPLERS.register("continuous_sjd")
@@ -231,17 +228,24 @@ class ContinuousSJDSampler(SpeculativeSampler):
   def log_accept_ratio(self, p, q, x):
     """log p(x) - log q(x) [W] of the drafts x [W, C] (diffusion: trajectories [W, S + 1, C]):
     accept where log u is below it."""
-    if self.diffusion:
-      return trajectory_log_ratio(self._net, self.sched, p["c"], q["c"], x,
-                                  self.sampling.temperature)
+    if self.diffusion:   # x drawn from q: p / q = 0 where the last steps' point masses differ.
+      diff, same = trajectory_log_ratio(self._net, self.sched, p["c"], q["c"], x,
+                                        self.sampling.temperature)
+      return jnp.where(same, diff, -jnp.inf)
     return gmm_log_density(p, x) - gmm_log_density(q, x)
 
   def residual(self, key, p, q):
     """A draw [1, *D] from norm(max(0, p - q)) of one cell (leaves [1, ...]) and exact [1]."""
     if not self.diffusion:
       return residual_draw(key, p, q, self.spec.max_tries)
-    return rejection_residual(key, lambda k: self.draw_one(k, p),
-                              lambda y: -self.log_accept_ratio(p, q, y), self.spec.max_tries)
+
+    def log_q_over_p(y):   # y drawn from p: q / p = 0 where the last steps' point masses differ.
+      diff, same = trajectory_log_ratio(self._net, self.sched, p["c"], q["c"], y,
+                                        self.sampling.temperature)
+      return jnp.where(same, -diff, -jnp.inf)
+
+    return rejection_residual(key, lambda k: self.draw_one(k, p), log_q_over_p,
+                              self.spec.max_tries)
 
   def verify_row(self, key, p, q, x, valid):
     """p, q: laws over the window's cells (GMM leaves [W, K], [W, K, C]; diffusion {"c":
