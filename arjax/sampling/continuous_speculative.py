@@ -1,4 +1,5 @@
-"""'continuous_sjd': speculative Jacobi decoding of continuous tokens on the GMM head's density.
+"""'continuous_sjd': speculative Jacobi decoding of continuous tokens on the GMM head's density
+or the diffusion head's trajectory density.
 
 The loop is the SJD sampler's (arjax.sampling.speculative: a window of W drafts per pass,
 per-row acceptance, rollback by cache length, per-row keys); only the laws differ. Every cell's
@@ -25,17 +26,36 @@ fresh draws from this pass's p (as 'sjd'). Every committed token is then an exac
 p(. | committed prefix), up to the counted fallbacks (tests/sampling/
 test_continuous_speculative.py checks the joint law through the conditional CDFs).
 
-Refused, by name: heads without a tractable density ('diffusion', 'flow': their draws come from
-an inner denoising / ODE loop; the paper's denoising-trajectory acceptance for diffusion heads is
-not implemented), classifier-free guidance (GIVT's guided GMM draws by rejection with a fallback
-and has no tractable normalised density), temperature 0 (the greedy draw has no density), and
-bidirectional or non-raster orders (as 'sjd').
+The diffusion head (MAR's DDPM, arjax.heads.diffusion): a draft is a whole reverse trajectory
+y_S, ..., y_1, y_0 [S + 1, C] (the model is fed y_0, `token_of`), drawn from the chain of the
+draft's condition q (the head's embedded condition of the pass that drafted it; the initial
+drafts use condition 0). Its law has a density: N(y_S; 0, I) times the reverse steps'
+Gaussians N(y_i; mean_i(y_{i+1}), var_i temperature^2) for i = S - 1 ... 1, times a point mass at
+y_0 = mean_0(y_1) (the last step adds no noise). The test is min(1, p(tau) / q(tau)) on the
+JOINT density of the whole trajectory, and the residual max(0, p - q) is drawn over whole
+trajectories (proposal: a fresh target trajectory). This is exact for the trajectory's law
+and hence for the token's marginal (y_0's law under the target chain is the head's law, that
+of Diffusion.sample); testing only the last step's Gaussians given a shared prefix trajectory
+drawn from the draft's chain (the paper's trajectory alignment) would be exact only for the
+conditional law given that prefix, whose law is the draft's, not the target's.
+What this means here: the point mass makes p / q = 0 unless the target's and the draft's
+last means fall on the same float, which (for tokens of order 1) needs the draft's context to
+be the committed one; a rejected draft's residual is then almost surely a fresh target
+trajectory. So on a trained head the exact test accepts only drafts whose context has not
+changed since they were drafted, and the speed-up is small; the pass counts on a random head
+(docs/benchmarks.md) mean nothing. The paper's lossy last-step acceptance is not implemented.
+
+Refused, by name: heads without a tractable density ('flow': its draws come from an ODE loop),
+classifier-free guidance (GIVT's guided GMM draws by rejection with a fallback and has no
+tractable normalised density; the diffusion head's guided step laws are tractable but not
+wired in), temperature 0 (the greedy draw has no density), and bidirectional or non-raster
+orders (as 'sjd').
 
 Options: `window` (1 .. N - 1; 0: min(16, N - 1)) and `max_tries` (>= 1) of config.sampling /
 SamplingConfig (`python -m arjax.sample --sampler continuous_sjd --window 8 --max_tries 100`).
 
 Legend: B batch, N tokens per image, W window, K mixture components, C channels per token,
-T max_tries.
+T max_tries, S the diffusion head's sampling steps, Wd its MLP width.
 """
 from __future__ import annotations
 
