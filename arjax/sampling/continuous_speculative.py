@@ -193,6 +193,12 @@ class ContinuousSJDSampler(SpeculativeSampler):
                        f"'sequential'")
     if self.diffusion:
       f = head.fields
+      # main's head gained clip_denoised (clamped x0 per step); the trajectory laws here are
+      # the unclamped chain's, so a clamping head is refused rather than sampled off its law.
+      if getattr(f, "clip_denoised", 0.0):
+        raise ValueError(f"model.head.clip_denoised={f.clip_denoised}; sampler {self.name!r} "
+                         f"scores the unclamped DDPM chain: use clip_denoised=0, or sampler "
+                         f"'sequential'")
       self.sched = sampling_schedule(f.train_timesteps, f.num_sampling_steps)
       self.steps, self.channels = f.num_sampling_steps, int(head.token_shape[0])
       self.cond_width = int(f.width)
