@@ -107,13 +107,13 @@ def table(rs: List[Dict], n: int) -> str:
   return "\n".join(lines)
 
 
-def smoke_model(continuous: bool = False):
+def smoke_model(continuous: bool = False, head: str = "gmm"):
   from arjax.config import base_config
   from arjax.core.functional import FunctionalModel
   from arjax.models import build_model
   if continuous:
     from arjax.config import load_config
-    c = load_config("configs/continuous/causal.py:head=gmm,smoke")
+    c = load_config(f"configs/continuous/causal.py:head={head},smoke")
     c.mesh.data = 1
     fm = FunctionalModel(build_model(c, seed=0))
     return fm, fm.initial_params(), c
@@ -129,12 +129,14 @@ def smoke_model(continuous: bool = False):
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", default=None, help="a trained raster_ar run (arjax.load)")
-  p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-  p.add_argument("--windows", type=int, nargs="+", default=[4, 8, 16])
+  p.add_argument("--batches", type=int, nargs="+", default=None, help="default: 1 16")
+  p.add_argument("--windows", type=int, nargs="+", default=None, help="default: 4 8 16")
   p.add_argument("--samplers", nargs="+", default=None,
                  help="default: sjd mc_sjd gsd; continuous_sjd for a continuous head")
   p.add_argument("--continuous", action="store_true",
                  help="with --smoke: the causal continuous AR with the GMM head")
+  p.add_argument("--head", default="gmm", choices=("gmm", "diffusion"),
+                 help="with --smoke --continuous: the continuous head")
   p.add_argument("--max_tries", type=int, default=100,
                  help="continuous_sjd: proposals of the residual's acceptance-rejection")
   p.add_argument("--temperature", type=float, default=1.0)
@@ -146,8 +148,10 @@ def main(argv=None):
   args = p.parse_args(argv)
   from arjax.sampling import SamplingConfig
   if args.smoke:
-    fm, params, config = smoke_model(args.continuous)
-    args.batches, args.windows, args.repeats = [1, 2], [4], 1
+    fm, params, config = smoke_model(args.continuous, args.head)
+    # Batches / windows given on the command line are kept (a random-weight pass count).
+    args.batches, args.windows = args.batches or [1, 2], args.windows or [4]
+    args.repeats = 1
     what = "smoke: random weights (acceptance means nothing)"
   elif args.workdir:
     from arjax import loading
@@ -155,6 +159,7 @@ def main(argv=None):
     what = f"trained run {args.workdir} (step {loading.resolve_step(args.workdir, None)})"
   else:
     p.error("give --workdir RUN (a trained raster_ar run) or --smoke")
+  args.batches, args.windows = args.batches or [1, 16], args.windows or [4, 8, 16]
   n = fm.bind(params).tokenizer.tokens_per_image
   continuous = fm.bind(params).tokenizer.vocab_size == 0
   args.samplers = args.samplers or (["continuous_sjd"] if continuous else list(SPECULATIVE))

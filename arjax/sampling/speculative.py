@@ -165,6 +165,11 @@ class SpeculativeSampler(Sampler):
     """The initial drafts of one row [N, *T], drawn from `initial_law` per cell."""
     return jax.random.randint(key, (self.num_tokens,), 0, self.vocab_size, jnp.int32)
 
+  def token_of(self, drafts):
+    """The model's tokens of drafts [..., *D] (identity here; continuous_sjd on the diffusion
+    head keeps whole denoising trajectories as drafts and feeds their last state)."""
+    return drafts
+
   def draw_one(self, key, law):
     """One token [*T] from the law of one cell."""
     return jax.random.categorical(key, _log(law)).astype(jnp.int32)
@@ -252,7 +257,8 @@ class SpeculativeSampler(Sampler):
       start = jnp.minimum(c["done"] - 1, n - 1 - w)  # first token fed: the last committed one.
       window = lambda a, s: jax.vmap(lambda r, i: jax.lax.dynamic_slice_in_dim(r, i, w))(a, s)
       fed = window(c["tokens"], start)
-      dist, cache = model.decode_tokens(g.double(fed), g.double(start), c["cache"])
+      dist, cache = model.decode_tokens(g.double(self.token_of(fed)), g.double(start),
+                                        c["cache"])
       cells = start[:, None] + 1 + jnp.arange(w, dtype=jnp.int32)  # [B, W] cells predicted.
       p = self.target_law(dist, cells)
       x = window(c["tokens"], start + 1)
@@ -279,7 +285,7 @@ class SpeculativeSampler(Sampler):
     stats = {"passes": c["t"] + 1, "row_passes": c["row_passes"],
              "residual_draws": c["counts"][:, 0], "fallbacks": c["counts"][:, 1]}
     # Returning the caches lets XLA alias the donated buffers (updated in place).
-    return c["tokens"], stats, c["cache"]
+    return self.token_of(c["tokens"]), stats, c["cache"]
 
   def row_keys(self, rng, batch: int):
     """One key, split per row, or a key per row [B] (typed or raw uint32 keys)."""
