@@ -46,6 +46,7 @@ from flax import nnx
 from arjax.heads.base import token_metrics
 from arjax.heads.diffusion import DiffusionFields, DiffusionHead
 from arjax.models.registry import MODELS
+from arjax.models.flexvar import encoder_latents
 from arjax.models.var import VAR, VarFields
 from arjax.nn.layers import make_param
 from arjax.orders import register_support
@@ -145,10 +146,13 @@ class HART(VAR):
                      "(tokenizer.checkpoint = a 'multiscale' run with quantizer.hybrid=True)")
 
   def _tokenizer_split(self, images):
-    from arjax.models.autoencoder import to_float
-    ae = self._autoencoder()
-    x = to_float(images, ae.image_size, ae.channels)
-    return ae.quantizer.hybrid_split(jax.lax.stop_gradient(ae.latents(x)))
+    """uint8 images -> (tokens, f_hat_discrete, residual) through the frozen hybrid run."""
+    return self.scale_quantizer().hybrid_split(encoder_latents(self.tokenizer, images))
+
+  def encode_images(self, images):
+    """uint8 images [B, H, W, C] -> (tokens int32 [B, N], residual [B, s, s, Dv])."""
+    tokens, _, residual = self._tokenizer_split(images)
+    return tokens, residual
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
