@@ -230,3 +230,32 @@ def test_himar_sizes_match_the_readme_within_one_percent(size):
   config = load_config(f"configs/imagenet256/himar.py:size={size}")
   count = FunctionalModel.abstract(lambda: build_model(config)).param_count()
   assert abs(count / HIMAR_README[size] - 1) < 0.01, (size, count)
+
+
+def mar_simple_mlp_adaln_params(cin: int, width: int, depth: int, cz: int) -> int:
+  """MAR's SimpleMLPAdaLN (diffloss.py) parameter count, output 2 cin: timestep MLP 256 -> W
+  -> W, cond Linear(cz, W), input Linear(cin, W), depth ResBlocks (affine LN, MLP W -> W -> W,
+  adaLN W -> 3W), final adaLN W -> 2W and Linear(W, 2 cin)."""
+  w = width
+  time = 256 * w + w + w * w + w
+  block = 2 * w + 2 * (w * w + w) + 3 * w * w + 3 * w
+  final = 2 * w * w + 2 * w + w * 2 * cin + 2 * cin
+  return time + (cz * w + w) + (cin * w + w) + depth * block + final
+
+
+@pytest.mark.parametrize("depth", [16, 30])
+def test_hart_count_is_var_plus_the_residual_head(depth):
+  """HART's released code has no ImageNet class-conditional count (its models are text-to-image),
+  so the check is structural: VAR's count at the depth (tests/convert/test_var.py checks VAR's
+  against the official code) + MAR's SimpleMLPAdaLN at HART's width 1024, depth 6 on Cvae = 32
+  with z of the backbone's width (36,061,248 at d16: HART's '~37M' head) + the affine LayerNorm
+  of the condition (2 C)."""
+  from arjax.inspect import inspect_config
+  hart = inspect_config(load_config(f"configs/imagenet256/hart.py:depth={depth}"))
+  var = inspect_config(load_config(f"configs/imagenet256/var.py:depth={depth}"))
+  c = 64 * depth
+  head = mar_simple_mlp_adaln_params(32, 1024, 6, c)
+  assert hart["params_by_module"]["residual_head"] == head
+  assert hart["params"] == var["params"] + head + 2 * c
+  if depth == 16:
+    assert head == 36_061_248

@@ -5,6 +5,7 @@ from arjax.models import ordered_ar  # noqa: F401  ('ordered_ar': RAR, RandAR, L
 from arjax.models import nar  # noqa: F401  ('nar')
 from arjax.models import arpg  # noqa: F401  ('arpg')
 from arjax.models import var  # noqa: F401  ('var': next-scale prediction)
+from arjax.models import hart  # noqa: F401  ('hart': VAR + residual diffusion head)
 from arjax.models import flexvar  # noqa: F401  ('flexvar': non-residual, any scale list)
 from arjax.models import hmar  # noqa: F401  ('hmar': Markovian scales + masked refinement)
 from arjax.models import ardm  # noqa: F401  ('ardm': order-agnostic AR diffusion)

@@ -279,14 +279,18 @@ class VAR(nnx.Module):
     lvl = jnp.take(self.level_embed[...], self.order.level_ids, axis=0)
     return x + (lvl + self.pos_embed[...])[None], cond
 
-  def forward_inputs(self, inputs, labels, *, train: bool = False, key=None):
-    """Teacher-forced forward from f_hat inputs: Categorical over [B, N]."""
+  def hidden_inputs(self, inputs, labels, *, train: bool = False, key=None):
+    """Teacher-forced blocks from f_hat inputs: (final hidden [B, N, C], cond [B, C])."""
     x, cond = self.embed(inputs, labels)
     mask = self.order.train_mask()
     keys = [None] * self.depth if key is None else list(jax.random.split(key, self.depth))
     for blk, k in zip(self.blocks, keys):
       x, _ = blk(x, cond, mask, key=k if train else None)
-    return self.head(x, cond)
+    return x, cond
+
+  def forward_inputs(self, inputs, labels, *, train: bool = False, key=None):
+    """Teacher-forced forward from f_hat inputs: Categorical over [B, N]."""
+    return self.head(*self.hidden_inputs(inputs, labels, train=train, key=key))
 
   def forward(self, tokens, labels, *, train: bool = False, key=None):
     """tokens int32 [B, N], labels int32 [B] -> Categorical over [B, N]."""
@@ -335,6 +339,12 @@ class VAR(nnx.Module):
     the sampling scale list's order; VAR's fixed tables admit only its own (the sampler's
     check_scales refuses others), so it is not read here."""
     del order
+    dist, caches, _ = self.decode_scale_hidden(k, inputs, labels, caches)
+    return dist, caches
+
+  def decode_scale_hidden(self, k: int, inputs: Optional[jax.Array], labels, caches):
+    """As `decode_scale`, also returning the scale's final hidden states [B, h_k^2, C] (what a
+    continuous head on the scale reads, HART)."""
     a, e = self.order.bounds[k]
     cond = self.cond(labels)
     if k == 0:
@@ -347,7 +357,7 @@ class VAR(nnx.Module):
     for blk, cache in zip(self.blocks, caches):
       x, cache = blk(x, cond, mask, cache=cache, index=a)
       out.append(cache)
-    return self.head(x, cond), out
+    return self.head(x, cond), out, x
 
   def default_sampler(self) -> str:
     return "next_scale"

@@ -40,6 +40,10 @@ model's per-scale flow head integrates the scale's ODE (Euler / Heun, CFG on the
 the drawn map, upsampled by the model (`next_input`), is the next pass's input; its tokens are
 the final scale's latent (the first output of `sample_with_fhat`; the second: every scale).
 
+A model with a continuous residual (HART, arjax.models.hart: `residual_dist`) adds, after the K
+scales, its residual head's sample on the last scale's grid, conditioned on that scale's hidden
+states (`decode_scale_hidden`) and drawn tokens, guided on eps: f = f_hat_discrete + residual.
+
 Legend: B batch, N tokens, K scales, H/W latent grid, Dv code dim, s side of a scale.
 """
 from __future__ import annotations
@@ -138,9 +142,13 @@ class NextScaleSampler(Sampler):
     inputs = None
     num_steps = order.num_steps()
     schedule = (model.refine_schedule(order) if hasattr(model, "refine_schedule") else None)
+    hybrid, last = hasattr(model, "residual_dist"), len(order.scales) - 1
     for k, s in enumerate(order.scales):
       a, e = order.bounds[k]
-      dist, cache = model.decode_scale(k, inputs, feed, state.cache, order=order)
+      if hybrid and k == last:  # the hidden states the residual head reads (HART)
+        dist, cache, hidden = model.decode_scale_hidden(k, inputs, feed, state.cache)
+      else:
+        dist, cache = model.decode_scale(k, inputs, feed, state.cache, order=order)
       to_grid = lambda x, a=a: jax.lax.dynamic_update_slice_in_dim(
           jnp.zeros((b, n) + x.shape[2:], x.dtype), x, a, axis=1)
       counts = schedule[k] if schedule is not None else (s * s,)
@@ -164,6 +172,8 @@ class NextScaleSampler(Sampler):
       if k + 1 < len(order.scales):
         nxt = order.scales[k + 1]
         inputs = g.double(area_resize(f_hat, nxt).reshape(b, nxt * nxt, vq.code_dim))
+    if hybrid:
+      f_hat = f_hat + self._residual(model, hidden, state, order, num_steps)
     return state.tokens, f_hat
 
   def _sample_continuous(self, model, labels, rng):
@@ -194,6 +204,21 @@ class NextScaleSampler(Sampler):
       if k + 1 < len(order.scales):
         inputs = g.double(model.next_input(x, k))
     return maps[-1], jnp.concatenate(maps, 1)
+
+  def _residual(self, model, hidden, state, order, num_steps):
+    """HART's continuous residual [B, s, s, Dv] of the last scale: the residual head's DDPM
+    sample conditioned on the last scale's hidden states [B (2B under CFG), s^2, C] and its
+    drawn tokens, guided on eps at the last scale's guidance scale (the progress of its step)."""
+    b, s = state.tokens.shape[0], order.scales[-1]
+    g = self.guidance
+    a, e = order.bounds[-1]
+    rdist = model.residual_dist(hidden, g.double(state.tokens[:, a:e]))
+    progress = g.progress(state.known.sum(1) - (e - a), order.num_tokens, state.step - 1,
+                          num_steps)
+    guided = g.guide(rdist, progress)
+    r = guided.sample(jax.random.fold_in(state.key, 2_000_000),
+                      temperature=self.sampling.temperature)
+    return r.reshape(b, s, s, -1)
 
   def _refine(self, model, k: int, ns_inputs, cells, guided, counts, labels, key):
     """In-scale masked refinement of scale k (HMAR): cells int32 [B, L] drawn from `guided`
@@ -285,3 +310,12 @@ class NextScaleSampler(Sampler):
     [N] / [B, N] / [H, W] / [B, H, W] and given int [B, N]: keep those cells of the edited image
     (inpainting, outpainting, class-conditional editing; module docstring)."""
     return self.sample_with_fhat(params, labels, rng, scales, known=known, given=given)[0]
+
+  def sample_images(self, params, labels, rng, **kw):
+    """-> uint8 images [B, H, W, C]. A model with a continuous residual (HART) decodes its
+    f_hat_discrete + residual (`decode_fhat`); the others decode their tokens."""
+    model = self.fm.bind(params)
+    if not hasattr(model, "decode_fhat"):
+      return super().sample_images(params, labels, rng, **kw)
+    f_hat = self.sample_with_fhat(params, labels, rng, **kw)[1]
+    return model.decode_fhat(f_hat)

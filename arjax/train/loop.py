@@ -106,7 +106,11 @@ class Experiment:
     shape = tuple(self.info["image_shape"])
     # Parameters (and model state) go in as eval_shape arguments (tracers), so a learned
     # tokenizer's weights are never read as concrete arrays.
-    encode = lambda variables, x: self.fm.bind(variables).tokenizer.encode(x)
+    # A model that encodes images itself (HART: tokens and the continuous residual through its
+    # tokenizer run) is checked through its own `encode_images`.
+    def encode(variables, x):
+      m = self.fm.bind(variables)
+      return m.encode_images(x) if hasattr(m, "encode_images") else m.tokenizer.encode(x)
     try:
       jax.eval_shape(encode, self.fm.merge_model_state(self.fm.abstract_params,
                                                        self.fm.abstract_model_state),

@@ -29,6 +29,13 @@ alone reconstructs (f_hat = phi_K(e[q_K])), and the next-scale input of scale k 
 bicubic(e[q_k], s_{k+1}) (`independent_tokens`, `independent_inputs`; any scale list, so a
 generator can draw its own). The loss is the plain VQ loss of each scale's map against area(f).
 
+Hybrid (`hybrid=True`, HART, Tang et al. 2024; mit-han-lab/hart HARTHybridQuantizer): after the
+last discrete scale the leftover residual r = f - f_hat_discrete is the continuous residual token
+map (`hybrid_split`). In training the decoder reads f_hat_discrete + r (= f) with probability
+1 - skip_continuous_prob and f_hat_discrete alone otherwise (one draw per batch, as HART's
+random.random()), both straight-through, so the decoder learns both paths; in evaluation it reads
+f_hat_discrete + r. The VQ loss is VAR's.
+
 Legend: B batch, H/W final latent grid, D code dim, K scales, V codebook size, N = sum s_k^2.
 """
 from __future__ import annotations
@@ -54,6 +61,8 @@ FIELDS = {
     "num_phi": (4, "phi convs shared across scales by nearest tick (VAR share_quant_resi)"),
     "l2_norm": (False, "cosine lookup (VAR using_znorm)"),
     "residual": (True, "False: each scale quantizes area(f, s) on its own (FlexVAR)"),
+    "hybrid": (False, "HART: the decoder also reads the continuous residual f - f_hat"),
+    "skip_continuous_prob": (0.5, "hybrid: training probability of decoding f_hat alone"),
 }
 
 
@@ -64,6 +73,12 @@ def phi_index(scale_index: int, num_scales: int, num_phi: int) -> int:
   return int(np.argmin(np.abs(ticks - at)))
 
 
+def hybrid_decoder_input(f, f_hat_discrete, keep):
+  """What HART's decoder reads: f_hat_discrete + keep (f - f_hat_discrete); f, f_hat [B, H, W, D],
+  keep bool scalar (or broadcastable). keep = False: the discrete path alone."""
+  return f_hat_discrete + jnp.asarray(keep, f.dtype) * (f - f_hat_discrete)
+
+
 class MultiScaleVQ(nnx.Module):
   """f [B, H, W, C] -> f_hat [B, H, W, C], tokens int32 [B, N] (scales concatenated)."""
 
@@ -72,9 +87,20 @@ class MultiScaleVQ(nnx.Module):
   def __init__(self, in_channels: int, *, rngs: nnx.Rngs, codebook_size: int = 4096,
                code_dim: int = 32, scales: Sequence[int] = FIELDS["scales"][0],
                beta: float = 0.25, phi_ratio: float = 0.5, num_phi: int = 4,
-               l2_norm: bool = False, residual: bool = True):
+               l2_norm: bool = False, residual: bool = True, hybrid: bool = False,
+               skip_continuous_prob: float = 0.5):
     scales = tuple(int(s) for s in scales)
     self.residual = bool(residual)
+    p = skip_continuous_prob
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+      raise ValueError(f"quantizer.skip_continuous_prob={p!r}; expected a number in [0, 1] "
+                       "(HART: 0.5)")
+    if hybrid and not residual:
+      raise ValueError("quantizer.hybrid=True needs quantizer.residual=True: the continuous "
+                       "residual is what the residual scales leave of f")
+    self.hybrid, self.skip_continuous_prob = bool(hybrid), float(p)
+    # The hybrid decoder's path draw (HART's random.random() per batch) comes from this stream.
+    self.rngs = rngs if hybrid else None
     if not scales or any(b <= a for a, b in zip(scales, scales[1:])) or scales[0] < 1:
       raise ValueError(f"quantizer.scales={list(scales)} must be positive and increasing")
     self.scales = scales
@@ -172,7 +198,6 @@ class MultiScaleVQ(nnx.Module):
     return indices, partial
 
   def __call__(self, z, *, train: bool = False) -> QuantizerOutput:
-    del train
     f = z.astype(jnp.float32) if self.proj_in is None else self.proj_in(z.astype(jnp.float32))
     self._check(f)
     indices, partial = self._residual_pass(f)
@@ -189,13 +214,49 @@ class MultiScaleVQ(nnx.Module):
       loss = loss + jnp.mean(jnp.square(f_hat - jax.lax.stop_gradient(t)))
     loss = loss / len(self.scales)
     f_hat = partial[-1]
+    if self.hybrid:
+      metrics_keep = self.continuous_keep(train)
+      f_hat = hybrid_decoder_input(f_sg, f_hat, metrics_keep)
     st = f + jax.lax.stop_gradient(f_hat - f)
     b = z.shape[0]
     tokens = jnp.concatenate([i.reshape(b, -1) for i in indices], axis=1)
     metrics = {"quant_error": jnp.mean(jnp.square(f_hat - f_sg))}
     metrics.update(usage_metrics(tokens, self.vocab_size))
+    if self.hybrid:
+      metrics["continuous_kept"] = metrics_keep.astype(jnp.float32)
     out = st if self.proj_out is None else self.proj_out(st)
     return QuantizerOutput(out, tokens, loss, metrics)
+
+  # -- hybrid (HART) ----------------------------------------------------------------------------
+  def continuous_keep(self, train: bool, key=None):
+    """bool scalar: whether the decoder reads the continuous residual in this batch. Training:
+    u >= skip_continuous_prob, u ~ U[0, 1) from `key` (else the module's dropout stream);
+    evaluation: always."""
+    if not train:
+      return jnp.ones((), bool)
+    if key is None:
+      key = self.rngs.dropout()
+    return jax.random.uniform(key, ()) >= self.skip_continuous_prob
+
+  def hybrid_split(self, z):
+    """z [B, H, W, C] (what the quantizer reads) -> (tokens int32 [B, N], f_hat_discrete
+    [B, H, W, D], residual [B, H, W, D] = f - f_hat_discrete), all without gradient."""
+    f = z.astype(jnp.float32) if self.proj_in is None else self.proj_in(z.astype(jnp.float32))
+    self._check(f)
+    f = jax.lax.stop_gradient(f)
+    indices, partial = self._residual_pass(f)
+    tokens = jnp.concatenate([i.reshape(z.shape[0], -1) for i in indices], axis=1)
+    return tokens, partial[-1], f - partial[-1]
+
+  def decode_hybrid(self, tokens, residual) -> jax.Array:
+    """tokens int32 [B, N], residual [B, H, W, D] -> f_hat_discrete + residual [B, H, W, C]."""
+    want = self.grid + (self.code_dim,)
+    if residual.ndim != 4 or tuple(residual.shape[1:]) != want:
+      raise ValueError(f"multi-scale VQ decode_hybrid: residual must be [B, {want[0]}, {want[1]}, "
+                       f"{want[2]}] (the final grid x quantizer.code_dim), got "
+                       f"{list(residual.shape)}")
+    f_hat = self.partial_reconstructions(tokens)[-1] + residual.astype(jnp.float32)
+    return f_hat if self.proj_out is None else self.proj_out(f_hat)
 
   # -- tokens -----------------------------------------------------------------------------------
   def encode(self, z) -> jax.Array:
