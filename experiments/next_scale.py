@@ -68,20 +68,28 @@ def rows_of(requested=""):
   return rows
 
 
-def _paths(args):
-  w = args.workdir
-  return dict(tokenizer=os.path.join(w, "tokenizer"),
-              cache=os.path.join(w, "cache", "{split}.array_record"),
+def flat_rows():
+  """Rows on the non-residual tokenizer's tokens (compare.py FLAT: FlexVAR)."""
+  return set(getattr(_module(COMPARE, "next_scale_compare"), "FLAT", ()))
+
+
+def _paths(args, flat=False):
+  """flat: the non-residual tokenizer run and its cache (tokenizer_flat, cache_flat)."""
+  w, sfx = args.workdir, "_flat" if flat else ""
+  return dict(tokenizer=os.path.join(w, "tokenizer" + sfx),
+              cache=os.path.join(w, "cache" + sfx, "{split}.array_record"),
               results=os.path.join(w, "results"))
 
 
-def _tok_spec(args):
+def _tok_spec(args, flat=False):
   a = ["smoke"] if args.smoke else [f"steps={args.tokenizer_steps}"]
+  if flat:
+    a.append("residual=false")
   return TOKENIZER + ":" + ",".join(a)
 
 
 def _row_spec(row, args, steps):
-  p = _paths(args)
+  p = _paths(args, row in flat_rows())
   a = [f"model={row}", f"tokenizer={p['tokenizer']}", f"cache={p['cache']}", f"steps={steps}"]
   if args.smoke:
     a.append("smoke")
@@ -107,32 +115,34 @@ def _write(path, obj):
 
 
 # -- stages ----------------------------------------------------------------------------------
-def stage_tokenizer(args):
+def stage_tokenizer(args, flat=False):
   from arjax.config import load_config
   from arjax.train import train_and_evaluate
-  path = os.path.join(_paths(args)["results"], "tokenizer.json")
+  name = "tokenizer_flat" if flat else "tokenizer"
+  path = os.path.join(_paths(args)["results"], name + ".json")
   done = _read(path)
   if done:
-    _log.info("tokenizer: done before (%s)", path)
+    _log.info("%s: done before (%s)", name, path)
     return done
-  config = load_config(_tok_spec(args))
+  config = load_config(_tok_spec(args, flat))
   t0 = time.time()
-  final = train_and_evaluate(config, _paths(args)["tokenizer"])
+  final = train_and_evaluate(config, _paths(args, flat)["tokenizer"])
   keep = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
-  res = {"config": _rel(_tok_spec(args)), "steps": int(config.train.num_steps),
+  res = {"config": _rel(_tok_spec(args, flat)), "steps": int(config.train.num_steps),
          "scales": list(config.model.quantizer.scales),
+         "residual": bool(config.model.quantizer.get("residual", True)),
          "codebook_size": int(config.model.quantizer.codebook_size),
          "batch_size": int(config.train.batch_size),
          "seconds": time.time() - t0, "metrics": keep}
   _write(path, res)
-  _log.info("tokenizer: %s", {k: round(v, 4) for k, v in keep.items()})
+  _log.info("%s: %s", name, {k: round(v, 4) for k, v in keep.items()})
   return res
 
 
-def stage_cache(args):
+def stage_cache(args, flat=False):
   from arjax.train.token_cache import write_token_cache
-  p = _paths(args)
-  path = os.path.join(p["results"], "cache.json")
+  p = _paths(args, flat)
+  path = os.path.join(p["results"], "cache_flat.json" if flat else "cache.json")
   done = _read(path)
   if done:
     _log.info("cache: done before (%s)", path)
@@ -593,6 +603,9 @@ def main(argv=None) -> int:
   if not (args.report_only or args.speed_only):
     tok = stage_tokenizer(args)
     stage_cache(args)
+    if set(rows) & flat_rows():  # FlexVAR's non-residual tokens: a second tokenizer and cache.
+      tok_flat = stage_tokenizer(args, flat=True)
+      stage_cache(args, flat=True)
     # Chunk by chunk, every row in turn: the rows always stand at (about) the same budget, and
     # the section is rewritten after each round with what is there.
     for target in _targets(args):
