@@ -44,7 +44,8 @@ _log = logging.getLogger("experiments.next_scale")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "configs", "next_scale", "tokenizer.py")
 COMPARE = os.path.join(ROOT, "configs", "next_scale", "compare.py")
-LABELS = {"var": "VAR (next-scale)", "raster": "raster AR (same tokens)"}
+LABELS = {"var": "VAR (next-scale)", "raster": "raster AR (same tokens)",
+          "flexvar": "FlexVAR (non-residual tokens)", "hmar": "HMAR (Markovian + refinement)"}
 SECTION = "## Experiment"
 BAR = 0.8  # the raster baseline's class accuracy at which the budget counts as enough.
 
@@ -317,6 +318,14 @@ def kv_cache_bytes(model, batch):
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)))
 
 
+def passes_per_image(model):
+  """The order's steps, plus HMAR's refinement passes (one per extra count of its schedule)."""
+  n = int(model.order.num_steps())
+  if hasattr(model, "refine_schedule"):
+    n += sum(len(c) - 1 for c in model.refine_schedule(model.order))
+  return n
+
+
 def stage_speed(rows, args):
   """Images/s (tokens sampled and decoded) of every row, interleaved in one process."""
   import jax
@@ -352,7 +361,7 @@ def stage_speed(rows, args):
     decode = jax.jit(lambda p, t, fm=exp.fm: fm.bind(p).tokenizer.decode(t))
     guided = e.cfg_scale != 1.0
     out["rows"][r] = {
-        "train_steps": int(step), "passes_per_image": int(model.order.num_steps()),
+        "train_steps": int(step), "passes_per_image": passes_per_image(model),
         "tokens_per_image": int(model.order.num_tokens()) if callable(
             getattr(model.order, "num_tokens", None)) else int(
                 exp.fm.bind(params).tokenizer.tokens_per_image),
@@ -383,7 +392,8 @@ def section(rows, results, tok, speed, failed, args, hw, load):
            "Written by `python experiments/next_scale.py" + (" --smoke" if args.smoke else "")
            + f" --steps {args.steps}` (configs `configs/next_scale/tokenizer.py`, "
            "`configs/next_scale/compare.py:model=ROW`). Every row trains on the same token cache "
-           "of the same multi-scale tokenizer, with the same width, depth, heads, batch, "
+           "of the same multi-scale tokenizer (FlexVAR: the same recipe with residual=false, its "
+           "own run and cache), with the same width, depth, heads, batch, "
            "optimiser, learning rate, class dropout, steps and sampling settings; only the "
            "model and its order differ.", ""]
   if tok:
@@ -395,6 +405,14 @@ def section(rows, results, tok, speed, failed, args, hw, load):
               + ", ".join(f"{name} {m[k]:.3f}" for k, name in TOK_METRICS if k in m)
               + " (first 1000 test images; digit error: the offline classifier reads the "
               "reconstruction as another digit, 0.011 on the originals).", ""]
+  tok_flat = _read(os.path.join(_paths(args)["results"], "tokenizer_flat.json"))
+  if tok_flat and "flexvar" in rows:
+    m = tok_flat["metrics"]
+    lines += [f"FlexVAR's tokenizer: the same recipe with `residual=false` (every scale quantized "
+              f"on its own from the area-downsampled latent; FlexVAR predicts these), "
+              f"{tok_flat['steps']} steps ({tok_flat['seconds'] / 60:.1f} min); test "
+              + ", ".join(f"{name} {m[k]:.3f}" for k, name in TOK_METRICS if k in m)
+              + " (its reconstruction is the last scale alone).", ""]
   any_r = next(iter(results.values()), None)
   if any_r:
     if any(x.get("partial") for x in results.values()):
