@@ -44,7 +44,8 @@ _log = logging.getLogger("experiments.next_scale")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "configs", "next_scale", "tokenizer.py")
 COMPARE = os.path.join(ROOT, "configs", "next_scale", "compare.py")
-LABELS = {"var": "VAR (next-scale)", "raster": "raster AR (same tokens)"}
+LABELS = {"var": "VAR (next-scale)", "raster": "raster AR (same tokens)",
+          "flexvar": "FlexVAR (non-residual tokens)", "hmar": "HMAR (Markovian + refinement)"}
 SECTION = "## Experiment"
 BAR = 0.8  # the raster baseline's class accuracy at which the budget counts as enough.
 
@@ -68,20 +69,28 @@ def rows_of(requested=""):
   return rows
 
 
-def _paths(args):
-  w = args.workdir
-  return dict(tokenizer=os.path.join(w, "tokenizer"),
-              cache=os.path.join(w, "cache", "{split}.array_record"),
+def flat_rows():
+  """Rows on the non-residual tokenizer's tokens (compare.py FLAT: FlexVAR)."""
+  return set(getattr(_module(COMPARE, "next_scale_compare"), "FLAT", ()))
+
+
+def _paths(args, flat=False):
+  """flat: the non-residual tokenizer run and its cache (tokenizer_flat, cache_flat)."""
+  w, sfx = args.workdir, "_flat" if flat else ""
+  return dict(tokenizer=os.path.join(w, "tokenizer" + sfx),
+              cache=os.path.join(w, "cache" + sfx, "{split}.array_record"),
               results=os.path.join(w, "results"))
 
 
-def _tok_spec(args):
+def _tok_spec(args, flat=False):
   a = ["smoke"] if args.smoke else [f"steps={args.tokenizer_steps}"]
+  if flat:
+    a.append("residual=false")
   return TOKENIZER + ":" + ",".join(a)
 
 
 def _row_spec(row, args, steps):
-  p = _paths(args)
+  p = _paths(args, row in flat_rows())
   a = [f"model={row}", f"tokenizer={p['tokenizer']}", f"cache={p['cache']}", f"steps={steps}"]
   if args.smoke:
     a.append("smoke")
@@ -107,32 +116,34 @@ def _write(path, obj):
 
 
 # -- stages ----------------------------------------------------------------------------------
-def stage_tokenizer(args):
+def stage_tokenizer(args, flat=False):
   from arjax.config import load_config
   from arjax.train import train_and_evaluate
-  path = os.path.join(_paths(args)["results"], "tokenizer.json")
+  name = "tokenizer_flat" if flat else "tokenizer"
+  path = os.path.join(_paths(args)["results"], name + ".json")
   done = _read(path)
   if done:
-    _log.info("tokenizer: done before (%s)", path)
+    _log.info("%s: done before (%s)", name, path)
     return done
-  config = load_config(_tok_spec(args))
+  config = load_config(_tok_spec(args, flat))
   t0 = time.time()
-  final = train_and_evaluate(config, _paths(args)["tokenizer"])
+  final = train_and_evaluate(config, _paths(args, flat)["tokenizer"])
   keep = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
-  res = {"config": _rel(_tok_spec(args)), "steps": int(config.train.num_steps),
+  res = {"config": _rel(_tok_spec(args, flat)), "steps": int(config.train.num_steps),
          "scales": list(config.model.quantizer.scales),
+         "residual": bool(config.model.quantizer.get("residual", True)),
          "codebook_size": int(config.model.quantizer.codebook_size),
          "batch_size": int(config.train.batch_size),
          "seconds": time.time() - t0, "metrics": keep}
   _write(path, res)
-  _log.info("tokenizer: %s", {k: round(v, 4) for k, v in keep.items()})
+  _log.info("%s: %s", name, {k: round(v, 4) for k, v in keep.items()})
   return res
 
 
-def stage_cache(args):
+def stage_cache(args, flat=False):
   from arjax.train.token_cache import write_token_cache
-  p = _paths(args)
-  path = os.path.join(p["results"], "cache.json")
+  p = _paths(args, flat)
+  path = os.path.join(p["results"], "cache_flat.json" if flat else "cache.json")
   done = _read(path)
   if done:
     _log.info("cache: done before (%s)", path)
@@ -307,6 +318,14 @@ def kv_cache_bytes(model, batch):
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)))
 
 
+def passes_per_image(model):
+  """The order's steps, plus HMAR's refinement passes (one per extra count of its schedule)."""
+  n = int(model.order.num_steps())
+  if hasattr(model, "refine_schedule"):
+    n += sum(len(c) - 1 for c in model.refine_schedule(model.order))
+  return n
+
+
 def stage_speed(rows, args):
   """Images/s (tokens sampled and decoded) of every row, interleaved in one process."""
   import jax
@@ -342,7 +361,7 @@ def stage_speed(rows, args):
     decode = jax.jit(lambda p, t, fm=exp.fm: fm.bind(p).tokenizer.decode(t))
     guided = e.cfg_scale != 1.0
     out["rows"][r] = {
-        "train_steps": int(step), "passes_per_image": int(model.order.num_steps()),
+        "train_steps": int(step), "passes_per_image": passes_per_image(model),
         "tokens_per_image": int(model.order.num_tokens()) if callable(
             getattr(model.order, "num_tokens", None)) else int(
                 exp.fm.bind(params).tokenizer.tokens_per_image),
@@ -373,7 +392,8 @@ def section(rows, results, tok, speed, failed, args, hw, load):
            "Written by `python experiments/next_scale.py" + (" --smoke" if args.smoke else "")
            + f" --steps {args.steps}` (configs `configs/next_scale/tokenizer.py`, "
            "`configs/next_scale/compare.py:model=ROW`). Every row trains on the same token cache "
-           "of the same multi-scale tokenizer, with the same width, depth, heads, batch, "
+           "of the same multi-scale tokenizer (FlexVAR: the same recipe with residual=false, its "
+           "own run and cache), with the same width, depth, heads, batch, "
            "optimiser, learning rate, class dropout, steps and sampling settings; only the "
            "model and its order differ.", ""]
   if tok:
@@ -385,6 +405,14 @@ def section(rows, results, tok, speed, failed, args, hw, load):
               + ", ".join(f"{name} {m[k]:.3f}" for k, name in TOK_METRICS if k in m)
               + " (first 1000 test images; digit error: the offline classifier reads the "
               "reconstruction as another digit, 0.011 on the originals).", ""]
+  tok_flat = _read(os.path.join(_paths(args)["results"], "tokenizer_flat.json"))
+  if tok_flat and "flexvar" in rows:
+    m = tok_flat["metrics"]
+    lines += [f"FlexVAR's tokenizer: the same recipe with `residual=false` (every scale quantized "
+              f"on its own from the area-downsampled latent; FlexVAR predicts these), "
+              f"{tok_flat['steps']} steps ({tok_flat['seconds'] / 60:.1f} min); test "
+              + ", ".join(f"{name} {m[k]:.3f}" for k, name in TOK_METRICS if k in m)
+              + " (its reconstruction is the last scale alone).", ""]
   any_r = next(iter(results.values()), None)
   if any_r:
     if any(x.get("partial") for x in results.values()):
@@ -593,6 +621,9 @@ def main(argv=None) -> int:
   if not (args.report_only or args.speed_only):
     tok = stage_tokenizer(args)
     stage_cache(args)
+    if set(rows) & flat_rows():  # FlexVAR's non-residual tokens: a second tokenizer and cache.
+      tok_flat = stage_tokenizer(args, flat=True)
+      stage_cache(args, flat=True)
     # Chunk by chunk, every row in turn: the rows always stand at (about) the same budget, and
     # the section is rewritten after each round with what is there.
     for target in _targets(args):

@@ -326,24 +326,43 @@ class FlexVAR(VAR):
     return emb, bicubic_resize(emb, nxt).reshape(idx.shape[0], nxt * nxt, vq.code_dim)
 
 
-def encoder_latents(tokenizer, images):
-  """uint8 images [B, H, W, C] -> the quantizer's input [B, G, G, Zq] through the frozen
-  autoencoder behind a tokenizer (the module, a trained run, or a 'cached' tokenizer's decoder)."""
-  from arjax.models.autoencoder import to_float
+def _autoencoder(tokenizer):
+  """The autoencoder module behind a tokenizer (the module, a trained run, or a 'cached'
+  tokenizer's decoder), or None."""
   seen = tokenizer
   for _ in range(4):
     if seen is None:
       break
     if hasattr(seen, "latents") and hasattr(seen, "image_size"):
-      ae = seen
-    elif hasattr(seen, "fm") and hasattr(seen, "variables"):
-      ae = seen.fm.bind(seen.variables)
-    else:
-      seen = getattr(seen, "decoder", None)
-      continue
-    return jax.lax.stop_gradient(ae.latents(to_float(images, ae.image_size, ae.channels)))
-  raise ValueError(f"model 'flexvar' trains on images through the tokenizer's encoder, but "
-                   f"{type(tokenizer).__name__} has none: pass batch['latent'] or cached tokens")
+      return seen
+    if hasattr(seen, "fm") and hasattr(seen, "variables"):
+      return seen.fm.bind(seen.variables)
+    seen = getattr(seen, "decoder", None)
+  return None
+
+
+def encoder_latents(tokenizer, images):
+  """uint8 images [B, H, W, C] -> the quantizer's input [B, G, G, Zq] through the frozen
+  autoencoder behind a tokenizer (the module, a trained run, or a 'cached' tokenizer's decoder)."""
+  from arjax.models.autoencoder import to_float
+  ae = _autoencoder(tokenizer)
+  if ae is None:
+    raise ValueError(f"model 'flexvar' trains on images through the tokenizer's encoder, but "
+                     f"{type(tokenizer).__name__} has none: pass batch['latent'] or cached tokens")
+  return jax.lax.stop_gradient(ae.latents(to_float(images, ae.image_size, ae.channels)))
+
+
+def decode_latent(tokenizer, f_hat):
+  """A sampled reconstruction f_hat float32 [B, S, S, Dv] of ANY side S (a list ending above
+  the tokenizer grid G: a larger latent) -> uint8 images [B, S F, S F, C] through the frozen
+  autoencoder's (fully convolutional; its attention takes any number of positions) decoder,
+  F = image side / G. At S = G it is what decoding the last scale's tokens gives."""
+  from arjax.models.autoencoder import to_uint8
+  ae = _autoencoder(tokenizer)
+  if ae is None:
+    raise ValueError(f"{type(tokenizer).__name__} has no autoencoder to decode a sampled latent "
+                     "to pixels (set tokenizer.checkpoint to the tokenizer run)")
+  return to_uint8(jax.lax.stop_gradient(ae.decode_latents(f_hat)))
 
 
 register_support("flexvar", mask_kinds=("block",), orders=("scales",))

@@ -16,6 +16,12 @@ categorical head, GIVT's density rule for the GMM, inside the inner loop for ite
 p is the fraction of tokens decoded before this step (`by='tokens'`: t/N for a sequential
 sampler), the fraction decoded after it (`by='revealed'`: MAR's (N - mask_len) / N; the 'order'
 sampler over order 'masked' with reveal='mar') or the step fraction t/(T-1) (`by='steps'`).
+
+`steps_cap` C > 0 (by='steps' only): p = t / min(T - 1, C), NOT clipped above 1. FlexVAR's ramp
+(jiaosiyu1999/FlexVAR models/flexvar.py autoregressive_infer_cfg: ratio = si / min(K - 1, 9),
+t = cfg ratio): the ramp of a 10-step list, so a list of more than 10 steps reaches cfg at step 9
+and keeps growing (13 steps: 12/9 cfg at the last). Its other rule (t = cfg for sides above
+max_pn = 16, drawn greedily) concerns only sides beyond the trained 16 and is not ported.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ class GuidanceSchedule:
   power: float = 1.0   # power_cosine exponent p.
   by: str = "tokens"   # progress: 'tokens' (fraction decoded before the step), 'revealed'
                        # (after it) or 'steps' (t / (T - 1)).
+  steps_cap: int = 0   # by='steps': t / min(T - 1, steps_cap), unclipped (FlexVAR: 9); 0: off.
 
   def __post_init__(self):
     if self.kind not in GUIDANCE_KINDS:
@@ -47,6 +54,9 @@ class GuidanceSchedule:
                        "'steps'")
     if self.power <= 0:
       raise ValueError(f"guidance schedule power={self.power}; expected > 0")
+    if self.steps_cap < 0 or (self.steps_cap and self.by != "steps"):
+      raise ValueError(f"guidance schedule steps_cap={self.steps_cap} (eval.cfg_steps_cap); "
+                       f"expected 0, or > 0 with by='steps' (got by={self.by!r})")
 
   @property
   def enabled(self) -> bool:
@@ -54,7 +64,8 @@ class GuidanceSchedule:
 
   def at(self, progress):
     """Guidance scale at progress in [0, 1] (scalar or array)."""
-    p = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+    # Clipped to [0, 1], except above under steps_cap (FlexVAR's ramp passes 1).
+    p = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, None if self.steps_cap else 1.0)
     if self.kind == "constant":
       return jnp.full_like(p, self.scale)
     if self.kind == "linear":
@@ -64,7 +75,10 @@ class GuidanceSchedule:
   def progress(self, tokens_done, num_tokens, step, num_steps):
     if self.by in ("tokens", "revealed"):  # the caller counts before or after the step.
       return jnp.asarray(tokens_done, jnp.float32) / num_tokens
-    return jnp.asarray(step, jnp.float32) / max(num_steps - 1, 1)
+    denom = max(num_steps - 1, 1)
+    if self.steps_cap:
+      denom = min(denom, self.steps_cap)
+    return jnp.asarray(step, jnp.float32) / denom
 
   def double(self, tree):
     """Arrays [B, ...] -> [2B, ...] (both halves equal) when guidance is on."""
@@ -92,8 +106,9 @@ class GuidanceSchedule:
 
 
 def from_config(config, cfg_scale: float) -> GuidanceSchedule:
-  """Reads eval.cfg_schedule / eval.cfg_power / eval.cfg_by when a config has them."""
+  """Reads eval.cfg_schedule / cfg_power / cfg_by / cfg_steps_cap when a config has them."""
   e = config.get("eval", {}) if hasattr(config, "get") else {}
   get = lambda k, d: e.get(k, d) if hasattr(e, "get") else d
   return GuidanceSchedule(kind=get("cfg_schedule", "constant"), scale=float(cfg_scale),
-                          power=float(get("cfg_power", 1.0)), by=get("cfg_by", "tokens"))
+                          power=float(get("cfg_power", 1.0)), by=get("cfg_by", "tokens"),
+                          steps_cap=int(get("cfg_steps_cap", 0)))

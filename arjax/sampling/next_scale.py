@@ -305,6 +305,17 @@ class NextScaleSampler(Sampler):
     known, given = self.edit_inputs(labels, known, given)
     return self._run(params, labels, rng, scales, known, given)
 
+  def sample_images(self, params, labels, rng, known=None, given=None, scales=None):
+    """-> uint8 images [B, H', W', C]. At a list of a flexible model (FlexVAR) the final f_hat
+    (side S = the list's last side, which may exceed the tokenizer grid G) is decoded by the
+    tokenizer's decoder: [B, S F, S F, C], F = image side / G (arjax.models.flexvar
+    `decode_latent`). VAR refuses any list but its training scales, by name."""
+    if scales is None:
+      return super().sample_images(params, labels, rng, known=known, given=given)
+    from arjax.models.flexvar import decode_latent
+    _, f_hat = self.sample_with_fhat(params, labels, rng, scales, known=known, given=given)
+    return decode_latent(self.fm.bind(params).tokenizer, f_hat)
+
   def sample_tokens(self, params, labels, rng, known=None, given=None, scales=None):
     """labels int32 [B] -> tokens int32 [B, N] (scales concatenated, scale 1 first). known bool
     [N] / [B, N] / [H, W] / [B, H, W] and given int [B, N]: keep those cells of the edited image

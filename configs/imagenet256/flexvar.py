@@ -15,8 +15,9 @@ tokenizer run; a token cache trains at the default list only. Blocks are VAR's (
 embedding. FID (README, 10 steps, cfg 2.5, top-k 900): d16 3.05, d20 2.41, d24 2.21; d24 at 13
 steps 2.08. Sampling at any list, e.g. the README's 13 steps:
   sampler.sample_with_fhat(params, labels, rng, scales=[1,2,3,4,5,6,7,8,9,10,12,14,16]).
-FlexVAR's CFG ramp is t = cfg * k / min(K - 1, 9) (VAR's up to 10 steps); here the 'linear'
-schedule by steps over the list's K steps (cfg_scale = 1 + cfg).
+FlexVAR's CFG ramp is t = cfg * k / min(K - 1, 9) (VAR's up to 10 steps, then past cfg): the
+'linear' schedule by steps with eval.cfg_steps_cap = 9 (cfg_scale = 1 + cfg; unclipped above 1,
+arjax.sampling.guidance_schedule).
 `:smoke`: depth 2, width 32 on scales 1,2,3,4,5,7 of a 7x7 MNIST token map, lists of at most
 104 tokens from [1, 2] + 2 of 3..4 + 1 of 5..6 + [7].
 """
@@ -39,6 +40,7 @@ def get_config(arg=None):
   c.model.random_scales = True
   c.tokenizer.vocab_size = 8912 if not args.smoke else c.tokenizer.vocab_size
   c.eval.cfg_scale = 1.0 + 2.5
+  c.eval.cfg_steps_cap = 9  # FlexVAR's ratio = k / min(K - 1, 9).
   c.eval.top_k = 900
   c.eval.top_p = 1.0
   if args.smoke:

@@ -11,7 +11,16 @@ optimiser, class dropout and sampling settings):
   var     VAR (arjax.models.var, order 'scales'): 6 KV-cached passes, a scale per pass.
   raster  raster AR ('raster_ar') over the same 104 tokens, scales concatenated (scale 1
           first, each map row-major): 104 KV-cached passes.
-A new next-scale variant (FlexVAR, HMAR) is one more entry in ROWS.
+  flexvar FlexVAR (arjax.models.flexvar) on the NON-residual tokens of its own tokenizer run
+          (configs/next_scale/tokenizer.py:residual=false, trained the same way; the
+          experiment's `tokenizer_flat` and `cache_flat`): 6 KV-cached passes; a token cache
+          trains at the one list 1,2,3,4,5,7 (no random lists); position map 14x14 (sampling
+          up to a 14x14 latent).
+  hmar    HMAR (arjax.models.hmar) on VAR's residual tokens: Markovian block-diagonal mask
+          (markov_window=0) plus the refinement branch (the last 2 of 4 blocks duplicated);
+          mask schedule 1;1,3;4,5;16;25;49 (scales 2 and 3 in two steps): 8 passes.
+A new next-scale variant is one more entry in ROWS (and in FLAT if it reads non-residual
+tokens).
 
 Arguments: tokenizer=WORKDIR of the tokenizer run (decodes samples; VAR reads its frozen
 codebook and phi convs for the teacher-forcing inputs), cache=PATH with '{split}' (from
@@ -43,7 +52,28 @@ def _raster(c):
   b.dim, b.num_heads, b.num_layers, b.multiple_of = WIDTH, HEADS, DEPTH, 32
 
 
-ROWS = {"var": _var, "raster": _raster}
+def _flexvar(c):
+  _var(c)
+  c.model.name = "flexvar"
+  c.model.random_scales = False  # a token cache holds one list (arjax.models.flexvar).
+  c.model.pos_grid = 14          # FlexVAR's map is 2x its 16 grid; here 2x the 7x7 grid.
+  c.model.max_tokens = sum(s * s for s in SCALES)
+  # The random-list rule is checked against the 7x7 grid even when unused (its smoke ranges).
+  c.model.draw_lo, c.model.draw_hi, c.model.draw_count = [3, 5], [4, 6], [2, 1]
+
+
+def _hmar(c):
+  _var(c)
+  c.model.name = "hmar"
+  c.order.markovian = True
+  c.order.markov_window = 0
+  c.model.refine_blocks = DEPTH // 2  # HMAR d16: the last 8 of 16 blocks.
+  c.model.refine_weight = 1.0
+  c.model.mask_schedule = "1;1,3;4,5;16;25;49"
+
+
+ROWS = {"var": _var, "raster": _raster, "flexvar": _flexvar, "hmar": _hmar}
+FLAT = {"flexvar"}  # rows on the non-residual tokenizer's tokens.
 
 
 def get_config(arg=None):
@@ -83,11 +113,13 @@ def get_config(arg=None):
   # data.source (here the token cache); experiments/next_scale.py scores the samples itself.
   e.evaluators = dict(bits_per_dim={"every": 0})
   if args.smoke:
-    if args.model == "var":
+    if args.model != "raster":
       c.model.depth, c.model.width, c.model.num_heads = 1, 32, 2
     else:
       b = c.model.backbone
       b.num_layers, b.dim, b.num_heads = 1, 32, 2
+    if args.model == "hmar":
+      c.model.refine_blocks = 1
     # steps stay the argument's (the experiment trains in chunks of a few steps).
     t.batch_size, t.log_every, t.eval_every = 8, 2, 100_000
     t.checkpoint_every, t.warmup_steps = 2, 0
