@@ -173,7 +173,7 @@ def build_sampler(fm: FunctionalModel, sampling: SamplingConfig, config=None,
                   guidance: Optional[GuidanceSchedule] = None) -> Sampler:
   """The sampler named by sampling.name, else config.sampling.name, else the model's default
   (`model.default_sampler()`). The guidance schedule comes from `guidance`, else from
-  config.eval (cfg_schedule, cfg_power, cfg_by), else constant."""
+  config.eval (cfg_schedule, cfg_power, cfg_by, cfg_steps_cap), else constant."""
   if guidance is None:
     guidance = (from_config(config, sampling.cfg_scale) if config is not None
                 else GuidanceSchedule("constant", sampling.cfg_scale))
