@@ -3,8 +3,8 @@ speculative samplers' options.
 
 The head options live in the experiment config as `config.eval.{cfg_scale, temperature, top_k,
 top_p}` (with the guidance schedule `eval.cfg_schedule / cfg_power / cfg_by / cfg_steps_cap`
-where a config sets them); the sampler's name is `config.sampling.name` ('auto': the model's `default_sampler()`),
-and the speculative samplers' options ('sjd', 'mc_sjd', 'gsd': arjax.sampling.speculative) are
+where a config sets them); the sampler's name is `config.sampling.name` ('auto': the model's
+`default_sampler()`), and the speculative samplers' options ('sjd', 'mc_sjd', 'gsd': arjax.sampling.speculative) are
 `config.sampling.{window, gsd_radius, gsd_tol}` (`python -m arjax.sample --sampler sjd
 --window 8`). A speculative option set away from its default for a sampler that does not take
 it is refused by name, never ignored.
