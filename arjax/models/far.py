@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from arjax.heads.base import check_targets, token_metrics
+from arjax.heads.base import token_metrics
 from arjax.models.mar import MAR, MARFields
 from arjax.models.registry import MODELS, model_fields
 from arjax.nn.layers import Dense
@@ -131,14 +131,9 @@ class FAR(MAR):
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    tokens = self.batch_tokens(batch)
+    tokens = self.checked_tokens(batch)
     b = tokens.shape[0]
-    check_targets(tokens, self.head.token_shape, jnp.float32, (b, self.num_tokens),
-                  self.head_name)
-    labels = batch["label"].astype(jnp.int32)
-    if train and self.class_dropout > 0:
-      keep = jax.random.uniform(self.rngs.dropout(), labels.shape) >= self.class_dropout
-      labels = jnp.where(keep, labels, self.null_class)
+    labels = self.drop_labels(batch["label"].astype(jnp.int32), train)
     k_level, k_head = jax.random.split(self.rngs.sample() if train else jax.random.key(0))
     level = jax.random.randint(k_level, (), 0, self.grid)
     tokens = tokens.astype(jnp.float32)

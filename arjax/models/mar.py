@@ -194,17 +194,27 @@ class MAR(nnx.Module):
     rank = jnp.argsort(jax.random.uniform(k_order, (batch, self.num_tokens)), 1).argsort(1)
     return rank < num
 
-  def loss(self, batch: Dict[str, jax.Array], *, train: bool
-           ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  def checked_tokens(self, batch: Dict[str, jax.Array]) -> jax.Array:
+    """The batch's latents [B, N, C]; the wrong channel count fails in one line naming both
+    shapes."""
     tokens = self.batch_tokens(batch)
-    b = tokens.shape[0]
-    # Latents of the wrong channel count: one line naming both shapes.
-    check_targets(tokens, self.head.token_shape, jnp.float32, (b, self.num_tokens),
+    check_targets(tokens, self.head.token_shape, jnp.float32, (tokens.shape[0], self.num_tokens),
                   self.head_name)
-    labels = batch["label"].astype(jnp.int32)
+    return tokens
+
+  def drop_labels(self, labels: jax.Array, train: bool) -> jax.Array:
+    """labels int32 [B] with each replaced by the null class with probability class_dropout in
+    training (the unconditional branch CFG needs)."""
     if train and self.class_dropout > 0:
       keep = jax.random.uniform(self.rngs.dropout(), labels.shape) >= self.class_dropout
-      labels = jnp.where(keep, labels, self.null_class)
+      return jnp.where(keep, labels, self.null_class)
+    return labels
+
+  def loss(self, batch: Dict[str, jax.Array], *, train: bool
+           ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    tokens = self.checked_tokens(batch)
+    b = tokens.shape[0]
+    labels = self.drop_labels(batch["label"].astype(jnp.int32), train)
     # Evaluation masks and draws the head's noise from fixed keys: a deterministic test loss.
     k_mask, k_head = jax.random.split(self.rngs.sample() if train else jax.random.key(0))
     masked = self.train_mask(k_mask, b)
