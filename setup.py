@@ -6,6 +6,7 @@ INSTALL_REQUIRES = [
     "jax>=0.8,<0.12",
     "flax>=0.12,<0.14",
     "optax>=0.2.5,<0.3",
+    "chex>=0.1.86,<0.2",
     "orbax-checkpoint>=0.11,<0.13",
     "grain>=0.2.12,<0.3",
     "ml-collections>=1.0,<2",

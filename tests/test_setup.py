@@ -37,3 +37,20 @@ def test_every_install_requirement_is_imported_by_arjax():
   imported = _imported_modules()
   unused = [r for r in requirements if MODULE.get(r.lower(), r) not in imported]
   assert not unused, f"setup.py requires {unused}, which nothing in arjax/ imports"
+
+
+# Modules arjax imports that are not its own install requirements, and why each may be.
+NOT_REQUIRED = {"arjax": "the package itself", "ml_dtypes": "installed by jax",
+                "array_record": "installed by grain", "portpicker": "optional, import guarded",
+                "tensorflow_datasets": "the 'tfds' extra", "lpips": "optional, import guarded",
+                "torchvision": "optional, import guarded"}
+
+
+def test_every_third_party_import_of_arjax_is_required():
+  """chex was imported by arjax/core but missing from setup.py: a fresh install failed at the
+  first import of arjax.heads."""
+  import sys
+  wanted = {MODULE.get(r.lower(), r) for r in _requirements()}
+  third_party = {m for m in _imported_modules() if m not in sys.stdlib_module_names}
+  missing = sorted(third_party - wanted - set(NOT_REQUIRED))
+  assert not missing, f"arjax imports {missing}, which setup.py's INSTALL_REQUIRES lacks"
