@@ -28,16 +28,21 @@ x + gate (attn(LN(x) (1 + scale))). Here arjax's adaLN block with its modulation
   phase 1 pivot slots: cond_proj(pivot tokens), visible where known; grid slots all masked.
   phase 2 pivot slots: cond_z_proj(z1 of the pivot), all visible; grid slots visible where known.
           In training the pivots phase 1 did not predict (its visible ones) hold cond_proj(the
-          learned null pivots), and a whole row holds the null pivots with prob `pivot_drop`
-          (official: 1 - 0.25 min(1, epoch / 100); here a constant, see docs).
+          learned null pivots), and a whole row holds the null pivots with probability
+          `pivot_drop_prob(step)` = 1 - (1 - pivot_drop) min(1, e / pivot_drop_warmup), e the
+          step rounded down to a multiple of pivot_drop_every (official models/himar.py
+          forward_mae_encoder_stage2: 1 - step_stage2_rate min(1, epoch / step_warmup),
+          main_himar.py 0.25 and 100 epochs: 1 at epoch 0, 0.75 from epoch 100).
 
 Training: phase-1 mask ratio ~ MAR's truncated normal on [mask_ratio_min, 1] (ceil(Np r)
 pivots); phase-2 ratio cos(pi/2 u), u ~ U[0, 1) (official `--cos`), ceil(N r) grid tokens, each
 one ratio per batch and a random order per row; loss = pivot_loss_weight * head loss on masked
 pivots + grid_loss_weight * global-head loss on masked grid tokens (official 2.0 and 0.75);
 class dropout drawn per phase. Pivot targets: batch['pivots'] [B, Np, C] if given (the official
-cached 128 px latents), else `pivots_from_grid` (area average of the grid tokens; an arjax
-fallback, not the official source).
+cached 128 px latents), else by `pivot_source`: 'encode_lowres' (`lowres_pivots`: the official
+source, the image bicubic-downsampled to s / G of its side and encoded by the tokenizer's frozen
+autoencoder; needs batch['image']) or 'average' (`pivots_from_grid`, the area average of the grid
+tokens; an arjax fallback, not the official source).
 
 Sampling ('himar' sampler, arjax.sampling.two_phase): `pivot_steps` steps over the pivots
 (official cond_scale * 4 = 32) with linear CFG `pivot_cfg` (official re_cfg), then the sampler's
@@ -69,6 +74,7 @@ from arjax.registry import read_fields
 from arjax.tokenizers import build_tokenizer
 
 NUM_TASKS = 2
+PIVOT_SOURCES = ("average", "encode_lowres")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +86,14 @@ class HiMARFields(MARFields):
   pivot_steps: int = 32           # phase-1 sampling steps (official cond_scale * 4).
   pivot_cfg: float = 1.0          # phase-1 linear CFG scale (official re_cfg).
   grid_steps: int = 4             # phase-2 sampling steps (official num_iter).
-  pivot_drop: float = 0.75        # P(a phase-2 training row sees only the null pivots).
+  pivot_drop: float = 0.75        # P(a phase-2 training row sees only the null pivots), after
+                                  # the ramp (official 1 - step_stage2_rate = 1 - 0.25).
+  pivot_drop_warmup: int = 0      # steps over which that P falls from 1 to pivot_drop
+                                  # (official step_warmup: 100 epochs); 0: constant pivot_drop.
+  pivot_drop_every: int = 1       # the ramp moves once every this many steps (official: once
+                                  # per epoch, model.epoch).
+  pivot_source: str = "average"   # pivot targets without batch['pivots']: 'average' (block
+                                  # mean of the grid latent) or 'encode_lowres' (official).
   pivot_loss_weight: float = 2.0
   grid_loss_weight: float = 0.75
 
@@ -92,6 +105,14 @@ class HiMARFields(MARFields):
         raise ValueError(f"model.{name}={v!r}; expected an integer >= 1")
     if not (isinstance(self.pivot_drop, (int, float)) and 0.0 <= self.pivot_drop <= 1.0):
       raise ValueError(f"model.pivot_drop={self.pivot_drop!r}; expected a number in [0, 1]")
+    for name in ("pivot_drop_warmup", "pivot_drop_every"):
+      v = getattr(self, name)
+      lo = 0 if name == "pivot_drop_warmup" else 1
+      if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ValueError(f"model.{name}={v!r}; expected an integer >= {lo}")
+    if self.pivot_source not in PIVOT_SOURCES:
+      raise ValueError(f"model.pivot_source={self.pivot_source!r}; expected one of "
+                       f"{list(PIVOT_SOURCES)}")
     for name in ("pivot_cfg", "pivot_loss_weight", "grid_loss_weight"):
       v = getattr(self, name)
       if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -105,6 +126,40 @@ def pivots_from_grid(tokens, grid, pivot_grid: int):
   s = pivot_grid
   x = tokens.reshape(b, s, h // s, s, w // s, c)
   return x.mean((2, 4)).reshape(b, s * s, c)
+
+
+def pivot_drop_prob(step, final: float, warmup: int, every: int = 1):
+  """P(a phase-2 training row sees only the null pivots) at training step `step` (scalar):
+  1 - (1 - final) min(1, e / warmup), e = every floor(step / every) (official
+  1 - step_stage2_rate min(1, epoch / step_warmup), the epoch counted in steps); final when
+  warmup = 0 or step is None."""
+  if warmup == 0 or step is None:
+    return jnp.asarray(final, jnp.float32)
+  e = (jnp.asarray(step, jnp.int32) // every * every).astype(jnp.float32)
+  return 1.0 - (1.0 - final) * jnp.minimum(1.0, e / warmup)
+
+
+def lowres_pivots(tokenizer, images, pivot_grid: int):
+  """uint8 images [B, H, W, C] -> pivot tokens [B, s s, C']: the tokenizer's frozen autoencoder
+  on the image bicubic-downsampled (PyTorch's kernel, a = -0.75, no antialiasing; on [-1, 1]
+  floats) to s / G of its side, G the autoencoder's grid (official main_cache.py cache_latents:
+  F.interpolate(256 px, 128, 'bicubic') -> the same VAE -> 8 x 8 latents)."""
+  from arjax.models.autoencoder import to_float
+  from arjax.models.flexvar import _autoencoder
+  from arjax.tokenizers.resample import bicubic_resize
+  ae = _autoencoder(tokenizer)
+  if ae is None:
+    raise ValueError(f"model.pivot_source='encode_lowres' encodes a low-resolution image with the "
+                     f"tokenizer's autoencoder, but {type(tokenizer).__name__} has none: set "
+                     "tokenizer.checkpoint to the autoencoder run, or pass batch['pivots']")
+  x = to_float(images, ae.image_size, ae.channels)
+  g = tuple(ae.grid)
+  h, w = x.shape[1], x.shape[2]
+  if (h * pivot_grid) % g[0] or (w * pivot_grid) % g[1]:
+    raise ValueError(f"model.pivot_grid={pivot_grid}: the image {h}x{w} on a {g[0]}x{g[1]} grid "
+                     f"has no whole low-resolution side (H s / G)")
+  x = bicubic_resize(x, (h * pivot_grid // g[0], w * pivot_grid // g[1]))
+  return jax.lax.stop_gradient(ae.quantizer.encode(ae.latents(x)))
 
 
 class TaskModulation(nnx.Module):
@@ -260,12 +315,39 @@ class HiMAR(nnx.Module):
     for key in ("latents", "tokens"):
       if key in batch:
         return batch[key]
-    return self.tokenizer.encode(batch["image"])
+    from arjax.models.flexvar import _autoencoder
+    # A 'cached' tokenizer cannot encode; the frozen autoencoder behind it (the one that also
+    # encodes the low-resolution pivots) can.
+    ae = _autoencoder(self.tokenizer)
+    return (self.tokenizer if ae is None else ae).encode(batch["image"])
 
   def batch_pivots(self, batch, tokens):
+    """[B, Np, C]: batch['pivots'], else by model.pivot_source."""
     if "pivots" in batch:
       return batch["pivots"]
+    if self.fields.pivot_source == "encode_lowres":
+      if "image" not in batch:
+        raise ValueError(f"model.pivot_source='encode_lowres' needs batch['image'] (uint8 "
+                         f"[B, H, W, C]) or batch['pivots'] [B, {self.num_pivots}, "
+                         f"{self.channels}]; the batch has {sorted(batch)}")
+      return lowres_pivots(self.tokenizer, batch["image"], self.fields.pivot_grid)
     return pivots_from_grid(tokens.astype(jnp.float32), self.grid, self.fields.pivot_grid)
+
+  def drop_prob(self, step):
+    f = self.fields
+    return pivot_drop_prob(step, f.pivot_drop, f.pivot_drop_warmup, f.pivot_drop_every)
+
+  def phase2_pivot_slots(self, z1, m1, key, step=None, *, train: bool):
+    """Phase-2 training pivot slots [B, Np, D]: cond_z_proj(z1) where phase 1 predicted
+    (m1 [B, Np]), the null pivots elsewhere, and on every slot of a row dropped with probability
+    `drop_prob(step)` (train only). -> (slots, dropped bool [B])."""
+    b = z1.shape[0]
+    null = self.null_pivot_slots(b)
+    slots = jnp.where(m1[..., None], self.pivot_z_slots(jax.lax.stop_gradient(z1)), null)
+    if not train:
+      return slots, jnp.zeros((b,), bool)
+    drop = jax.random.uniform(key, (b,)) < self.drop_prob(step)
+    return jnp.where(drop[:, None, None], null, slots), drop
 
   @staticmethod
   def random_mask(key, num_masked, b: int, n: int):
@@ -310,11 +392,8 @@ class HiMAR(nnx.Module):
     w1 = m1.astype(jnp.float32) * w[:, None]
     loss1, per1 = self.head(z1).loss(pivots.astype(jnp.float32), key=k_h1, weights=w1)
     # Phase 2: the pivots phase 1 predicted carry their (stopped) z1, the others the null
-    # pivots; a whole row the null pivots with probability pivot_drop.
-    null = self.null_pivot_slots(b)
-    slots = jnp.where(m1[..., None], self.pivot_z_slots(jax.lax.stop_gradient(z1)), null)
-    drop = jax.random.uniform(k_drop, (b,)) < (self.fields.pivot_drop if train else 0.0)
-    slots = jnp.where(drop[:, None, None], null, slots)
+    # pivots; a whole row the null pivots with probability drop_prob(step).
+    slots, dropped = self.phase2_pivot_slots(z1, m1, k_drop, batch.get("step"), train=train)
     z2 = self.phase2(slots, tokens, self._drop_labels(labels, train), ~m2, train=train)
     w2 = m2.astype(jnp.float32) * w[:, None]
     dist2 = self.global_head(z2)
@@ -326,6 +405,7 @@ class HiMAR(nnx.Module):
     metrics["pivot_loss"], metrics["grid_loss"] = loss1, loss2
     metrics["pivot_mask_ratio"] = m1.astype(jnp.float32).mean()
     metrics["mask_ratio"] = m2.astype(jnp.float32).mean()
+    metrics["pivot_drop"] = dropped.astype(jnp.float32).mean()
     return loss, metrics
 
   def default_sampler(self) -> str:

@@ -15,7 +15,10 @@ B 2.5 (pivots 2.7), L 3.5 (3.5), H 3.2 (5.5). README counts 244M / 529M / 1090M 
 official script's trainable parameters (`requires_grad`: both heads included, the frozen VAE
 and the DiT's fixed sin-cos table excluded); tests/test_configs.py checks ours within 1 %.
 Pivot targets: give batch['pivots'] [B, 64, 16] (the official ones are KL-16 latents of the
-image cropped to 128 px); without them the model averages 2x2 blocks of the grid latents.
+256 px image bicubic-downsampled to 128 px, main_cache.py); without them the model averages 2x2
+blocks of the grid latents, or with model.pivot_source='encode_lowres' and image batches encodes
+that 128 px image with the tokenizer run's VAE. P(phase-2 row sees only the null pivots) ramps
+from 1 to 0.75 over the first 100 epochs, once per epoch (official step_warmup, step_stage2_rate).
 Training (main_himar.py defaults): AdamW, lr 1e-4 x batch / 256, weight decay 0.02, 100 warmup
 epochs, 400 epochs, EMA 0.9999; diffusion_batch_mul 1 (the flag's default).
 """
@@ -53,7 +56,11 @@ def get_config(arg=None):
   m.pivot_steps = 32
   m.pivot_cfg = pcfg
   m.grid_steps = steps
-  m.pivot_drop = 0.75
+  m.pivot_drop = 0.75             # official 1 - step_stage2_rate (0.25), reached after:
+  m.pivot_drop_warmup = 100 * 626  # official step_warmup 100 epochs (626 steps at batch 2048),
+  m.pivot_drop_every = 626         # advanced once per epoch (model.epoch).
+  m.pivot_source = "average"       # without batch['pivots']; 'encode_lowres' (official) needs
+                                   # image batches and tokenizer.checkpoint.
   b = m.backbone
   b.num_layers, b.num_heads, b.dim = layers, heads, width
   b.norm, b.mlp, b.bias, b.norm_eps = "layernorm", "gelu", True, 1e-6
@@ -93,6 +100,7 @@ def get_config(arg=None):
     m.decoder_layers = 1
     m.pivot_grid = 7
     m.pivot_steps, m.grid_steps, m.pivot_cfg = 3, 2, 1.5
+    m.pivot_drop_warmup, m.pivot_drop_every = 4, 2
     b.num_layers, b.num_heads, b.dim = 1, 2, 32
     b.resid_dropout = b.ffn_dropout = 0.0
     h.width, h.depth, h.num_sampling_steps = 32, 1, 4
