@@ -64,6 +64,16 @@ class FlexVarFields(VarFields):
   default_prob: float = ranged(0.05, lo=0.0, hi=1.0)  # probability of the default list.
   drop_thresholds: Tuple[float, ...] = (0.9, 0.95, 0.98, 0.99)  # u > t drops one more side.
   max_tokens: int = 680                             # token budget of a list (= training slots L).
+  max_pn: int = 16                                  # sampling: a side above it is guided at the
+                                                    # full cfg and drawn top-1 (released code).
+  sampled_sides: Tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 23, 24, 32)  # sampling:
+                                                    # other sides draw top-1; (): every side samples.
+
+  def __post_init__(self):
+    if isinstance(self.max_pn, bool) or not isinstance(self.max_pn, int) or self.max_pn < 1:
+      raise ValueError(f"model.max_pn={self.max_pn!r}; expected an integer >= 1")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.sampled_sides):
+      raise ValueError(f"model.sampled_sides={list(self.sampled_sides)}; expected integers >= 1")
 
 
 def sinusoid_map(side: int, c: int) -> np.ndarray:
@@ -117,6 +127,7 @@ class FlexVAR(VAR):
         sinusoid_map(shape[0], shape[2]), dtype), (m.pos_grid, m.pos_grid, self.width),
         (None, None, "embed"))
     self.random_scales = m.random_scales
+    self.max_pn, self.sampled_sides = m.max_pn, tuple(m.sampled_sides)
     self.spec = ScaleListSpec(
         grid=self.scales[-1], default=tuple(self.scales), first=tuple(m.first_scales),
         draws=tuple(zip(m.draw_lo, m.draw_hi, m.draw_count)), default_prob=m.default_prob,
@@ -297,6 +308,13 @@ class FlexVAR(VAR):
     return loss, metrics
 
   # -- decoding ----------------------------------------------------------------------------------
+  def sampling_rule(self, side: int) -> Tuple[bool, bool]:
+    """(greedy, full guidance) of a side (static) in the released sampler (models/flexvar.py
+    autoregressive_infer_cfg): t = cfg instead of the ramp's cfg ratio above max_pn; top-1 above
+    max_pn or outside its list of trained sides (here `sampled_sides`)."""
+    full = side > self.max_pn
+    return full or (bool(self.sampled_sides) and side not in self.sampled_sides), full
+
   def decode_scale(self, k: int, inputs, labels, caches, order: Optional[ScaleOrder] = None):
     """Scale k (static) of `order` (default: the model's): inputs [B, s_k^2, Dv] (None at
     k = 0) -> (Categorical over [B, s_k^2], caches)."""

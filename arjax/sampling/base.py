@@ -144,15 +144,22 @@ class Sampler:
     return jax.vmap(jax.vmap(one))(dist, keys)
 
   def reveal_step(self, state: SamplerState, dist, order, plan, num_steps: int, *,
-                  to_grid, num_unknown_start=None, cells=None) -> SamplerState:
+                  to_grid, num_unknown_start=None, cells=None, progress=None,
+                  greedy: bool = False) -> SamplerState:
     """One sampling step: guide, draw, reveal, write. dist: the (doubled under CFG) prediction
     of the step; to_grid(x [B, L, ...]) -> [B, N, ...] places its positions on the grid;
-    cells int32 [B, L]: their grid cells, to draw each with its own key (`draw_cells`)."""
+    cells int32 [B, L]: their grid cells, to draw each with its own key (`draw_cells`).
+    progress: the guidance schedule's progress to use instead of the step's (e.g. 1.0: the
+    full scale); greedy: take the argmax of the guided distribution instead of drawing."""
     n = state.known.shape[1]
-    progress = self.guidance.progress(state.known.sum(1), n, state.step, num_steps)
+    if progress is None:
+      progress = self.guidance.progress(state.known.sum(1), n, state.step, num_steps)
     guided = self.guidance.guide(dist, progress)
     key = jax.random.fold_in(state.key, state.step)
-    draw = self.draw(guided, key) if cells is None else self.draw_cells(guided, key, cells, n)
+    if greedy:
+      draw = guided.argmax().astype(state.tokens.dtype)
+    else:
+      draw = self.draw(guided, key) if cells is None else self.draw_cells(guided, key, cells, n)
     confidence = lambda: to_grid(guided.confidence(draw, temperature=self.sampling.temperature,
                                                    **self.options))
     reveal = order.reveal_cells(state.step, state.known, plan, key=jax.random.fold_in(key, 1),

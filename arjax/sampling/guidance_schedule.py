@@ -21,7 +21,8 @@ sampler over order 'masked' with reveal='mar') or the step fraction t/(T-1) (`by
 (jiaosiyu1999/FlexVAR models/flexvar.py autoregressive_infer_cfg: ratio = si / min(K - 1, 9),
 t = cfg ratio): the ramp of a 10-step list, so a list of more than 10 steps reaches cfg at step 9
 and keeps growing (13 steps: 12/9 cfg at the last). Its other rule (t = cfg for sides above
-max_pn = 16, drawn greedily) concerns only sides beyond the trained 16 and is not ported.
+max_pn = 16, drawn greedily) is model 'flexvar's `sampling_rule`, applied by the 'next_scale'
+sampler (progress 1: the full scale).
 """
 from __future__ import annotations
 

@@ -40,6 +40,11 @@ model's per-scale flow head integrates the scale's ODE (Euler / Heun, CFG on the
 the drawn map, upsampled by the model (`next_input`), is the next pass's input; its tokens are
 the final scale's latent (the first output of `sample_with_fhat`; the second: every scale).
 
+FlexVAR's released sampler (autoregressive_infer_cfg) also has a per-side rule, the model's
+`sampling_rule(s)`: a side above `model.max_pn` (16) is guided at the full scale (t = cfg, not
+the ramp) and drawn top-1 (the argmax of the guided logits); a side not among
+`model.sampled_sides` (its trained sides 1 ... 16, 23, 24, 32) is drawn top-1 at the ramp's t.
+
 A model with a continuous residual (HART, arjax.models.hart: `residual_dist`) adds, after the K
 scales, its residual head's sample on the last scale's grid, conditioned on that scale's hidden
 states (`decode_scale_hidden`) and drawn tokens, guided on eps: f = f_hat_discrete + residual.
@@ -154,8 +159,12 @@ class NextScaleSampler(Sampler):
       counts = schedule[k] if schedule is not None else (s * s,)
       if len(counts) > 1:  # the guided prediction, to rank the drawn cells (HMAR)
         guided = g.guide(dist, g.progress(state.known.sum(1), n, state.step, num_steps))
+      # FlexVAR's released rule (`sampling_rule`): some sides draw top-1, above max_pn at the
+      # full guidance scale.
+      greedy, full = model.sampling_rule(s) if flexible else (False, False)
       state = self.reveal_step(state.replace(cache=cache), dist, order, plan, num_steps,
-                               to_grid=to_grid)
+                               to_grid=to_grid, greedy=greedy,
+                               progress=jnp.ones((b,), jnp.float32) if full else None)
       state = state.replace(position=state.position + (e - a))
       if len(counts) > 1:
         cells = self._refine(model, k, inputs[:b], state.tokens[:, a:e], guided, counts, labels,

@@ -17,7 +17,8 @@ steps 2.08. Sampling at any list, e.g. the README's 13 steps:
   sampler.sample_with_fhat(params, labels, rng, scales=[1,2,3,4,5,6,7,8,9,10,12,14,16]).
 FlexVAR's CFG ramp is t = cfg * k / min(K - 1, 9) (VAR's up to 10 steps, then past cfg): the
 'linear' schedule by steps with eval.cfg_steps_cap = 9 (cfg_scale = 1 + cfg; unclipped above 1,
-arjax.sampling.guidance_schedule).
+arjax.sampling.guidance_schedule). Its per-side rule: sides above model.max_pn = 16 at t = cfg
+and top-1, sides outside model.sampled_sides (1..6, 8, 10, 13, 16, 23, 24, 32) top-1.
 `:smoke`: depth 2, width 32 on scales 1,2,3,4,5,7 of a 7x7 MNIST token map, lists of at most
 104 tokens from [1, 2] + 2 of 3..4 + 1 of 5..6 + [7].
 """
@@ -43,6 +44,10 @@ def get_config(arg=None):
   c.eval.cfg_steps_cap = 9  # FlexVAR's ratio = k / min(K - 1, 9).
   c.eval.top_k = 900
   c.eval.top_p = 1.0
+  # The released sampler's per-side rule (next_scale sampler, model.sampling_rule): sides above
+  # max_pn at t = cfg and top-1; sides outside the list top-1 at the ramp's t.
+  c.model.max_pn = 16
+  c.model.sampled_sides = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 23, 24, 32]
   if args.smoke:
     c.model.pos_grid = 8
     c.model.first_scales = [1, 2]
