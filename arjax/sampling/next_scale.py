@@ -43,7 +43,8 @@ the final scale's latent (the first output of `sample_with_fhat`; the second: ev
 FlexVAR's released sampler (autoregressive_infer_cfg) also has a per-side rule, the model's
 `sampling_rule(s)`: a side above `model.max_pn` (16) is guided at the full scale (t = cfg, not
 the ramp) and drawn top-1 (the argmax of the guided logits); a side not among
-`model.sampled_sides` (its trained sides 1 ... 16, 23, 24, 32) is drawn top-1 at the ramp's t.
+`model.sampled_sides` (the released list 1..6, 8, 10, 13, 16, 23, 24, 32) is drawn top-1 at
+the ramp's t.
 
 A model with a continuous residual (HART, arjax.models.hart: `residual_dist`) adds, after the K
 scales, its residual head's sample on the last scale's grid, conditioned on that scale's hidden
