@@ -166,3 +166,24 @@ def test_mar_config_and_too_many_classes_are_refused(converted):
   with pytest.raises(ValueError, match="model.num_classes=1001: the FAR checkpoint's class table "
                                        "has 1000 rows"):
     far_params(converted["sd"], config)
+
+
+
+def test_cli_converts_the_state_dict(fx, converted, tmp_path, monkeypatch):
+  """`python -m arjax.convert far` on the fixture's state dict (as an .npz) hands the config and
+  the parameters above to the workdir writer (replaced here: Orbax's write is slow); a head
+  depth that is not the checkpoint's exits with status 2."""
+  from arjax.convert import workdir as workdir_lib
+  from arjax.convert.__main__ import main
+  ckpt = str(tmp_path / "far.npz")
+  np.savez(ckpt, **converted["sd"])
+  written = {}
+  monkeypatch.setattr(workdir_lib, "write_workdir",
+                      lambda config, params, workdir, source: written.update(
+                          config=config, params=params, source=source) or workdir)
+  args = ["far", "--checkpoint", ckpt, "--workdir", str(tmp_path / "w"), "--config", CONFIG]
+  assert main(args + [f"--config.{o}" for o in TINY]) == 0
+  assert written["config"].model.name == "far" and written["source"] == ckpt
+  jax.tree.map(np.testing.assert_array_equal, written["params"],
+               jax.tree.map(np.asarray, converted["params"]))
+  assert main(args + [f"--config.{o}" for o in TINY] + ["--config.model.head.depth=1"]) == 2
