@@ -161,7 +161,7 @@ def test_other_head_depth_lists_every_differing_tensor(converted):
 
 def test_mar_config_and_too_many_classes_are_refused(converted):
   with pytest.raises(ValueError, match="FAR checkpoints convert into model.name='far', got 'mar'"):
-    far_params(converted["sd"], load_config(os.path.join(ROOT, "configs/imagenet256/mar.py:size=B")))
+    far_params(converted["sd"], load_config(os.path.join(ROOT, "configs/imagenet256/mar.py")))
   config = load_config(f"{CONFIG}:size=B", TINY[1:] + ["model.num_classes=1001"])
   with pytest.raises(ValueError, match="model.num_classes=1001: the FAR checkpoint's class table "
                                        "has 1000 rows"):
