@@ -11,6 +11,7 @@ from arjax.convert import llamagen  # noqa: F401  (registers 'llamagen')
 from arjax.convert import var  # noqa: F401  (registers 'var')
 from arjax.convert import mar  # noqa: F401  (registers 'mar')
 from arjax.convert import mar_vae  # noqa: F401  (registers 'mar_vae')
+from arjax.convert import far  # noqa: F401  (registers 'far')
 from arjax.convert import sdar  # noqa: F401  (registers 'sdar')
 
 __all__ = ["CONVERTERS"]

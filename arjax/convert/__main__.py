@@ -5,7 +5,9 @@ Converts a released checkpoint into an arjax workdir that `arjax.sample` and `ar
 load. NAME: llamagen (LlamaGen c2i GPT, sizes B / L / XL / XXL / 3B); var (VAR var_d{d}.pth,
 sizes 16 / 20 / 24 / 30, with its VQ-VAE --vae vae_ch160v4096z32.pth, written to
 WORKDIR/tokenizer); mar (MAR checkpoint-last.pth, sizes B / L / H, its EMA weights, with its
-KL-16 VAE --vae kl16.ckpt written to WORKDIR/tokenizer); mar_vae (MAR's kl16.ckpt alone as
+KL-16 VAE --vae kl16.ckpt written to WORKDIR/tokenizer); far (FAR checkpoint-last.pth, sizes
+B / L / H, its EMA weights, the head's depth and width by --config.model.head.*, with --vae as
+mar); mar_vae (MAR's kl16.ckpt alone as
 --checkpoint: a tokenizer run of configs/tokenizers/mar_kl16.py); sdar (SDAR's conversion: --checkpoint is an AR run of model
 diffusion_lm, written under the block-diffusion --config, e.g. configs/text/bd3lm.py:block=4).
 The checkpoint is read without torch (.pt/.pth zip or legacy format, or an .npz of the state dict).
@@ -30,9 +32,9 @@ def main(argv=None):
   p.add_argument("--size", default=None, help="paper size of the checkpoint, e.g. L")
   p.add_argument("--config", default=None, help="config file (default: the paper's)")
   p.add_argument("--vae", default=None, help="var: the VQ-VAE checkpoint (vae_ch160v4096z32.pth); "
-                 "mar: the KL-16 VAE (kl16.ckpt)")
+                 "mar, far: the KL-16 VAE (kl16.ckpt)")
   p.add_argument("--vae_override", action="append", default=[],
-                 help="var, mar: a field=value override of the VAE's config (repeatable)")
+                 help="var, mar, far: a field=value override of the VAE's config (repeatable)")
   args, extra = p.parse_known_args(argv)
   # The generator's config is known only once NAME and --size are: its --config.FIELD=VALUE
   # overrides are handed to arjax.config.load_config, which parses them with config_flags.

@@ -76,6 +76,15 @@ class _Reader:
   def norm(self, key: str, n: int) -> Dict:
     return {"scale": self.get(key + ".weight", (n,)), "bias": self.get(key + ".bias", (n,))}
 
+  def finish(self, paper: str, hint: str) -> None:
+    """Raises one ValueError listing every problem (missing, differing shape, left over)."""
+    leftover = sorted(k for k in self.sd if k not in self.used)
+    problems = self.problems + [f"unexpected {k} {tuple(np.shape(self.sd[k]))}"
+                                for k in leftover]
+    if problems:
+      raise ValueError(f"{paper} checkpoint does not match the config ({len(problems)} tensors; "
+                       f"{hint}): " + "; ".join(problems))
+
 
 def _vit_blocks(r: _Reader, prefix: str, layers: int, dim: int, heads: int, hidden: int) -> Dict:
   k = dim // heads
@@ -102,17 +111,33 @@ def mar_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
   """MAR state dict -> arjax 'mar' parameters (nested dict of float32 numpy arrays) for the model
   `config` builds (diffusion head). Every tensor is checked; all problems (missing, differing
   shape, left over) are reported in one ValueError."""
+  r = _Reader(state_dict)
+  params = mar_tree(r, config, "mar", "MAR")
+  r.finish("MAR", "wrong --size, head width/depth, latent size or buffer?")
+  return params
+
+
+def mar_tree(r: _Reader, config, model_name: str, paper: str, class_rows: int = 0,
+             fields_cls=None) -> Dict:
+  """The MAR part of a state dict read through `r` (also FAR's, arjax.convert.far): the arjax
+  parameter tree of `config`'s model `model_name` (its config fields `fields_cls`, default
+  MARFields) with the diffusion head. class_rows > 0: the checkpoint's class table has that many
+  rows (FAR's is always 1000), of which the first model.num_classes are taken."""
   from arjax.models.mar import MARFields, decoder_config
   from arjax.models.registry import model_fields
   from arjax.nn.transformer import TransformerConfig
   from arjax.heads.base import head_node
   m = config.model
-  if m.name != "mar":
-    raise ValueError(f"MAR checkpoints convert into model.name='mar', got {m.name!r}")
+  if m.name != model_name:
+    raise ValueError(f"{paper} checkpoints convert into model.name={model_name!r}, got "
+                     f"{m.name!r}")
   if head_node(config)["name"] != "diffusion":
-    raise ValueError(f"MAR checkpoints hold the diffusion head; config has model.head.name="
+    raise ValueError(f"{paper} checkpoints hold the diffusion head; config has model.head.name="
                      f"{head_node(config)['name']!r}")
-  f = model_fields(MARFields, config)
+  f = model_fields(fields_cls or MARFields, config)
+  if class_rows and f.num_classes > class_rows:
+    raise ValueError(f"model.num_classes={f.num_classes}: the {paper} checkpoint's class table "
+                     f"has {class_rows} rows")
   enc = TransformerConfig.from_config(m.backbone)
   dec = decoder_config(enc, f)
   t = config.tokenizer
@@ -120,9 +145,9 @@ def mar_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
   n = int(t.grid) ** 2
   p, d, dd = f.buffer_size, enc.dim, dec.dim
   hw, hd = int(m.head.width), int(m.head.depth)
-  r = _Reader(state_dict)
-  class_embed = np.concatenate([r.get("class_emb.weight", (f.num_classes, d)),
-                                r.get("fake_latent", (1, d))], 0)
+  table = (r.get("class_emb.weight", (class_rows, d))[:f.num_classes] if class_rows
+           else r.get("class_emb.weight", (f.num_classes, d)))
+  class_embed = np.concatenate([table, r.get("fake_latent", (1, d))], 0)
   head = {
       "time_fc1": r.linear("diffloss.net.time_embed.mlp.0", 256, hw),
       "time_fc2": r.linear("diffloss.net.time_embed.mlp.2", hw, hw),
@@ -154,11 +179,6 @@ def mar_params(state_dict: Mapping[str, np.ndarray], config) -> Dict:
       "diffusion_pos": r.get("diffusion_pos_embed_learned", (1, n, dd))[0],
       "head": {"net": head},
   }
-  leftover = sorted(k for k in state_dict if k not in r.used)
-  problems = r.problems + [f"unexpected {k} {tuple(np.shape(state_dict[k]))}" for k in leftover]
-  if problems:
-    raise ValueError(f"MAR checkpoint does not match the config ({len(problems)} tensors; wrong "
-                     f"--size, head width/depth, latent size or buffer?): " + "; ".join(problems))
   return params
 
 
@@ -204,23 +224,25 @@ def check_vae_fits(config, tconfig) -> None:
 
 def convert_mar(checkpoint: str, workdir: str, size: str = "B",
                 config_path: str = "configs/imagenet256/mar.py", overrides=(),
-                vae: Optional[str] = None, vae_overrides=()) -> str:
+                vae: Optional[str] = None, vae_overrides=(), params_fn=None) -> str:
   """Reads a MAR checkpoint and writes an arjax workdir; returns the workdir. With `vae`
   (kl16.ckpt) the VAE is written to `workdir/tokenizer` and named by the generator's
-  tokenizer.checkpoint. Both files are read and checked before anything is written."""
+  tokenizer.checkpoint. Both files are read and checked before anything is written.
+  params_fn(state_dict, config): the mapping (default mar_params; FAR's is far_params)."""
   from arjax.config import load_config
   from arjax.convert import mar_vae
   from arjax.convert.workdir import write_workdir
+  params_fn = params_fn or mar_params
   if vae is None:
     config = load_config(f"{config_path}:size={size}", overrides)
-    params = mar_params(read_mar_checkpoint(checkpoint), config)
+    params = params_fn(read_mar_checkpoint(checkpoint), config)
     return write_workdir(config, params, workdir, source=os.path.abspath(checkpoint))
   tok_dir = os.path.abspath(os.path.join(workdir, "tokenizer"))
   config = load_config(f"{config_path}:size={size}",
                        list(overrides) + [f"tokenizer.checkpoint={tok_dir}"])
   tconfig = mar_vae.tokenizer_config(vae_overrides)
   check_vae_fits(config, tconfig)
-  params = mar_params(read_mar_checkpoint(checkpoint), config)
+  params = params_fn(read_mar_checkpoint(checkpoint), config)
   tparams = mar_vae.mar_vae_params(mar_vae.read_vae_checkpoint(vae), tconfig)
   write_workdir(tconfig, tparams, tok_dir, source=os.path.abspath(vae))
   return write_workdir(config, params, workdir, source=os.path.abspath(checkpoint))

@@ -10,10 +10,13 @@ diffusion head) with the next token replaced by the next frequency band of the w
                   one [G, G] matrix per axis (`level_matrices`, float64 -> float32), so a traced
                   k indexes a stack and training compiles once.
   condition       the MAR encoder-decoder over L_k(x) with NO token masked (FAR's default
-                  `mask=False`: every input token is visible) -> z [B, N, Dd], plus a Linear
-                  embedding of the level, z + Linear(1, Dd)(k) (the official code adds
-                  Linear(1, W)(k) inside the head's MLP to its condition embedding Linear(z):
-                  the same function class up to the head's first linear map; see docs/heads.md).
+                  `mask=False`: every input token is visible) -> z [B, N, Dd].
+  level           a Linear embedding of the level k (a float, as the official code feeds it).
+                  Heads on MAR's denoising MLP (diffusion, flow, shortcut: arjax.heads.adaln_mlp)
+                  get it where the official DiffLoss does: Linear(1, W)(k) added to the MLP's
+                  condition, y = t_emb + Linear(z) + Linear(k) (`index_cond_embed`; parity with
+                  the official code: tests/convert/test_far.py). Other continuous heads (gmm,
+                  ...) have no such condition: there it is added to z, z + Linear(1, Dd)(k).
   target          always the full latent x: the head's loss on every token.
 
 Training (`loss`): one level k ~ U{0, ..., G-1} per batch (the official draws one per batch, as
@@ -40,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from arjax.heads.adaln_mlp import AdaLNMLP
 from arjax.heads.base import token_metrics
 from arjax.models.mar import MAR, MARFields
 from arjax.models.registry import MODELS, model_fields
@@ -105,9 +109,14 @@ class FAR(MAR):
     self.sample_levels = tuple(m.sample_levels)
     self.temperature_start = float(m.temperature_start)
     self.level_loss_weight = m.level_loss_weight
-    # Linear(1, Dd) of the level k (FAR's index_cond_embed, see the module docstring).
-    self.level_embed = Dense(1, self.dec_cfg.dim, axes=(None, "embed"), rngs=rngs,
-                             use_bias=True, init=nnx.initializers.xavier_uniform())
+    # Linear(1, W) of the level k into the denoising MLP's condition (FAR's index_cond_embed,
+    # Xavier-uniform, zero bias); Linear(1, Dd) onto z for other heads (module docstring).
+    net = getattr(self.head, "net", None)
+    self.level_in_head = isinstance(net, AdaLNMLP)
+    width, axes = (net.width, (None, None)) if self.level_in_head else (self.dec_cfg.dim,
+                                                                        (None, "embed"))
+    self.level_embed = Dense(1, width, axes=axes, rngs=rngs, use_bias=True,
+                             init=nnx.initializers.xavier_uniform())
 
   def level_input(self, tokens, level):
     """tokens [B, N, C] (raster order), level int (static or traced, 0 <= k < G) -> L_k(tokens)
@@ -118,16 +127,22 @@ class FAR(MAR):
     y = jnp.einsum("ih,bhwc,jw->bijc", m, x, m, precision=jax.lax.Precision.HIGHEST)
     return y.reshape(b, n, c)
 
-  def level_condition(self, inputs, labels, level, *, train: bool = False):
-    """inputs [B, N, C] (already L_k of something), labels [B], level scalar -> z [B, N, Dd]."""
-    b, n = inputs.shape[:2]
-    z = self.condition(inputs, labels, jnp.zeros((b, n), bool), train=train)
-    k = jnp.full((1, 1, 1), level, jnp.float32)
-    return z + self.level_embed(k).astype(jnp.float32)
+  def level_head(self, z, level):
+    """z [B, N, Dd], level (a scalar or [B, N], int or float) -> the head's Distribution over
+    [B, N] at that level (the level embedding placed as the module docstring says)."""
+    k = jnp.asarray(level, jnp.float32)[..., None]
+    emb = self.level_embed(k).astype(jnp.float32)      # [W] or [B, N, W] (Dd for z heads)
+    if self.level_in_head:
+      dist = self.head(z)
+      return dist.replace(c=dist.c + emb)
+    return self.head(z + emb)
 
   def level_dist(self, inputs, labels, level, *, train: bool = False):
-    """-> the head's Distribution over [B, N] at level k."""
-    return self.head(self.level_condition(inputs, labels, level, train=train))
+    """inputs [B, N, C] (already L_k of something), labels [B], level scalar -> the head's
+    Distribution over [B, N] at level k."""
+    b, n = inputs.shape[:2]
+    z = self.condition(inputs, labels, jnp.zeros((b, n), bool), train=train)
+    return self.level_head(z, level)
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
            ) -> Tuple[jax.Array, Dict[str, jax.Array]]:

@@ -6,6 +6,8 @@ disagree with them:
   level G - 1 not the identity; the stacked matrices equal a float64 numpy product;
 - the optional loss weight scales the loss by w_k = 1 + sin(pi/2 (k + 1) / G) of the batch's
   level (same key: same level, same noise);
+- the level embedding is added to the flow head's MLP condition (Linear(z) + Linear(k)), and to z
+  for a GMM head;
 - the sampler equals a naive step-by-step recompute (Python loop over the levels, each step's
   guided head drawn with fold_in(rng, s), CFG 1 + (w - 1) s / S, FAR's temperature ramp);
 - a level list that is not increasing or exceeds the grid fails naming model.sample_levels.
@@ -14,6 +16,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -109,6 +112,26 @@ def test_sampler_matches_naive_level_loop(smoke):
   ref = naive_far_sample(fm, params, labels, rng, 3.0)
   assert ours.shape == (2, 49, 1) and np.abs(ref).max() > 0.1
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_level_embedding_enters_the_mlp_condition_or_z(smoke):
+  """Flow head (MAR's denoising MLP): Linear(1, W)(k) is added to the MLP's condition
+  Linear(z), as the official DiffLoss's index_cond_embed; a GMM head has no such condition and
+  gets Linear(1, Dd)(k) on z."""
+  model = smoke["fm"].bind(smoke["params"])
+  z = jnp.asarray(np.random.default_rng(2).normal(size=(2, 49, 32)), jnp.float32)
+  emb = model.level_embed
+  assert model.level_in_head and emb.kernel.shape == (1, model.head.net.width)
+  got = model.level_head(z, 3).c
+  want = model.head.net.embed_cond(z) + 3.0 * emb.kernel[...][0] + emb.bias[...]
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  config = load_config(FLOW)
+  config.model.head = ml_collections.ConfigDict(dict(name="gmm", num_components=2))
+  gmm = build_model(config)
+  assert not gmm.level_in_head and gmm.level_embed.kernel.shape == (1, gmm.dec_cfg.dim)
+  want = gmm.head(z + 3.0 * gmm.level_embed.kernel[...][0] + gmm.level_embed.bias[...])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               gmm.level_head(z, 3), want)
 
 
 @pytest.mark.parametrize("levels,match", [
