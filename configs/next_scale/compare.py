@@ -60,6 +60,10 @@ def _flexvar(c):
   c.model.max_tokens = sum(s * s for s in SCALES)
   # The random-list rule is checked against the 7x7 grid even when unused (its smoke ranges).
   c.model.draw_lo, c.model.draw_hi, c.model.draw_count = [3, 5], [4, 6], [2, 1]
+  # The released sampler draws the sides it was trained at and takes the top-1 token elsewhere
+  # (arjax.models.flexvar sampling_rule): here the trained sides are this list, the grid is 7.
+  c.model.sampled_sides = list(SCALES)
+  c.model.max_pn = SCALES[-1]
 
 
 def _hmar(c):
