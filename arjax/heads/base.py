@@ -127,6 +127,41 @@ class Distribution(struct.PyTreeNode):
     raise NotImplementedError
 
 
+class GuidedHead(Distribution):
+  """Base of the guided continuous heads whose network takes a condition `c` (diffusion, flow,
+  shortcut, global_diffusion): CFG mixes the conditional and unconditional outputs inside the
+  head's sampling loop. cond: the conditional distribution (holding `c` [B, L, ...] and the
+  network), uncond_c: the unconditional condition of the same shape, scale [B, L]. A guided
+  head only samples."""
+  cond: Distribution
+  uncond_c: jax.Array
+  scale: jax.Array
+
+  @classmethod
+  def of(cls, cond, uncond, scale):
+    """`cond.guide(uncond, scale)`: scale scalar, [B] or [B, L]."""
+    s = broadcast_scale(scale, cond.c[..., 0])
+    return cls(cond=cond, uncond_c=uncond.c,
+               scale=jnp.broadcast_to(s, cond.c.shape[:2]).astype(jnp.float32))
+
+  def both(self, fn, x, *args):
+    """(conditional, unconditional) outputs of fn(x, *args, c) in one call on both halves."""
+    b = x.shape[0]
+    out = fn(jnp.concatenate([x, x]), *args, jnp.concatenate([self.cond.c, self.uncond_c]))
+    return out[:b], out[b:]
+
+  def mix(self, out_c, out_u):
+    """CFG: out_u + s (out_c - out_u), s [B, L] over the trailing channels."""
+    return out_u + self.scale[..., None] * (out_c - out_u)
+
+  def loss(self, targets, key=None, weights=None):
+    raise ValueError(f"a guided {self.cond.head_name} head is for sampling; train the "
+                     "conditional one")
+
+  def guide(self, uncond, scale):
+    raise ValueError(f"a guided {self.cond.head_name} head is already guided")
+
+
 def split_halves(dist):
   """A distribution over a doubled batch [2B, ...] -> (first half, second half)."""
   b = jax.tree.leaves(dist)[0].shape[0] // 2

@@ -55,7 +55,7 @@ import numpy as np
 from flax import nnx, struct
 
 from arjax.heads.adaln_mlp import AdaLNMLP
-from arjax.heads.base import (HEADS, Distribution, broadcast_scale, check_targets,
+from arjax.heads.base import (HEADS, Distribution, GuidedHead, check_targets,
                               continuous_token_dim, weighted_mean)
 
 
@@ -289,27 +289,21 @@ class Diffusion(Distribution):
                        self.fields.clip_denoised)
 
   def guide(self, uncond: "Diffusion", scale) -> "GuidedDiffusion":
-    s = broadcast_scale(scale, self.c[..., 0])
-    return GuidedDiffusion(cond=self, uncond_c=uncond.c,
-                           scale=jnp.broadcast_to(s, self.c.shape[:2]).astype(jnp.float32))
+    return GuidedDiffusion.of(self, uncond, scale)
 
 
-class GuidedDiffusion(Distribution):
+class GuidedDiffusion(GuidedHead):
   """CFG on eps inside the reverse loop; scale [B, L]."""
   cond: Diffusion
-  uncond_c: jax.Array
-  scale: jax.Array
 
   head_name = "diffusion (guided)"
 
   def guided_output(self, x, t):
     """[eps_u + s (eps_c - eps_u), v_c] at x_t [B, L, C]: one network call on both halves."""
-    b = x.shape[0]
-    out = self.cond.net(jnp.concatenate([x, x]), t, jnp.concatenate([self.cond.c, self.uncond_c]))
-    eps_c, v_c = jnp.split(out[:b], 2, axis=-1)
-    eps_u = jnp.split(out[b:], 2, axis=-1)[0]
-    s = self.scale[..., None]
-    return jnp.concatenate([eps_u + s * (eps_c - eps_u), v_c], axis=-1)
+    out_c, out_u = self.both(self.cond.net, x, t)
+    eps_c, v_c = jnp.split(out_c, 2, axis=-1)
+    eps_u = jnp.split(out_u, 2, axis=-1)[0]
+    return jnp.concatenate([self.mix(eps_c, eps_u), v_c], axis=-1)
 
   def sample(self, key, *, temperature: float = 1.0):
     check_temperature(self.cond.head_name, temperature)
@@ -317,12 +311,6 @@ class GuidedDiffusion(Distribution):
     sched = sampling_schedule(f.train_timesteps, f.num_sampling_steps)
     return ddpm_sample(sched, self.guided_output, self.cond.c.shape[:2] + (self.cond.channels,),
                        key, temperature, f.clip_denoised)
-
-  def loss(self, targets, key=None, weights=None):
-    raise ValueError("a guided diffusion head is for sampling; train the conditional one")
-
-  def guide(self, uncond, scale):
-    raise ValueError("a guided diffusion head is already guided")
 
 
 @HEADS.register("diffusion", fields=DiffusionFields)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from arjax.heads.adaln_mlp import AdaLNMLP
-from arjax.heads.base import (HEADS, Distribution, broadcast_scale, check_targets,
+from arjax.heads.base import (HEADS, Distribution, GuidedHead, check_targets,
                               continuous_token_dim, weighted_mean)
 from arjax.heads.diffusion import _positive_int, check_temperature
 
@@ -128,25 +128,17 @@ class Flow(Distribution):
     return integrate(self.velocity, x0, self.fields.num_sampling_steps, self.fields.solver)
 
   def guide(self, uncond: "Flow", scale) -> "GuidedFlow":
-    s = broadcast_scale(scale, self.c[..., 0])
-    return GuidedFlow(cond=self, uncond_c=uncond.c,
-                      scale=jnp.broadcast_to(s, self.c.shape[:2]).astype(jnp.float32))
+    return GuidedFlow.of(self, uncond, scale)
 
 
-class GuidedFlow(Distribution):
+class GuidedFlow(GuidedHead):
   """CFG on the velocity at every ODE step; scale [B, L]."""
   cond: Flow
-  uncond_c: jax.Array
-  scale: jax.Array
 
   head_name = "flow (guided)"
 
   def velocity(self, x, t):
-    b = x.shape[0]
-    v = self.cond.net(jnp.concatenate([x, x]), TIME_SCALE * t,
-                      jnp.concatenate([self.cond.c, self.uncond_c]))
-    v_c, v_u = v[:b], v[b:]
-    return v_u + self.scale[..., None] * (v_c - v_u)
+    return self.mix(*self.both(self.cond.net, x, TIME_SCALE * t))
 
   def sample(self, key, *, temperature: float = 1.0):
     check_temperature(self.cond.head_name, temperature)
@@ -154,12 +146,6 @@ class GuidedFlow(Distribution):
     x0 = temperature * jax.random.normal(key, self.cond.c.shape[:2] + (self.cond.channels,),
                                          jnp.float32)
     return integrate(self.velocity, x0, f.num_sampling_steps, f.solver)
-
-  def loss(self, targets, key=None, weights=None):
-    raise ValueError("a guided flow head is for sampling; train the conditional one")
-
-  def guide(self, uncond, scale):
-    raise ValueError("a guided flow head is already guided")
 
 
 @HEADS.register("flow", fields=FlowFields)

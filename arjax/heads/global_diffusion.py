@@ -27,7 +27,7 @@ Legend: B batch, N tokens (H x W grid), C channels, W head width, Dd condition w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +35,8 @@ import numpy as np
 from flax import nnx, struct
 
 from arjax.heads.adaln_mlp import FREQ_DIM, timestep_embedding
-from arjax.heads.base import (HEADS, Distribution, broadcast_scale, check_targets,
-                              continuous_token_dim, weighted_mean)
+from arjax.heads.base import (HEADS, Distribution, GuidedHead, check_targets,
+                              continuous_token_dim)
 from arjax.heads.diffusion import (check_temperature, q_sample, q_posterior, sampling_schedule,
                                    train_schedule)
 from arjax.kernels.masks import MaskSpec
@@ -194,36 +194,21 @@ class GlobalDiffusion(Distribution):
                         temperature, known, known_mask)
 
   def guide(self, uncond: "GlobalDiffusion", scale) -> "GuidedGlobalDiffusion":
-    s = broadcast_scale(scale, self.c[..., 0])
-    return GuidedGlobalDiffusion(cond=self, uncond_c=uncond.c,
-                                 scale=jnp.broadcast_to(s, self.c.shape[:2]).astype(jnp.float32))
+    return GuidedGlobalDiffusion.of(self, uncond, scale)
 
 
-class GuidedGlobalDiffusion(Distribution):
+class GuidedGlobalDiffusion(GuidedHead):
   """CFG on eps inside the reverse loop; scale [B, N]."""
   cond: GlobalDiffusion
-  uncond_c: jax.Array
-  scale: jax.Array
 
   head_name = "global_diffusion (guided)"
 
   def sample(self, key, *, temperature: float = 1.0, known=None, known_mask=None):
     check_temperature(self.cond.head_name, temperature)
     c = self.cond
-
-    def eps_fn(x, t):
-      b = x.shape[0]
-      out = c.net(jnp.concatenate([x, x]), t, jnp.concatenate([c.c, self.uncond_c]))
-      return out[b:] + self.scale[..., None] * (out[:b] - out[b:])
-
+    eps_fn = lambda x, t: self.mix(*self.both(c.net, x, t))
     return _sample_loop(c.fields, eps_fn, c.c.shape[:2] + (c.channels,), key, temperature,
                         known, known_mask)
-
-  def loss(self, targets, key=None, weights=None):
-    raise ValueError("a guided diffusion head is for sampling; train the conditional one")
-
-  def guide(self, uncond, scale):
-    raise ValueError("a guided diffusion head is already guided")
 
 
 @HEADS.register("global_diffusion", fields=GlobalDiffusionFields)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from arjax.heads.adaln_mlp import FREQ_DIM, AdaLNMLP, _dense, timestep_embedding
-from arjax.heads.base import (HEADS, Distribution, broadcast_scale, check_targets,
+from arjax.heads.base import (HEADS, Distribution, GuidedHead, check_targets,
                               continuous_token_dim, weighted_mean)
 from arjax.heads.diffusion import _positive_int, check_temperature
 from arjax.heads.flow import TIME_SAMPLING, TIME_SCALE, draw_times, interpolate
@@ -152,37 +152,23 @@ class Shortcut(Distribution):
     return shortcut_integrate(self.step, x0, self.fields.num_sampling_steps)
 
   def guide(self, uncond: "Shortcut", scale) -> "GuidedShortcut":
-    s = broadcast_scale(scale, self.c[..., 0])
-    return GuidedShortcut(cond=self, uncond_c=uncond.c,
-                          scale=jnp.broadcast_to(s, self.c.shape[:2]).astype(jnp.float32))
+    return GuidedShortcut.of(self, uncond, scale)
 
 
-class GuidedShortcut(Distribution):
+class GuidedShortcut(GuidedHead):
   """CFG on the shortcut velocity at every step; scale [B, L]."""
   cond: Shortcut
-  uncond_c: jax.Array
-  scale: jax.Array
 
   head_name = "shortcut (guided)"
 
   def step(self, x, t, d):
-    b = x.shape[0]
-    s = self.cond.step(jnp.concatenate([x, x]), t, d,
-                       jnp.concatenate([self.cond.c, self.uncond_c]))
-    s_c, s_u = s[:b], s[b:]
-    return s_u + self.scale[..., None] * (s_c - s_u)
+    return self.mix(*self.both(self.cond.step, x, t, d))
 
   def sample(self, key, *, temperature: float = 1.0):
     check_temperature(self.cond.head_name, temperature)
     x0 = temperature * jax.random.normal(key, self.cond.c.shape[:2] + (self.cond.channels,),
                                          jnp.float32)
     return shortcut_integrate(self.step, x0, self.cond.fields.num_sampling_steps)
-
-  def loss(self, targets, key=None, weights=None):
-    raise ValueError("a guided shortcut head is for sampling; train the conditional one")
-
-  def guide(self, uncond, scale):
-    raise ValueError("a guided shortcut head is already guided")
 
 
 @HEADS.register("shortcut", fields=ShortcutFields)

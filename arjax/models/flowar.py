@@ -50,7 +50,6 @@ from typing import Dict, List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from arjax.heads.base import check_targets, continuous_token_dim, token_metrics
@@ -59,7 +58,7 @@ from arjax.heads.spatial_flow import SpatialFlowFields
 from arjax.kernels import attention
 from arjax.kernels.masks import MaskSpec
 from arjax.models.registry import MODELS, GeneratorFields, model_fields
-from arjax.models.var import VarBlock, _Linear, _normal, layer_norm
+from arjax.models.var import VarBlock, _Linear, _normal, layer_norm, run_scale
 from arjax.models.xar import TimeEmbed
 from arjax.nn.layers import make_param
 from arjax.orders import register_support
@@ -318,19 +317,8 @@ class FlowAR(nnx.Module):
     """Scale k (from 0, static): inputs [B, h_k^2, Ct] (Up of scale k-1; None at k = 0),
     labels [B] -> (shat_k [B, h_k^2, C], caches with the scale's keys and values written)."""
     del order
-    a, e = self.order.bounds[k]
-    cond = self.cond(labels)
-    if k == 0:
-      x = cond[:, None] + self.pos_start[...][None]
-    else:
-      x = self.word_embed(inputs.astype(jnp.float32))
-    x = x + (self.level_embed[...][k] + self.pos_embed[...][a:e])[None]
-    mask = self.order.decode_mask(k)
-    out = []
-    for blk, cache in zip(self.blocks, caches):
-      x, cache = blk(x, cond, mask, cache=cache, index=a)
-      out.append(cache)
-    return layer_norm(x, self.norm_eps), out
+    x, caches, _ = run_scale(self, k, inputs, labels, caches)
+    return layer_norm(x, self.norm_eps), caches
 
   def scale_velocity(self, x, t, shat):
     """One scale: x [B, L, Ct], t scalar, shat [B, L, C] -> velocity [B, L, Ct]."""

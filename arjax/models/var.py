@@ -175,6 +175,28 @@ class VarHead(nnx.Module):
     return Categorical(self.proj(h).astype(jnp.float32), label_smoothing=self.label_smoothing)
 
 
+def run_scale(model, k: int, inputs, labels, caches):
+  """One scale of KV-cached next-scale decoding, shared by VAR and FlowAR (any model with
+  `cond`, `pos_start`, `word_embed`, `level_embed`, `pos_embed`, `order` and `blocks`): scale
+  k (from 0, static) reads the class token + start position (k = 0) or Linear(inputs
+  [B, h_k^2, Dv]), plus its level and position embeddings, through every block. Returns
+  (hidden states [B, h_k^2, C], the caches with the scale's keys and values written, the
+  class condition [B, C])."""
+  a, e = model.order.bounds[k]
+  cond = model.cond(labels)
+  if k == 0:
+    x = cond[:, None] + model.pos_start[...][None]
+  else:
+    x = model.word_embed(inputs.astype(jnp.float32))
+  x = x + (model.level_embed[...][k] + model.pos_embed[...][a:e])[None]
+  mask = model.order.decode_mask(k)
+  out = []
+  for blk, cache in zip(model.blocks, caches):
+    x, cache = blk(x, cond, mask, cache=cache, index=a)
+    out.append(cache)
+  return x, out, cond
+
+
 def find_scale_quantizer(tokenizer, where: str = "the model's tokenizer"):
   """The multi-scale quantizer (arjax.tokenizers.quantizers.multiscale.MultiScaleVQ, frozen)
   behind a tokenizer: the quantizer itself, an autoencoder module's, a trained tokenizer run's
@@ -345,19 +367,8 @@ class VAR(nnx.Module):
   def decode_scale_hidden(self, k: int, inputs: Optional[jax.Array], labels, caches):
     """As `decode_scale`, also returning the scale's final hidden states [B, h_k^2, C] (what a
     continuous head on the scale reads, HART)."""
-    a, e = self.order.bounds[k]
-    cond = self.cond(labels)
-    if k == 0:
-      x = cond[:, None] + self.pos_start[...][None]
-    else:
-      x = self.word_embed(inputs.astype(jnp.float32))
-    x = x + (self.level_embed[...][k] + self.pos_embed[...][a:e])[None]
-    mask = self.order.decode_mask(k)
-    out = []
-    for blk, cache in zip(self.blocks, caches):
-      x, cache = blk(x, cond, mask, cache=cache, index=a)
-      out.append(cache)
-    return self.head(x, cond), out, x
+    x, caches, cond = run_scale(self, k, inputs, labels, caches)
+    return self.head(x, cond), caches, x
 
   def default_sampler(self) -> str:
     return "next_scale"

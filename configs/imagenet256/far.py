@@ -29,7 +29,9 @@ width and depth, 4 sampling steps); `head=flow` the plain flow head. The counts 
 diffusion head's. `:smoke` runs on a fresh clone: 7x7 area-averaged MNIST pixels as one-channel
 continuous tokens, a tiny encoder-decoder and head, a few steps, levels [0, 2, 4].
 """
-from arjax.config import ConfigDict, base_config, parse_arg
+from arjax.config import ConfigDict, base_config, parse_arg, sibling_config
+
+mar = sibling_config(__file__, "mar.py")  # the KL-16 tokens, the training recipe, the smoke.
 
 HEADS = ("diffusion", "flow", "shortcut")
 SIZES = {  # layers (encoder = decoder), heads, width, diffloss depth, diffloss width, CFG.
@@ -47,12 +49,7 @@ def get_config(arg=None):
     raise ValueError(f"far head={args.head!r}; expected one of {list(HEADS)}")
   layers, heads, width, head_depth, head_width, cfg = SIZES[args.size]
   c = base_config()
-  c.tokenizer.name = "cached"
-  c.tokenizer.vocab_size = 0
-  c.tokenizer.grid = 16
-  c.tokenizer.latent_dim = 16
-  c.data.source = "array_record:/data/imagenet_kl16/{split}.array_record"
-  c.data.pp = ""
+  mar.kl16_tokens(c)
   m = c.model
   m.name = "far"
   m.num_classes = 1000
@@ -81,25 +78,13 @@ def get_config(arg=None):
     h.name = "shortcut"
     del h["diffusion_batch_mul"]
     h.batch_mul, h.num_sampling_steps = 4, 4
-  t = c.train
-  t.batch_size = 2048
-  t.lr = 8e-4
-  t.b1, t.b2 = 0.9, 0.95
-  t.weight_decay = 0.02
-  t.grad_clip = 3.0
-  t.num_steps = 400 * 626
-  t.warmup_steps = 100 * 626
-  t.end_lr_ratio = 1.0
-  t.ema_decay = 0.9999
+  mar.paper_training(c.train, lr=8e-4, epochs=400)
   e = c.eval
   e.cfg_scale = cfg
   e.cfg_schedule = "linear"         # 1 + (w - 1) s / S over the S level steps.
   e.temperature = 1.0
   if args.smoke:
-    c.data.source = "mnist"
-    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=7, channels=1,
-                                  continuous=True))
-    m.num_classes = 10
+    mar.mnist_smoke(c, resolution=7)
     m.buffer_size = 4
     m.decoder_layers = 1
     m.sample_levels = (0, 2, 4)
@@ -107,8 +92,4 @@ def get_config(arg=None):
     b.resid_dropout = b.ffn_dropout = 0.0
     h.width, h.depth = 32, 1
     h.num_sampling_steps = 2 if args.head == "shortcut" else 4
-    t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
-    t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
-    e.num_examples, e.batch_size, e.samples_per_class = 64, 32, 1
-    e.cfg_scale = 2.0
   return c

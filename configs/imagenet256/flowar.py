@@ -29,7 +29,9 @@ constant CFG 4.3 (S) / 2.4 (L, H) on the velocity (B: 2.4, not stated in the pap
 `:smoke` runs on a fresh clone: the continuous 14x14 area-averaged MNIST pixels (pixel
 tokenizer, continuous, one channel), scales 1,2,4,7,14, depth 2 at width 32, a 1-block head.
 """
-from arjax.config import ConfigDict, base_config, parse_arg
+from arjax.config import ConfigDict, base_config, parse_arg, sibling_config
+
+mar = sibling_config(__file__, "mar.py")  # the KL-16 tokens, the training recipe, the smoke.
 
 SIZES = {  # AR width, AR depth, head width, CFG, ODE steps per scale (head: 2 blocks).
     "S": (768, 14, 704, 4.3, 25),
@@ -48,12 +50,7 @@ def get_config(arg=None):
   width, depth, head_width, cfg, steps = SIZES[args.size]
   c = base_config()
   del c.model.backbone  # the AR blocks are VAR's (arjax.models.var); fields under model.
-  c.tokenizer.name = "cached"
-  c.tokenizer.vocab_size = 0        # continuous tokens.
-  c.tokenizer.grid = 16             # KL-16 at 256 px: 16x16 tokens.
-  c.tokenizer.latent_dim = 16       # KL-16 channels.
-  c.data.source = "array_record:/data/imagenet_kl16/{split}.array_record"
-  c.data.pp = ""
+  mar.kl16_tokens(c)
   c.order.name = "scales"
   c.order.scales = list(SCALES)
   m = c.model
@@ -69,29 +66,14 @@ def get_config(arg=None):
   h.num_sampling_steps = steps
   h.solver = "euler"
   h.time_sampling = "uniform"
-  t = c.train
-  t.batch_size = 2048
-  t.lr = 4e-4                       # 5e-5 x 2048 / 256.
-  t.b1, t.b2 = 0.9, 0.96
-  t.weight_decay = 0.02
-  t.grad_clip = 1.0
-  t.num_steps = 400 * 626           # 400 epochs of 1.28M images at batch 2048.
-  t.warmup_steps = 100 * 626
-  t.end_lr_ratio = 1.0
-  t.ema_decay = 0.9999
+  # lr 5e-5 x 2048 / 256; the rest as xAR's (same authors; unverified for FlowAR).
+  mar.paper_training(c.train, lr=4e-4, epochs=400, b2=0.96, grad_clip=1.0)
   e = c.eval
   e.cfg_scale = cfg
   e.temperature = 1.0
   if args.smoke:
-    c.data.source = "mnist"
-    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=14, channels=1,
-                                  continuous=True))
+    mar.mnist_smoke(c, resolution=14)
     c.order.scales = [1, 2, 4, 7, 14]
-    m.num_classes = 10
     m.depth, m.width, m.num_heads = 2, 32, 2
     h.depth, h.width, h.num_heads, h.num_sampling_steps = 1, 32, 2, 4
-    t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
-    t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
-    e.num_examples, e.batch_size, e.samples_per_class = 64, 32, 1
-    e.cfg_scale = 2.0
   return c

@@ -22,7 +22,9 @@ from 1 to 0.75 over the first 100 epochs, once per epoch (official step_warmup, 
 Training (main_himar.py defaults): AdamW, lr 1e-4 x batch / 256, weight decay 0.02, 100 warmup
 epochs, 400 epochs, EMA 0.9999; diffusion_batch_mul 1 (the flag's default).
 """
-from arjax.config import ConfigDict, base_config, parse_arg
+from arjax.config import ConfigDict, base_config, parse_arg, sibling_config
+
+mar = sibling_config(__file__, "mar.py")  # the KL-16 tokens, the training recipe, the smoke.
 
 SIZES = {  # layers, heads, width, diffloss d, w, gdm d, w, heads, grid steps, cfg, pivot cfg.
     "B": (12, 12, 768, 6, 1024, 6, 512, 8, 4, 2.5, 2.7),
@@ -37,12 +39,7 @@ def get_config(arg=None):
     raise ValueError(f"himar size={args.size!r}; expected one of {sorted(SIZES)}")
   (layers, heads, width, hd, hw, gd, gw, gh, steps, cfg, pcfg) = SIZES[args.size]
   c = base_config()
-  c.tokenizer.name = "cached"
-  c.tokenizer.vocab_size = 0
-  c.tokenizer.grid = 16
-  c.tokenizer.latent_dim = 16
-  c.data.source = "array_record:/data/imagenet_kl16/{split}.array_record"
-  c.data.pp = ""
+  mar.kl16_tokens(c)
   c.sampling = ConfigDict(dict(name="himar"))
   m = c.model
   m.name = "himar"
@@ -76,26 +73,14 @@ def get_config(arg=None):
   g.name = "global_diffusion"
   g.width, g.depth, g.num_heads, g.mlp_ratio = gw, gd, gh, 4
   g.num_sampling_steps = 250
-  t = c.train
-  t.batch_size = 2048
-  t.lr = 8e-4
-  t.b1, t.b2 = 0.9, 0.95
-  t.weight_decay = 0.02
-  t.grad_clip = 3.0
-  t.num_steps = 400 * 626
-  t.warmup_steps = 100 * 626
-  t.end_lr_ratio = 1.0
-  t.ema_decay = 0.9999
+  mar.paper_training(c.train, lr=8e-4, epochs=400)
   e = c.eval
   e.cfg_scale = cfg
   e.cfg_schedule = "linear"
   e.cfg_by = "revealed"
   e.temperature = 1.0
   if args.smoke:
-    c.data.source = "mnist"
-    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=14, channels=1,
-                                  continuous=True))
-    m.num_classes = 10
+    mar.mnist_smoke(c, resolution=14)
     m.buffer_size = 4
     m.decoder_layers = 1
     m.pivot_grid = 7
@@ -105,8 +90,4 @@ def get_config(arg=None):
     b.resid_dropout = b.ffn_dropout = 0.0
     h.width, h.depth, h.num_sampling_steps = 32, 1, 4
     g.width, g.depth, g.num_heads, g.num_sampling_steps = 32, 1, 2, 4
-    t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
-    t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
-    e.num_examples, e.batch_size, e.samples_per_class = 64, 32, 1
-    e.cfg_scale = 2.0
   return c

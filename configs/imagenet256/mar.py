@@ -26,12 +26,53 @@ encoder-decoder and head, a few steps.
 """
 from arjax.config import ConfigDict, base_config, parse_arg
 
+EPOCH = 626  # steps of one ImageNet epoch (1.28M images) at batch 2048.
+
 HEADS = ("diffusion", "flow", "gmm")  # the continuous heads (arjax.heads); MAR's is diffusion.
 SIZES = {  # layers (encoder = decoder), heads, width, diffloss depth, diffloss width, CFG.
     "B": (12, 12, 768, 6, 1024, 2.9),
     "L": (16, 16, 1024, 8, 1280, 3.0),
     "H": (20, 16, 1280, 12, 1536, 3.2),
 }
+
+
+def kl16_tokens(c):
+  """The tokens of the ImageNet configs on continuous latents (MAR, FAR, xAR, FlowAR, Hi-MAR):
+  MAR's KL-16 latents at 256 px, pre-tokenized into an ArrayRecord cache."""
+  c.tokenizer.name = "cached"
+  c.tokenizer.vocab_size = 0        # continuous tokens.
+  c.tokenizer.grid = 16             # KL-16 at 256 px: 16x16 tokens.
+  c.tokenizer.latent_dim = 16       # KL-16 channels.
+  c.data.source = "array_record:/data/imagenet_kl16/{split}.array_record"
+  c.data.pp = ""
+
+
+def paper_training(t, lr, epochs, b2=0.95, grad_clip=3.0):
+  """The training recipe these papers share (MAR's main_mar.py): AdamW (0.9, b2), weight decay
+  0.02, batch 2048, `epochs` epochs with 100 warm-up epochs then a constant lr, EMA 0.9999."""
+  t.batch_size = 2048
+  t.lr = lr
+  t.b1, t.b2 = 0.9, b2
+  t.weight_decay = 0.02
+  t.grad_clip = grad_clip
+  t.num_steps = epochs * EPOCH
+  t.warmup_steps = 100 * EPOCH
+  t.end_lr_ratio = 1.0              # constant after warmup.
+  t.ema_decay = 0.9999
+
+
+def mnist_smoke(c, resolution):
+  """`:smoke` on a fresh clone: the continuous values of the `resolution`^2 area-averaged MNIST
+  pixels as one-channel tokens, 10 classes, 4 steps of batch 8, a small evaluation."""
+  c.data.source = "mnist"
+  c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=resolution, channels=1,
+                                continuous=True))
+  c.model.num_classes = 10
+  t, e = c.train, c.eval
+  t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
+  t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
+  e.num_examples, e.batch_size, e.samples_per_class = 64, 32, 1
+  e.cfg_scale = 2.0
 
 
 def get_config(arg=None):
@@ -42,12 +83,7 @@ def get_config(arg=None):
     raise ValueError(f"mar head={args.head!r}; expected one of {list(HEADS)}")
   layers, heads, width, head_depth, head_width, cfg = SIZES[args.size]
   c = base_config()
-  c.tokenizer.name = "cached"
-  c.tokenizer.vocab_size = 0        # continuous tokens.
-  c.tokenizer.grid = 16             # KL-16 at 256 px: 16x16 tokens.
-  c.tokenizer.latent_dim = 16       # KL-16 channels.
-  c.data.source = "array_record:/data/imagenet_kl16/{split}.array_record"
-  c.data.pp = ""
+  kl16_tokens(c)
   c.order.name = "masked"
   c.order.reveal = "mar"            # cosine count, random order (MAR's sample_tokens).
   c.order.num_steps = 64            # MAR's default AR steps (256 for its best FID).
@@ -76,26 +112,14 @@ def get_config(arg=None):
     h.batch_mul, h.num_sampling_steps = 4, 20
   elif args.head == "gmm":          # GIVT's mixture: no inner loop.
     h = m.head = ConfigDict(dict(name="gmm", num_components=16))
-  t = c.train
-  t.batch_size = 2048
-  t.lr = 8e-4                       # 1e-4 x 2048 / 256.
-  t.b1, t.b2 = 0.9, 0.95
-  t.weight_decay = 0.02
-  t.grad_clip = 3.0
-  t.num_steps = 800 * 626           # 800 epochs of 1.28M images at batch 2048.
-  t.warmup_steps = 100 * 626
-  t.end_lr_ratio = 1.0              # constant after warmup.
-  t.ema_decay = 0.9999
+  paper_training(c.train, lr=8e-4, epochs=800)  # lr 1e-4 x 2048 / 256.
   e = c.eval
   e.cfg_scale = cfg
   e.cfg_schedule = "linear"
   e.cfg_by = "revealed"             # 1 + (w - 1) (N - masked after the step) / N.
   e.temperature = 1.0
   if args.smoke:
-    c.data.source = "mnist"
-    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=7, channels=1,
-                                  continuous=True))
-    m.num_classes = 10
+    mnist_smoke(c, resolution=7)
     m.buffer_size = 4
     m.decoder_layers = 1
     b.num_layers, b.num_heads, b.dim = 1, 2, 32
@@ -103,8 +127,4 @@ def get_config(arg=None):
     if args.head != "gmm":
       h.width, h.depth, h.num_sampling_steps = 32, 1, 4
     c.order.num_steps = 4
-    t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
-    t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
-    e.num_examples, e.batch_size, e.samples_per_class = 64, 32, 1
-    e.cfg_scale = 2.0
   return c

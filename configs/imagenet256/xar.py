@@ -24,7 +24,9 @@ model.head.solver). Paper FID 1.72 / 1.28 / 1.24.
 `:smoke` runs on a fresh clone: the continuous values of the 14x14 area-averaged MNIST pixels
 (pixel tokenizer, continuous, one channel), 7x7 cells (4 entities), a tiny encoder-decoder.
 """
-from arjax.config import ConfigDict, base_config, parse_arg
+from arjax.config import ConfigDict, base_config, parse_arg, sibling_config
+
+mar = sibling_config(__file__, "mar.py")  # the KL-16 tokens, the training recipe, the smoke.
 
 ENTITIES = ("cell", "subsample", "scale")
 SIZES = {  # layers (encoder = decoder), heads, width, CFG, flow steps.
@@ -42,12 +44,7 @@ def get_config(arg=None):
     raise ValueError(f"xar entity={args.entity!r}; expected one of {list(ENTITIES)}")
   layers, heads, width, cfg, steps = SIZES[args.size]
   c = base_config()
-  c.tokenizer.name = "cached"
-  c.tokenizer.vocab_size = 0        # continuous tokens.
-  c.tokenizer.grid = 16             # KL-16 at 256 px: 16x16 tokens.
-  c.tokenizer.latent_dim = 16       # KL-16 channels.
-  c.data.source = "array_record:/data/imagenet_kl16/{split}.array_record"
-  c.data.pp = ""
+  mar.kl16_tokens(c)
   m = c.model
   m.name = "xar"
   m.num_classes = 1000
@@ -69,34 +66,19 @@ def get_config(arg=None):
   h.num_sampling_steps = steps
   h.solver = "euler"
   h.time_sampling = "logit_normal"  # t = sigmoid(n), n ~ N(0, 1) per entity.
-  t = c.train
-  t.batch_size = 2048
-  t.lr = 4e-4                       # 5e-5 x 2048 / 256.
-  t.b1, t.b2 = 0.9, 0.96             # official AdamW betas.
-  t.weight_decay = 0.02
-  t.grad_clip = 1.0
-  t.num_steps = 800 * 626           # 800 epochs of 1.28M images at batch 2048.
-  t.warmup_steps = 100 * 626
-  t.end_lr_ratio = 1.0              # constant after warmup.
-  t.ema_decay = 0.9999
+  # lr 5e-5 x 2048 / 256; the official AdamW betas (0.9, 0.96) and grad clip 1.
+  mar.paper_training(c.train, lr=4e-4, epochs=800, b2=0.96, grad_clip=1.0)
   e = c.eval
   e.cfg_scale = cfg
   e.cfg_schedule = "linear"
   e.cfg_by = "steps"                # 1 + (w - 1) k / (E - 1) for entity k.
   e.temperature = 1.0
   if args.smoke:
-    c.data.source = "mnist"
-    c.tokenizer = ConfigDict(dict(name="pixel", levels=8, resolution=14, channels=1,
-                                  continuous=True))
-    m.num_classes = 10
+    mar.mnist_smoke(c, resolution=14)
     m.entity_size = args.entity_size or 7  # 2x2 cells of 7x7 tokens.
     m.decoder_layers = 1
     m.sde = False
     b.num_layers, b.num_heads, b.dim, b.mlp_dim = 1, 2, 32, 64
     b.resid_dropout = b.ffn_dropout = 0.0
     h.num_sampling_steps = 4
-    t.batch_size, t.num_steps, t.lr, t.warmup_steps = 8, 4, 1e-3, 0
-    t.log_every, t.checkpoint_every, t.ema_decay = 2, 1000, 0.0
-    e.num_examples, e.batch_size, e.samples_per_class = 64, 32, 1
-    e.cfg_scale = 2.0
   return c
