@@ -76,10 +76,10 @@ class HartFields(VarFields):
   diff_weight: float = ranged(1.0, lo=0.0)       # loss = CE + diff_weight * diffusion.
   sampled_condition: bool = True                 # condition on a drawn q_K in training (HART).
   condition_top_k: int = ranged(600, lo=0, integer=True)   # top-k of that draw (0: off; HART 600).
-  condition_top_p: float = ranged(0.96, lo=0.0, lo_open=True, hi=1.0)  # its top-p (1: off; HART 0.96).
+  condition_top_p: float = ranged(0.96, lo=0.0, lo_open=True, hi=1.0)  # its top-p (1: off).
   mask_last_scale: bool = True        # MAR-style training of the last scale (HART); False: VAR's.
-  mask_ratio_min: float = ranged(0.5, lo=0.0, hi=1.0, hi_open=True)  # masked ~ N(1, std) on [min, 1].
-  mask_ratio_std: float = ranged(0.25, lo=0.0, lo_open=True)   # that truncated normal's std.
+  mask_ratio_min: float = ranged(0.5, lo=0.0, hi=1.0, hi_open=True)  # least masked fraction.
+  mask_ratio_std: float = ranged(0.25, lo=0.0, lo_open=True)   # fraction ~ N(1, std) on [min, 1].
   mask_keep_min: int = ranged(32, lo=1, integer=True)  # cells never masked (HART: 32 of 4096).
   num_maskgit_iters: int = ranged(1, lo=1, integer=True)   # last-scale sampling iterations.
 
