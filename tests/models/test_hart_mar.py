@@ -16,7 +16,9 @@ the last scale has 16 cells):
 - mask_last_scale=False trains every token (the VAR-like causal loss);
 - the q_K draw's top-k / top-p filter equals a float64 numpy port of HART's
   sample_with_top_k_top_p_ (V = 4096, k = 600, p = 0.96, and k = 5, p = 0.5), and the draw only
-  takes surviving tokens with their renormalised frequencies (4000 draws, 4 sigma + 0.005).
+  takes surviving tokens with their renormalised frequencies (4000 draws, 4 sigma + 0.005);
+- bad input: the masking or MaskGIT iterations with a Markovian scale mask, and out-of-range
+  fields, are refused by name.
 """
 import math
 
@@ -264,3 +266,18 @@ def test_condition_filter_is_harts(tok):  # noqa: F811
   pk /= pk.sum()
   freq = np.bincount(draws, minlength=32) / 4000
   assert (np.abs(freq - pk) <= 4 * np.sqrt(pk * (1 - pk) / 4000) + 0.005).all(), (freq, pk)
+
+
+def test_bad_input_named(tok):  # noqa: F811
+  def make(*extra):
+    config = hart_config(*extra)
+    return abstract_module(
+        lambda: build_model(config, tokenizer=build_tokenizer(config).with_decoder(tok)))
+  with pytest.raises(ValueError, match=r"model.mask_last_scale / model.num_maskgit_iters > 1 "
+                                       r"need the block-causal scale mask; order.markovian=True"):
+    make("order.markovian=True")
+  make("order.markovian=True", "model.mask_last_scale=False")  # VAR-like training: allowed
+  for field, value in [("condition_top_p", "0.0"), ("num_maskgit_iters", "0"),
+                       ("mask_ratio_min", "1.0")]:
+    with pytest.raises(ValueError, match=rf"model.{field}"):
+      make(f"model.{field}={value}")
