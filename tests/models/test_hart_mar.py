@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from arjax.core.functional import FunctionalModel, abstract_module
+from arjax.core.functional import abstract_module
 from arjax.heads.categorical import process_logits
 from arjax.kernels.masks import MaskSpec
 from arjax.models import build_model
