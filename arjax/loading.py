@@ -281,6 +281,25 @@ class TrainedTokenizer:
     fm = self.fm
     self._encode = jax.jit(lambda v, images: fm.bind(v).encode(images))
     self._decode = jax.jit(lambda v, tokens: fm.bind(v).decode(tokens))
+    # HART's hybrid multi-scale quantizer: the continuous residual f - f_hat_discrete too.
+    self.hybrid = q.get("name") == "multiscale" and bool(q.get("hybrid", False))
+
+    def hybrid(v, images):
+      from arjax.models.autoencoder import to_float
+      ae = fm.bind(v)
+      tokens, _, r = ae.quantizer.hybrid_split(ae.latents(to_float(images, ae.image_size,
+                                                                   ae.channels)))
+      return tokens, r.reshape(r.shape[0], -1, r.shape[-1])
+
+    self._encode_hybrid = jax.jit(hybrid)
+
+  def encode_hybrid(self, images) -> Tuple[jax.Array, jax.Array]:
+    """uint8 [B, H, W, C] -> (tokens int32 [B, N], residual float32 [B, s^2, Dv]): a hybrid
+    run's (quantizer.hybrid=True) tokens and continuous residual on the last scale's s x s grid."""
+    if not self.hybrid:
+      raise ValueError(f"tokenizer run {self.workdir!r} is not hybrid (model.quantizer.name="
+                       f"'multiscale' with quantizer.hybrid=True): it has no residual")
+    return self._encode_hybrid(self.variables, images)
 
   def encode(self, images) -> jax.Array:
     """uint8 [B, H, W, C] -> int32 [B, N] (continuous: float32 [B, N, D])."""
@@ -294,7 +313,7 @@ class TrainedTokenizer:
     return {"workdir": os.path.abspath(self.workdir), "step": int(self.step),
             "vocab_size": self.vocab_size, "grid": list(self.grid),
             "tokens_per_image": self.tokens_per_image, "continuous": self.continuous,
-            "latent_dim": self.latent_dim}
+            "latent_dim": self.latent_dim, "hybrid": self.hybrid}
 
 
 _LOADED: Dict[Tuple[str, Optional[int]], TrainedTokenizer] = {}

@@ -3,7 +3,9 @@
 
 Encodes data set splits once with a trained tokenizer (the latest checkpoint of an
 `arjax.train` run of model 'autoencoder') into ArrayRecord token caches that generators read
-with data.source='array_record:PATH' (PATH with '{split}'); see arjax.train.token_cache.
+with data.source='array_record:PATH' (PATH with '{split}'); see arjax.train.token_cache. A
+hybrid multi-scale run (quantizer.hybrid=True, HART) also writes each record's continuous
+residual [s_K^2, Dv] ('residual'), which model 'hart' trains from.
 Prints a JSON summary (files, example counts, the tokenizer's vocab_size and grid) last.
 """
 from __future__ import annotations

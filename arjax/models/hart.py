@@ -12,35 +12,48 @@ the continuous residual r = f - f_hat_discrete [B, h_K^2, Dv] on the last scale'
              `diffusion_batch_mul` draws, `num_sampling_steps` = 8 at sampling):
                  z = LN(h + word_embed(e[q_K]))            (HART's decoder_norm, affine LN)
              q_K: the last scale's token (training: drawn from the model's own last-scale
-             logits when `sampled_condition`, HART's; else the target token), e the frozen
-             codebook, word_embed VAR's input Linear (shared, as HART's).
+             logits after top-k condition_top_k = 600 / top-p condition_top_p = 0.96 when
+             `sampled_condition`, HART's; else the target token), e the frozen codebook,
+             word_embed VAR's input Linear (shared, as HART's).
              target: f - f_hat_{<K} - phi_K(e[q_K]), the residual left by the conditioning token
              (= the tokenizer's residual r when q_K is the target token).
+  masking    (`mask_last_scale`, HART's MAR-style last scale, training only) one fraction r per
+             batch ~ N(1, 0.25) truncated to [0.5, 1]; min(ceil(r s^2), s^2 - mask_keep_min)
+             last-scale cells, a random set per row, are dropped from the sequence (HART's
+             x_BLC[mask]; here: hidden from every slot by a block-causal mask, `keep_mask`); CE
+             over the earlier scales and the kept cells, the diffusion loss over the kept cells.
+             mask_last_scale=False: VAR's causal training of every token.
   loss       CE + diff_weight * diffusion loss (both means over their tokens).
 
 Sampling (arjax.sampling.next_scale): the K scales as VAR, then the residual head samples the
 h_K^2 residual tokens (8 respaced DDPM steps, CFG on eps at the last scale's guidance scale)
-and f = f_hat_discrete + residual is what the tokenizer's decoder reads.
+and f = f_hat_discrete + residual is what the tokenizer's decoder reads. num_maskgit_iters > 1:
+HART's MaskGIT iterations on the last scale, a random order per row (HART has no confidence
+rule), cells per iteration by HART's cosine schedule (`maskgit_counts`); the last scale's inputs
+do not depend on what the iterations draw, so the sampler runs them as one pass under the mask
+HART's KV-cached loop implies (`last_scale_reveal_steps`, VAR.decode_scale_hidden).
 
-Deviations from the released code, named: the last scale is drawn in one pass (HART's
-num_maskgit_iters default 1 draws it in one MaskGIT step too, but trains it with MAR-style
-masking of the last scale, which is not done here: every last-scale token is predicted
-causally over scales as VAR); the training draw of q_K is plain categorical (HART: top-k 600,
-top-p 0.96); HART keeps phi off the last scale in its generator tokens (here VAR's quantizer
-applies phi_K, and the target and the sample use the same phi_K, so f is reconstructed the same
-way). HART's loss weighting between CE and the diffusion loss is in its training script, which
-is not released: diff_weight = 1 is an assumption.
+Deviations from the released code, named: the evaluation loss (train=False) is not masked (every
+token, a deterministic metric); HART keeps phi off the last scale in its generator tokens (here
+VAR's quantizer applies phi_K, and the target and the sample use the same phi_K, so f is
+reconstructed the same way); HART's mask_len clamp n - 32 is negative below 32 cells, where its
+slicing masks more; here the count is clipped to [0, n - 1] (`mask_keep_min` sets the 32). HART's
+loss weighting between CE and the diffusion loss and its CE normalisation over the kept cells are
+in its training script, which is not released: diff_weight = 1 and a mean over the trained tokens
+are assumptions.
 
 Legend: B batch, N tokens, K scales, C width, Dv code dim, s = h_K the last side.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from arjax.heads.base import token_metrics
@@ -62,6 +75,13 @@ class HartFields(VarFields):
   num_sampling_steps: int = ranged(8, lo=1, hi=1000, integer=True)   # respaced DDPM steps (HART: 8).
   diff_weight: float = ranged(1.0, lo=0.0)       # loss = CE + diff_weight * diffusion.
   sampled_condition: bool = True                 # condition on a drawn q_K in training (HART).
+  condition_top_k: int = ranged(600, lo=0, integer=True)   # top-k of that draw (0: off; HART 600).
+  condition_top_p: float = ranged(0.96, lo=0.0, lo_open=True, hi=1.0)  # its top-p (1: off).
+  mask_last_scale: bool = True        # MAR-style training of the last scale (HART); False: VAR's.
+  mask_ratio_min: float = ranged(0.5, lo=0.0, hi=1.0, hi_open=True)  # least masked fraction.
+  mask_ratio_std: float = ranged(0.25, lo=0.0, lo_open=True)   # fraction ~ N(1, std) on [min, 1].
+  mask_keep_min: int = ranged(32, lo=1, integer=True)  # cells never masked (HART: 32 of 4096).
+  num_maskgit_iters: int = ranged(1, lo=1, integer=True)   # last-scale sampling iterations.
 
 
 class HART(VAR):
@@ -74,6 +94,13 @@ class HART(VAR):
     from arjax.models.registry import model_fields
     m = model_fields(HartFields, config)
     self.diff_weight, self.sampled_condition = m.diff_weight, m.sampled_condition
+    self.condition_top_k, self.condition_top_p = m.condition_top_k, m.condition_top_p
+    self.mask_last_scale, self.mask_keep_min = m.mask_last_scale, m.mask_keep_min
+    self.mask_ratio_min, self.mask_ratio_std = m.mask_ratio_min, m.mask_ratio_std
+    self.num_maskgit_iters = m.num_maskgit_iters
+    if self.order.markovian and (m.mask_last_scale or m.num_maskgit_iters > 1):
+      raise ValueError("model 'hart': model.mask_last_scale / model.num_maskgit_iters > 1 need "
+                       "the block-causal scale mask; order.markovian=True is not supported")
     c = self.width
     self.last_side = self.scales[-1]
     self.res_norm_scale = make_param(rngs, nnx.initializers.ones, (c,), ("embed",))
@@ -112,6 +139,55 @@ class HART(VAR):
     last = vq._upsample(len(self.scales) - 1, e)
     return jax.lax.stop_gradient(f - before - last).reshape(b, s * s, self.code_dim)
 
+  # -- the last scale: MAR-style masking in training, MaskGIT iterations in sampling ---------
+  def last_scale_keep(self, key, b: int):
+    """HART's training mask of the last scale (`random_masking`): bool [B, s^2], True where a
+    cell is kept (fed and predicted); a masked cell is dropped from the sequence. One masked
+    fraction r per batch from N(1, mask_ratio_std) truncated to [mask_ratio_min, 1], then
+    min(ceil(r s^2), s^2 - mask_keep_min) cells (clipped to [0, s^2 - 1]) masked in a random
+    order per row."""
+    n = self.last_side ** 2
+    k_ratio, k_order = jax.random.split(key)
+    lower = (self.mask_ratio_min - 1.0) / self.mask_ratio_std
+    r = 1.0 + self.mask_ratio_std * jax.random.truncated_normal(k_ratio, lower, 0.0, (),
+                                                               jnp.float32)
+    num = jnp.minimum(jnp.ceil(n * r).astype(jnp.int32), n - self.mask_keep_min)
+    num = jnp.clip(num, 0, n - 1)
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_order, (b, n)), axis=1), axis=1)
+    return rank >= num
+
+  def keep_mask(self, keep_last):
+    """keep_last bool [B, s^2] -> the block-causal MaskSpec over the N slots in which the masked
+    last-scale cells are hidden from every other slot (their block id is K, one past the last
+    scale's): what HART's dropping them from the sequence computes for the kept slots."""
+    from arjax.kernels.masks import MaskSpec
+    b, n, k = keep_last.shape[0], self.last_side ** 2, len(self.scales)
+    ids = jnp.broadcast_to(self.order.level_ids[None], (b, self.num_tokens))
+    ids = ids.at[:, -n:].set(jnp.where(keep_last, k - 1, k).astype(jnp.int32))
+    return MaskSpec(kind="block_causal", q_block_ids=ids, kv_block_ids=ids)
+
+  def draw_condition(self, key, logits):
+    """The training draw of q_K (HART's `sampled_condition`): logits [..., V] -> int32 [...]
+    from the softmax after top-k (condition_top_k) then top-p (condition_top_p) filtering."""
+    from arjax.heads.categorical import sample_tokens
+    return sample_tokens(key, logits, top_k=self.condition_top_k, top_p=self.condition_top_p)
+
+  def maskgit_counts(self) -> Tuple[int, ...]:
+    """Cells of the last scale revealed at each of the num_maskgit_iters iterations."""
+    return maskgit_counts(self.last_side ** 2, self.num_maskgit_iters)
+
+  def last_scale_reveal_steps(self, key, b: int):
+    """The MaskGIT iteration at which each last-scale cell is drawn: int32 [B, s^2] (None at
+    num_maskgit_iters = 1: one pass). HART's order is random per row (no confidence ranking):
+    after iteration t the first mask_len_t cells of the order stay masked, so the order's last
+    cells are drawn first (`maskgit_counts`)."""
+    if self.num_maskgit_iters == 1:
+      return None
+    n, counts = self.last_side ** 2, self.maskgit_counts()
+    step_of_rank = np.concatenate([np.full(c, t, np.int32) for t, c in enumerate(counts)])[::-1]
+    order = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(key, b))
+    return jnp.asarray(step_of_rank.copy())[jnp.argsort(order, axis=1)]
+
   # -- training ----------------------------------------------------------------------------
   def batch_hybrid(self, batch) -> Tuple[jax.Array, jax.Array]:
     """(tokens int32 [B, N], residual [B, s, s, Dv]) of a batch: 'tokens' with 'residual'
@@ -130,6 +206,26 @@ class HART(VAR):
       raise ValueError(f"model 'hart': batch 'residual' must be [B, {s * s}, {dv}] (the last "
                        f"scale's {s}x{s} grid x model.code_dim={dv}), got {list(r.shape)}")
     return batch["tokens"], r.reshape(b, s, s, dv).astype(jnp.float32)
+
+  def check_cache_fields(self, shapes, source: str):
+    """A token cache (data without images) must give 'tokens' [N] and 'residual' [s^2, Dv] per
+    example: shapes {field: per-example shape} (arjax.data.dataset_info). ValueError naming the
+    file (data.source, its train split) and the missing or misshapen field."""
+    s, dv = self.last_side, self.code_dim
+    where = source
+    if source.startswith("array_record:"):
+      where = f"file {source.split(':', 1)[1].replace('{split}', 'train')!r}"
+    want = {"tokens": (self.num_tokens,), "residual": (s * s, dv)}
+    for name, shape in want.items():
+      if name not in shapes:
+        raise ValueError(f"model 'hart' trains from a token cache with 'tokens' "
+                         f"[{self.num_tokens}] and 'residual' [{s * s}, {dv}] per record; "
+                         f"{where} (data.source) has no {name!r} field (fields "
+                         f"{sorted(shapes)}): write it with `python -m arjax.tokenize` from a "
+                         f"hybrid tokenizer run (model.quantizer.hybrid=True)")
+      if tuple(shapes[name]) != shape:
+        raise ValueError(f"model 'hart': {where} (data.source) has {name!r} of shape "
+                         f"{list(shapes[name])} per record; expected {list(shape)}")
 
   def _autoencoder(self):
     """The autoencoder module behind the tokenizer (bound), for images -> latents."""
@@ -167,12 +263,20 @@ class HART(VAR):
       keep = jax.random.uniform(self.rngs.dropout(), labels.shape) >= self.class_dropout
       labels = jnp.where(keep, labels, self.null_class)
     key = self.rngs.dropout() if train and self.drop_path > 0 else None
+    # HART's MAR-style last scale (training only: the evaluation loss covers every token).
+    keep_last = (self.last_scale_keep(self.rngs.sample(), b)
+                 if train and self.mask_last_scale else None)
+    mask = None if keep_last is None else self.keep_mask(keep_last)
     hidden, cond = self.hidden_inputs(self.next_scale_inputs(tokens), labels, train=train,
-                                      key=key)
+                                      key=key, mask=mask)
     dist = self.head(hidden, cond)
     weights = None
     if "mask" in batch:
       weights = jnp.broadcast_to(batch["mask"][:, None], tokens.shape).astype(jnp.float32)
+    if keep_last is not None:  # CE on every earlier scale and on the kept last-scale cells
+      kept = jnp.concatenate([jnp.ones((b, self.num_tokens - s * s), jnp.float32),
+                              keep_last.astype(jnp.float32)], 1)
+      weights = kept if weights is None else weights * kept
     ce, per_token = dist.loss(tokens, weights=weights)
     w = jnp.ones_like(per_token) if weights is None else weights
     metrics = token_metrics(dist, ce, per_token, tokens, w)
@@ -181,7 +285,7 @@ class HART(VAR):
     target_last = tokens[:, -s * s:]
     if self.sampled_condition:
       last_logits = jax.lax.stop_gradient(dist.logits[:, -s * s:])
-      cond_tokens = jax.random.categorical(k_draw, last_logits).astype(jnp.int32)
+      cond_tokens = self.draw_condition(k_draw, last_logits)
     else:
       cond_tokens = target_last
     f = self.scale_quantizer().partial_reconstructions(tokens)[-1] + residual
@@ -203,6 +307,21 @@ class HART(VAR):
     q = ae.quantizer
     z = f_hat if q.proj_out is None else q.proj_out(f_hat)
     return to_uint8(ae.decode_latents(z))
+
+
+def maskgit_counts(n: int, iters: int) -> Tuple[int, ...]:
+  """HART's last-scale MaskGIT schedule (autoregressive_infer_cfg): cells revealed at each of
+  `iters` iterations over n cells. After iteration t, mask_len = max(1, min(masked - 1,
+  floor(n cos(pi/2 (t + 1) / iters)))) cells stay masked; the last iteration draws the rest."""
+  masked, counts = n, []
+  for t in range(iters):
+    if t == iters - 1:
+      counts.append(masked)
+      break
+    keep = max(1, min(masked - 1, math.floor(n * math.cos(math.pi / 2.0 * (t + 1) / iters))))
+    counts.append(masked - keep)
+    masked = keep
+  return tuple(counts)
 
 
 register_support("hart", mask_kinds=("block",), orders=("scales",))

@@ -175,11 +175,12 @@ class VarHead(nnx.Module):
     return Categorical(self.proj(h).astype(jnp.float32), label_smoothing=self.label_smoothing)
 
 
-def run_scale(model, k: int, inputs, labels, caches):
+def run_scale(model, k: int, inputs, labels, caches, mask=None):
   """One scale of KV-cached next-scale decoding, shared by VAR and FlowAR (any model with
   `cond`, `pos_start`, `word_embed`, `level_embed`, `pos_embed`, `order` and `blocks`): scale
   k (from 0, static) reads the class token + start position (k = 0) or Linear(inputs
-  [B, h_k^2, Dv]), plus its level and position embeddings, through every block. Returns
+  [B, h_k^2, Dv]), plus its level and position embeddings, through every block, under `mask`
+  (None: the order's decode mask of scale k). Returns
   (hidden states [B, h_k^2, C], the caches with the scale's keys and values written, the
   class condition [B, C])."""
   a, e = model.order.bounds[k]
@@ -189,7 +190,8 @@ def run_scale(model, k: int, inputs, labels, caches):
   else:
     x = model.word_embed(inputs.astype(jnp.float32))
   x = x + (model.level_embed[...][k] + model.pos_embed[...][a:e])[None]
-  mask = model.order.decode_mask(k)
+  if mask is None:
+    mask = model.order.decode_mask(k)
   out = []
   for blk, cache in zip(model.blocks, caches):
     x, cache = blk(x, cond, mask, cache=cache, index=a)
@@ -301,10 +303,11 @@ class VAR(nnx.Module):
     lvl = jnp.take(self.level_embed[...], self.order.level_ids, axis=0)
     return x + (lvl + self.pos_embed[...])[None], cond
 
-  def hidden_inputs(self, inputs, labels, *, train: bool = False, key=None):
-    """Teacher-forced blocks from f_hat inputs: (final hidden [B, N, C], cond [B, C])."""
+  def hidden_inputs(self, inputs, labels, *, train: bool = False, key=None, mask=None):
+    """Teacher-forced blocks from f_hat inputs: (final hidden [B, N, C], cond [B, C]). mask: a
+    MaskSpec over the N slots replacing the order's training mask (HART's last-scale masking)."""
     x, cond = self.embed(inputs, labels)
-    mask = self.order.train_mask()
+    mask = self.order.train_mask() if mask is None else mask
     keys = [None] * self.depth if key is None else list(jax.random.split(key, self.depth))
     for blk, k in zip(self.blocks, keys):
       x, _ = blk(x, cond, mask, key=k if train else None)
@@ -364,10 +367,25 @@ class VAR(nnx.Module):
     dist, caches, _ = self.decode_scale_hidden(k, inputs, labels, caches)
     return dist, caches
 
-  def decode_scale_hidden(self, k: int, inputs: Optional[jax.Array], labels, caches):
+  def decode_scale_hidden(self, k: int, inputs: Optional[jax.Array], labels, caches,
+                          reveal_steps: Optional[jax.Array] = None):
     """As `decode_scale`, also returning the scale's final hidden states [B, h_k^2, C] (what a
-    continuous head on the scale reads, HART)."""
-    x, caches, cond = run_scale(self, k, inputs, labels, caches)
+    continuous head on the scale reads, HART). reveal_steps int32 [B, h_k^2] (HART's MaskGIT
+    iterations on the last scale): a cell revealed at iteration t sees the scales before k and
+    the cells of iterations <= t only, the attention HART's KV-cached iterations give."""
+    mask = None
+    if reveal_steps is not None:
+      if self.order.markovian:
+        raise ValueError("reveal_steps (MaskGIT iterations of a scale) need the block-causal "
+                         "mask; order.markovian=True is not supported")
+      a, e = self.order.bounds[k]
+      steps = k + reveal_steps.astype(jnp.int32)
+      before = jnp.broadcast_to(self.order.level_ids[:a][None], (steps.shape[0], a))
+      n_cache = caches[0][0].shape[1]  # slots after the scale (unwritten) stay hidden
+      after = jnp.full((steps.shape[0], n_cache - e), jnp.iinfo(jnp.int32).max, jnp.int32)
+      mask = MaskSpec(kind="block_causal", q_block_ids=steps,
+                      kv_block_ids=jnp.concatenate([before, steps, after], 1))
+    x, caches, cond = run_scale(self, k, inputs, labels, caches, mask)
     return self.head(x, cond), caches, x
 
   def default_sampler(self) -> str:

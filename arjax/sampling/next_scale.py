@@ -50,6 +50,16 @@ A model with a continuous residual (HART, arjax.models.hart: `residual_dist`) ad
 scales, its residual head's sample on the last scale's grid, conditioned on that scale's hidden
 states (`decode_scale_hidden`) and drawn tokens, guided on eps: f = f_hat_discrete + residual.
 
+HART's MaskGIT iterations on the last scale (`num_maskgit_iters` > 1; `last_scale_reveal_steps`,
+a random order per row from fold_in(rng, MASKGIT_KEY), HART's cosine schedule): in HART the
+last scale's inputs are area(f_hat_{<K}) whatever the iterations draw, and iteration t feeds its
+cells against a KV cache holding the scales before K and the cells of iterations < t, so every
+cell's hidden state depends only on which cells came at or before its iteration. The sampler
+therefore runs the last scale as one pass under that block-causal mask (a cell of iteration t
+sees the earlier scales and the cells of iterations <= t) and draws all its cells at once: the
+same hidden states as HART's loop (tests/models/test_hart.py checks it against the literal
+loop), each cell drawn from its own logits.
+
 Legend: B batch, N tokens, K scales, H/W latent grid, Dv code dim, s side of a scale.
 """
 from __future__ import annotations
@@ -65,6 +75,8 @@ from arjax.sampling.base import SAMPLERS, Sampler
 from arjax.sampling.config import SamplingConfig
 from arjax.sampling.guidance_schedule import GuidanceSchedule
 from arjax.sampling.state import PLAN_KEY, SamplerState
+
+MASKGIT_KEY = 3_000_000  # fold_in(rng, .) gives HART's random MaskGIT order of the last scale.
 
 
 def _source_weights(n_out: int, n_in: int):
@@ -152,7 +164,10 @@ class NextScaleSampler(Sampler):
     for k, s in enumerate(order.scales):
       a, e = order.bounds[k]
       if hybrid and k == last:  # the hidden states the residual head reads (HART)
-        dist, cache, hidden = model.decode_scale_hidden(k, inputs, feed, state.cache)
+        steps = (model.last_scale_reveal_steps(jax.random.fold_in(rng, MASKGIT_KEY), b)
+                 if hasattr(model, "last_scale_reveal_steps") else None)
+        extra = {} if steps is None else {"reveal_steps": g.double(steps)}
+        dist, cache, hidden = model.decode_scale_hidden(k, inputs, feed, state.cache, **extra)
       else:
         dist, cache = model.decode_scale(k, inputs, feed, state.cache, order=order)
       to_grid = lambda x, a=a: jax.lax.dynamic_update_slice_in_dim(

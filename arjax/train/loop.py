@@ -102,6 +102,10 @@ class Experiment:
           tokens[0] != n):
         raise ValueError(f"data.seq_len gives sequences of {tokens[0]} tokens but "
                          f"tokenizer.length={n}; set them equal")
+      # A model that needs more than tokens from a cache (HART: the continuous residual).
+      check = getattr(self.abstract_model, "check_cache_fields", None)
+      if check is not None:
+        check(self.info["shapes"], self.config.data.source)
       return
     shape = tuple(self.info["image_shape"])
     # Parameters (and model state) go in as eval_shape arguments (tracers), so a learned

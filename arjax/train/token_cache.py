@@ -4,7 +4,10 @@
 
 writes one ArrayRecord file per split (`arjax.data.sources.write_array_record` layout, read
 by the `array_record:PATH` source), each record {"tokens": int32 [N], "label": int32 []} for a
-discrete tokenizer or {"latents": float32 [N, D], "label"} for a continuous one (KL-VAE), plus
+discrete tokenizer or {"latents": float32 [N, D], "label"} for a continuous one (KL-VAE); a
+hybrid multi-scale run (quantizer.hybrid=True, HART) adds "residual": float32 [s^2, Dv], the
+continuous residual f - f_hat_discrete on the last scale's s x s grid (`hybrid_split`), which
+model 'hart' reads as batch['residual']; plus
 PATH.tokenizer.json naming the tokenizer (workdir, step, vocab_size, grid, tokens_per_image).
 
 A generator reads it with
@@ -41,7 +44,8 @@ def encode_split(tok: TrainedTokenizer, data_config, split: str, *, batch_size: 
                  num_examples: int = -1,
                  progress: Optional[Callable[[int, Optional[int], int], None]] = None
                  ) -> Iterable[Dict]:
-  """Yields cache records {"tokens" | "latents", "label"} of `split`, in source order;
+  """Yields cache records {"tokens" | "latents", "label"} (a hybrid run's: also "residual"
+  float32 [s^2, Dv]) of `split`, in source order;
   `progress(batches done, batches in total, examples done)` after every batch."""
   it = data_lib.make_iterator(data_config, split=split, global_batch_size=batch_size, seed=0,
                               shuffle=False, num_epochs=1, drop_remainder=False)
@@ -54,14 +58,21 @@ def encode_split(tok: TrainedTokenizer, data_config, split: str, *, batch_size: 
       raise ValueError(f"data {data_config.source!r} split {split!r} has images "
                        f"{tuple(images.shape[1:])} but the tokenizer in {tok.workdir!r} takes "
                        f"{tok.image_shape}")
-    codes = np.asarray(jax.device_get(tok.encode(images)))
+    if tok.hybrid:  # HART: the continuous residual of the last scale rides along
+      codes, residual = jax.device_get(tok.encode_hybrid(images))
+      codes, residual = np.asarray(codes), np.asarray(residual, np.float32)
+    else:
+      codes, residual = np.asarray(jax.device_get(tok.encode(images))), None
     keep = batch["mask"] > 0 if "mask" in batch else np.ones(len(images), bool)
-    for code, label, k in zip(codes, batch["label"], keep):
+    for i, (code, label, k) in enumerate(zip(codes, batch["label"], keep)):
       if not k or 0 <= num_examples <= done:
         continue
       done += 1
-      yield {key: code.astype(np.float32 if tok.continuous else np.int32),
-             "label": np.asarray(label, np.int32)}
+      record = {key: code.astype(np.float32 if tok.continuous else np.int32),
+                "label": np.asarray(label, np.int32)}
+      if residual is not None:
+        record["residual"] = residual[i]
+      yield record
     if progress is not None:
       progress(i + 1, total, done)
     if 0 <= num_examples <= done:
