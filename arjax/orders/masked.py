@@ -15,7 +15,8 @@ sampler (arjax.sampling.orders) calls at every step.
 cells are revealed in a random order per row, floor(N0 cos(pi/2 (k+1)/K)) staying masked after
 step k (the 'maskgit' count with the cosine schedule; N0 the unknown cells at the start: MAR's
 N without inpainting); the plan fixes each cell's step up front (`Plan.step_of`), and
-`max_reveal()` bounds the cells of one step so a sampler can draw only those.
+`max_reveal()` bounds the cells of one step so a sampler can draw only those; `reveal_counts(u)`
+gives each step's count when u cells start unknown (the sampler sizes each step's draw by it).
 
 Legend: B batch, N tokens, L = N + 1 slots.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -136,20 +138,28 @@ class MaskedOrder(Order):
         step_in_perm)
     return Plan(perm=perm, step_of=step_of, num_steps=self.steps)
 
+  def reveal_counts(self, num_unknown: int) -> Tuple[int, ...]:
+    """'mar': the cells each of the K steps reveals when `num_unknown` cells start unknown
+    (static ints: the count rule of `sample_plan` run in numpy; without inpainting every row
+    starts with N unknown, so a sampler can size each step's draw exactly)."""
+    if self.reveal != "mar":
+      raise ValueError(f"order 'masked' reveal={self.reveal!r} reveals by confidence: its "
+                       "counts are not fixed before the draw; reveal_counts is for reveal='mar'")
+    counts, unknown = [], int(num_unknown)
+    for k in range(self.steps):
+      left = 0 if k >= self.steps - 1 else int(np.clip(
+          np.floor(num_unknown * math.cos(math.pi / 2 * (k + 1) / self.steps)), 1,
+          max(unknown - 1, 0)))
+      counts.append(unknown - left)
+      unknown = left
+    return tuple(counts)
+
   def max_reveal(self) -> int:
     """'mar': the most cells one step reveals, over every number of unknown cells 1..N (exact,
     by running the count rule in numpy); N for the confidence reveals."""
     if self.reveal != "mar":
       return self.num_tokens
-    most = 1
-    for u in range(1, self.num_tokens + 1):
-      unknown = u
-      for k in range(self.steps):
-        left = 0 if k >= self.steps - 1 else int(np.clip(
-            np.floor(u * math.cos(math.pi / 2 * (k + 1) / self.steps)), 1, max(unknown - 1, 0)))
-        most = max(most, unknown - left)
-        unknown = left
-    return most
+    return max([1] + [max(self.reveal_counts(u)) for u in range(1, self.num_tokens + 1)])
 
   # -- the confidence rule ---------------------------------------------------------------------
   def num_to_reveal(self, t, num_unknown_start, num_unknown_now):

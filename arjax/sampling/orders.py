@@ -8,7 +8,10 @@ fixed-group orders (raster, random, RandAR, ARPG, LPD, PAR, NAR), the most confi
 cells within the mask budget for confidence orders (MaskGIT / MaskGIL, `MaskedOrder.reveal_cells`).
 Orders that fix a step's cells before the draw and bound them (`max_reveal()`: MAR's order
 'masked' with reveal='mar') draw only those cells (`reveal_selected`), so a continuous head's inner
-sampling loop runs on the few revealed tokens.
+sampling loop runs on the few revealed tokens: without inpainting every step draws exactly the
+cells it reveals (`draw_widths`: the order's static `reveal_counts(N)`, one `lax.switch` branch
+per distinct count), N draws per image whatever the step count; with given cells, whose counts
+differ by row, every step draws `max_reveal()` cells.
 Given cells (inpainting / outpainting: `known`, `given`) are never overwritten, so they come
 out exactly. Each step recomputes the whole layout (no KV cache), so a parallel step costs one
 forward pass of the full sequence; KV-cached decoding is 'sequential', 'cached_groups' (ARPG)
@@ -72,6 +75,7 @@ class OrderSampler(Sampler):
     model = self.fm.bind(params)
     order = model.order
     b, n = labels.shape[0], model.num_tokens
+    given_none = known is None
     if known is None:  # nothing given: made here, inside jit, not moved from the host per call.
       known = jnp.zeros((b, n), bool)
       given = jnp.zeros((b, n) + tuple(model.head.token_shape), model.head.token_dtype)
@@ -90,9 +94,24 @@ class OrderSampler(Sampler):
                        f"draw and bounds them per step (order 'masked' with reveal='mar'); "
                        f"order {order.name!r} does not")
 
+    widths = self.draw_widths(order, n) if not order.confidence and most < n and \
+        given_none else None
+    if widths is not None:
+      # The head draws at step k exactly the widths[k] cells the step reveals (MAR's cosine
+      # count: 1 cell at the first steps, up to max_reveal() at the last), not max_reveal() at
+      # every step: the head's inner loop (100 DDPM steps) dominates MAR's sampling time.
+      sizes = sorted(set(widths))
+      branch_of = jnp.asarray([sizes.index(w) for w in widths], jnp.int32)
+      branches = [lambda st, d, w=w: self.reveal_selected(st, d, order, plan, num_steps, w)
+                  for w in sizes]
+
     def body(k, state):
       dist = model.grid_dist(g.double(state.tokens), feed_labels, g.double(state.known),
                              feed_plan)
+      if widths is not None:
+        if len(branches) == 1:
+          return branches[0](state, dist)
+        return jax.lax.switch(branch_of[k], branches, state, dist)
       if not order.confidence and most < n:
         return self.reveal_selected(state, dist, order, plan, num_steps, most)
       return self.reveal_step(state, dist, order, plan, num_steps, to_grid=lambda x: x,
@@ -100,6 +119,13 @@ class OrderSampler(Sampler):
 
     state = jax.lax.fori_loop(0, num_steps, body, state)
     return state.tokens, state.known
+
+  @staticmethod
+  def draw_widths(order, n: int):
+    """The cells each step draws when all N = n cells start unknown (static ints, one per step):
+    the order's `reveal_counts(n)`, or None (then every step draws `max_reveal()` cells)."""
+    counts = getattr(order, "reveal_counts", None)
+    return None if counts is None else tuple(int(c) for c in counts(n))
 
   def reveal_selected(self, state, dist, order, plan, num_steps: int, most: int):
     """One step of an order that fixes its cells before the draw and reveals at most `most`

@@ -86,6 +86,7 @@ def test_reveal_plan_matches_mar_counts(n, k):
   assert (np.diff(np.take_along_axis(step_of, perm, 1), axis=1) >= 0).all()
   assert len({tuple(p) for p in perm}) == 3  # a different random order per row.
   assert order.max_reveal() >= max(revealed)
+  assert order.reveal_counts(n) == tuple(revealed)  # the sampler's static draw widths.
 
 
 def naive_mar_sample(fm, params, labels, rng, w, temperature=1.0):
@@ -147,6 +148,33 @@ def test_sampler_matches_naive_mar_loop_with_linear_cfg(smoke, sampler):
   ref = naive_mar_sample(fm, params, labels, rng, 3.0)
   assert np.abs(ref).max() > 0.1
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_each_step_draws_only_the_cells_it_reveals(smoke):
+  # docs/continuous.md: MAR sampled at the same speed at 8 and 16 steps because every step drew
+  # max_reveal() cells (9 at K=8: 72 head draws per image; 5 at K=16: 80) where the steps
+  # reveal N = 49 in all, and the head's inner loop dominates. Now step k draws its own count;
+  # the tokens equal those of the max_reveal() path (taken with an all-False `known`).
+  from arjax.sampling.orders import OrderSampler
+  fm, params, config = smoke["fm"], smoke["params"], smoke["config"]
+  order = fm.bind(params).order
+  n = fm.bind(params).num_tokens
+  widths = OrderSampler.draw_widths(order, n)
+  assert sum(widths) == n and max(widths) == order.max_reveal() and min(widths) < max(widths)
+  s = build_sampler(fm, SamplingConfig(cfg_scale=3.0), config)
+  traced = []
+  draw = s.draw_cells
+  s.draw_cells = lambda dist, key, cells, n: (traced.append(cells.shape[1]),
+                                              draw(dist, key, cells, n))[1]
+  s._run = jax.jit(s._sample)
+  labels, rng = jnp.array([1, 7]), jax.random.key(3)
+  exact = np.asarray(s.sample_tokens(params, labels, rng))
+  assert sorted(traced) == sorted(set(widths))   # one branch per distinct count, none wider.
+  traced.clear()
+  padded = np.asarray(s.sample_tokens(params, labels, rng, known=jnp.zeros((2, n), bool),
+                                      given=jnp.zeros((2, n, 1))))
+  assert traced == [order.max_reveal()]
+  np.testing.assert_allclose(exact, padded, rtol=1e-5, atol=1e-5)
 
 
 def test_inpainting_keeps_given_continuous_tokens(smoke, sampler):
