@@ -1,21 +1,25 @@
 """MAR's sampling time against its reveal-step count, at docs/continuous.md's model size.
 
-  python benchmarks/mar_steps.py [--steps 8,16,49] [--batch 20] [--repeats 3] [--tiny]
+  python benchmarks/mar_steps.py [--steps 8,16,49] [--batch 20] [--repeats 3] [--clock wall|cpu]
+                                 [--tiny]
 
 The experiment's MAR row (configs/continuous/compare.py:row=mar: 2 + 2 blocks of width 96, the
 diffusion head 128 x 3 with 100 DDPM steps, CFG 2.0, 7x7x4 latents) with random weights (the
-sampling cost does not depend on them). For each reveal-step count K it prints, timed
-interleaved in one process (benchmarks/common.time_interleaved, median of --repeats calls of
-one batch after a warm-up call):
+sampling cost does not depend on them). For each reveal-step count K, timed interleaved in one
+process (benchmarks/common.time_interleaved, median of --repeats calls of one batch after a
+warm-up call; --clock cpu: this process's CPU seconds, robust to a loaded machine), two rows:
 
-  seconds per batch of the 'order' sampler and the ratio to the first K's,
-  the cells the sampler draws per image (sum over the steps of the step's draw width; an exact
-  count needs 49 = N), and
-  a model of the time: K x (one backbone pass) + (cells drawn) x (one cell's head draw), from
-  the two parts timed alone (the encoder-decoder on the doubled batch; the head's 100-step
-  guided reverse chain on the doubled batch's cells).
+  exact    the 'order' sampler as it runs: step k draws the reveal_counts(N)[k] cells it
+           reveals, N = 49 head draws per image in all;
+  padded   the same sampler given an all-False `known` (the inpainting path, and before the fix
+           every path): each step draws max_reveal() cells, K x max_reveal() per image;
 
-`--tiny`: a 1 + 1 block width-32 model with a 4-step head (the test's size; seconds).
+with seconds per batch, the ratio to the first K's exact row, the head draws per image, and a
+model of the time: K x (one backbone pass) + (draws) x (one cell's head draw), from the two
+parts timed alone (the encoder-decoder on the doubled batch; the head's guided 100-step reverse
+chain for one cell of each image of the batch).
+
+`--tiny`: a 1 + 1 block width-32 model with a 4-step head (seconds).
 
 Legend: B batch, N tokens (49), K reveal steps.
 """
@@ -56,21 +60,18 @@ def build(steps: int, tiny: bool = False):
   return fm, c, build_sampler(fm, sampling_from_config(c), c)
 
 
-def cells_drawn(sampler, model) -> int:
-  """Cells the sampler's head draws per image over all steps (N when no draw is wasted)."""
-  widths = getattr(sampler, "draw_widths", None)
-  if widths is not None:
-    return int(sum(widths(model.order, model.num_tokens)))
-  return int(model.order.num_steps() * model.order.max_reveal())
-
 
 def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--steps", default="8,16,49")
   p.add_argument("--batch", type=int, default=20)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--clock", choices=("wall", "cpu"), default="wall")
   p.add_argument("--tiny", action="store_true")
   args = p.parse_args(argv)
+  from benchmarks.sampling import cpu_interleaved
+  timer = ((lambda f: time_interleaved(f, repeats=args.repeats, warmup=1)) if args.clock == "wall"
+           else (lambda f: cpu_interleaved(f, args.repeats)))
   ks = [int(s) for s in args.steps.split(",") if s]
   key = jax.random.key(0)
   labels = jnp.arange(args.batch, dtype=jnp.int32) % 10
@@ -78,10 +79,15 @@ def main(argv=None):
   for k in ks:
     fm, c, sampler = build(k, args.tiny)
     params = fm.initial_params() if params is None else params   # one set of weights for all.
-    fns[f"K={k}"] = (lambda s=sampler: s.sample_tokens(params, labels, key))
-    drawn[k] = cells_drawn(sampler, fm.bind(params))
-  model = fm.bind(params)
-  n = model.num_tokens
+    model = fm.bind(params)
+    n = model.num_tokens
+    known = jnp.zeros((args.batch, n), bool)
+    given = jnp.zeros((args.batch, n) + tuple(model.head.token_shape), jnp.float32)
+    fns[f"{k} exact"] = (lambda s=sampler: s.sample_tokens(params, labels, key))
+    fns[f"{k} padded"] = (lambda s=sampler: s.sample_tokens(params, labels, key, known=known,
+                                                             given=given))
+    drawn[f"{k} exact"] = sum(sampler.draw_widths(model.order, n))
+    drawn[f"{k} padded"] = k * model.order.max_reveal()
 
   # The parts alone: one backbone pass on the doubled batch; one guided head draw of W cells.
   two = jnp.concatenate([labels, jnp.full_like(labels, model.null_class)])
@@ -94,28 +100,29 @@ def main(argv=None):
   def head_draw(p, z):
     d = fm.bind(p).head(z[:, :width])
     half = args.batch
-    cond_d = jax.tree.map(lambda x: x[:half], d)
-    unc_d = jax.tree.map(lambda x: x[half:], d)
-    return cond_d.guide(unc_d, 2.0).sample(jax.random.key(1))
+    return jax.tree.map(lambda x: x[:half], d).guide(jax.tree.map(lambda x: x[half:], d),
+                                                     2.0).sample(jax.random.key(1))
 
   head = jax.jit(head_draw)
-  parts = time_interleaved({"backbone": lambda: cond(params, toks, two, masked),
-                            "head": lambda: head(params, z)}, repeats=args.repeats, warmup=1)
+  parts = timer({"backbone": lambda: cond(params, toks, two, masked),
+                 "head": lambda: head(params, z)})
   t_bb, t_cell = parts["backbone"], parts["head"] / width
-  med = time_interleaved(fns, repeats=args.repeats, warmup=1)
+  med = timer(fns)
 
+  first = f"{ks[0]} exact"
   print(f"# MAR sampling time vs reveal steps ({hardware()}); batch {args.batch}, "
-        f"{'tiny' if args.tiny else 'the experiment'}'s model, random weights")
-  print(f"backbone pass (doubled batch {2 * args.batch}): {t_bb * 1e3:.1f} ms; head draw per cell "
-        f"per image (guided, {model.head.fields.num_sampling_steps} steps): "
+        f"{'tiny' if args.tiny else 'the experiment'}'s model, random weights, clock "
+        f"{args.clock}, median of {args.repeats}")
+  print(f"backbone pass (doubled batch {2 * args.batch}): {t_bb * 1e3:.1f} ms; head draw of one "
+        f"cell per image (guided, {model.head.fields.num_sampling_steps} steps): "
         f"{t_cell * 1e3:.2f} ms")
-  print("| K | s / batch | ratio to K=%d | cells drawn / image | model: K x backbone + cells x head"
-        " (s) |" % ks[0])
-  print("|---|---|---|---|---|")
-  for k in ks:
-    t = med[f"K={k}"]
-    print(f"| {k} | {t:.3f} | {t / med[f'K={ks[0]}']:.2f} | {drawn[k]} | "
-          f"{k * t_bb + drawn[k] * t_cell:.3f} |")
+  print(f"| K | draws | s / batch | ratio to K={ks[0]} exact | head draws / image | "
+        "model: K x backbone + draws x head (s) |")
+  print("|---|---|---|---|---|---|")
+  for name, t in med.items():
+    k = int(name.split()[0])
+    print(f"| {k} | {name.split()[1]} | {t:.3f} | {t / med[first]:.2f} | {drawn[name]} | "
+          f"{k * t_bb + drawn[name] * t_cell:.3f} |")
   return med
 
 
