@@ -10,7 +10,8 @@ per feature, SIR guidance.
   and resolves the narrowest sigma by > 2 grid steps).
 - Causality: changing feature j changes no GMM of features <= j (bitwise) and does change j + 1.
 - The cached sampler (lax.scan with a key/value cache) at temperature 0 lands on the
-  teacher-forced greedy features; sampling with a fixed key is deterministic, of shape
+  teacher-forced greedy features, and every GMM parameter it sees equals the teacher-forced
+  one for the same prefix; sampling with a fixed key is deterministic, of shape
   [B, L, C] float32; feature 0's draws follow its GMM (KS test, 4000 draws, p > 1e-3).
 - SIR guidance: at scale 1 the guided sampler's draws and the plain sampler's have the same
   distribution (two-sample KS per feature, 3000 draws each, p > 1e-3, seed 0), while at scale 3
@@ -191,6 +192,20 @@ def test_cached_sampler_matches_teacher_forcing_greedy(fns):
   logits, means, _ = (np.asarray(p) for p in fns["teacher"](z, x)[2])
   greedy = np.take_along_axis(means, logits.argmax(-1)[..., None], -1)[..., 0]
   np.testing.assert_allclose(np.asarray(x), greedy, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_sampler_sees_the_teacher_forced_gmms(head3):
+  # Every feature's whole GMM (weights, means, log-variances), not just its greedy mean: the
+  # cached sampler feeds x_j = f(GMM_j) for an injective-ish f of all 3K parameters, so the
+  # teacher-forced GMMs of the fed features give back the same x (docs/continuous.md, ARINAR).
+  net = head3.net
+  z = rand(11, (64, D))
+  f = lambda p: (jax.nn.softmax(p[0], -1) * p[1]).sum(-1) + 0.1 * p[2].mean(-1) + \
+      0.05 * p[0][..., 0]
+  x = jax.jit(lambda z: net.autoregress(z, lambda k, p: f(p), jax.random.key(0)))(z)
+  tf = jax.jit(net.teacher_forced)(z, x)
+  assert float(jnp.abs(x).max()) > 0.1
+  np.testing.assert_allclose(np.asarray(f(tf)), np.asarray(x), rtol=1e-5, atol=1e-5)
 
 
 def test_sampling_is_deterministic_with_right_shape(fns):
