@@ -101,6 +101,7 @@ def main(argv=None):
   ncls = config.model.num_classes
   labels = jnp.arange(args.num, dtype=jnp.int32) % ncls
   t0 = time.time()
+  f_hat = None  # a next-scale sampler's final latent, decoded by `images_of`.
   if args.resolution:
     from arjax.sampling.extrapolate import model_at_resolution, sample_at_resolution
     try:
@@ -112,7 +113,6 @@ def main(argv=None):
                                   jax.random.key(args.seed), sampling)
   else:
     sampler = build_sampler(fm, sampling, config)  # the sampler the model's order needs.
-    f_hat = None
     if scales is not None or args.edit_image is not None:
       if not hasattr(sampler, "sample_with_fhat"):
         flag = "--scales" if scales is not None else "--edit_image"
@@ -126,6 +126,8 @@ def main(argv=None):
                                                  scales, known=known, given=given)
       except ValueError as err:
         p.error(f"{'--scales' if scales is not None else '--edit_mask'}: {err}")
+    elif hasattr(sampler, "images_of"):  # next-scale: HART decodes f_hat + its residual.
+      tokens, f_hat = sampler.sample_with_fhat(params, labels, jax.random.key(args.seed))
     else:
       tokens = sampler.sample_tokens(params, labels, jax.random.key(args.seed))
   tokenizer = fm.bind(params).tokenizer
@@ -141,9 +143,8 @@ def main(argv=None):
     print(json.dumps({"step": step, "num": args.num, "txt": prefix + ".txt",
                       "seconds": round(seconds, 2), **sampling.__dict__}))
     return 0
-  if scales is not None:  # the final latent (any side) through the decoder.
-    from arjax.models.flexvar import decode_latent
-    images = np.asarray(decode_latent(tokenizer, f_hat))
+  if f_hat is not None:  # next-scale: the final latent (any side; HART's + residual).
+    images = np.asarray(sampler.images_of(params, tokens, f_hat, scales))
   else:
     images = np.asarray(tokenizer.decode(tokens))
   seconds = time.time() - t0
@@ -182,8 +183,8 @@ def edit_arrays(p, args, tokenizer, num):
   """--edit_image / --edit_mask -> (known float32 [G, G] on the token grid, given int32 [num,
   N]: the image's multi-scale tokens): the sampler turns the grid mask into per-scale masks
   (arjax.sampling.next_scale.edit_masks). One p.error line naming the flag otherwise."""
-  from arjax.models.flexvar import _autoencoder
-  ae = _autoencoder(tokenizer)
+  from arjax.models.autoencoder import frozen_autoencoder
+  ae = frozen_autoencoder(tokenizer)
   if ae is None:
     p.error("--edit_image: the run's tokenizer has no encoder (set tokenizer.checkpoint)")
   size, ch, (g, _) = int(ae.image_size), int(ae.channels), tuple(ae.grid)

@@ -330,28 +330,27 @@ class NextScaleSampler(Sampler):
     known, given = self.edit_inputs(labels, known, given)
     return self._run(params, labels, rng, scales, known, given)
 
-  def sample_images(self, params, labels, rng, known=None, given=None, scales=None):
-    """-> uint8 images [B, H', W', C]. At a list of a flexible model (FlexVAR) the final f_hat
-    (side S = the list's last side, which may exceed the tokenizer grid G) is decoded by the
-    tokenizer's decoder: [B, S F, S F, C], F = image side / G (arjax.models.flexvar
-    `decode_latent`). VAR refuses any list but its training scales, by name."""
-    if scales is None:
-      return super().sample_images(params, labels, rng, known=known, given=given)
-    from arjax.models.flexvar import decode_latent
-    _, f_hat = self.sample_with_fhat(params, labels, rng, scales, known=known, given=given)
-    return decode_latent(self.fm.bind(params).tokenizer, f_hat)
-
   def sample_tokens(self, params, labels, rng, known=None, given=None, scales=None):
     """labels int32 [B] -> tokens int32 [B, N] (scales concatenated, scale 1 first). known bool
     [N] / [B, N] / [H, W] / [B, H, W] and given int [B, N]: keep those cells of the edited image
     (inpainting, outpainting, class-conditional editing; module docstring)."""
     return self.sample_with_fhat(params, labels, rng, scales, known=known, given=given)[0]
 
-  def sample_images(self, params, labels, rng, **kw):
-    """-> uint8 images [B, H, W, C]. A model with a continuous residual (HART) decodes its
-    f_hat_discrete + residual (`decode_fhat`); the others decode their tokens."""
+  def sample_images(self, params, labels, rng, known=None, given=None, scales=None):
+    """-> uint8 images [B, H', W', C] (`images_of` the sampled tokens and final f_hat)."""
+    tokens, f_hat = self.sample_with_fhat(params, labels, rng, scales, known=known, given=given)
+    return self.images_of(params, tokens, f_hat, scales)
+
+  def images_of(self, params, tokens, f_hat, scales=None):
+    """uint8 images of one `sample_with_fhat` result. A model with a continuous residual (HART)
+    decodes its f_hat_discrete + residual (`decode_fhat`). At a list of a flexible model
+    (FlexVAR) the final f_hat, of side S = the list's last side (which may exceed the tokenizer
+    grid G), goes through the tokenizer's decoder: [B, S F, S F, C], F = image side / G
+    (arjax.models.flexvar `decode_latent`). The others decode their tokens."""
     model = self.fm.bind(params)
-    if not hasattr(model, "decode_fhat"):
-      return super().sample_images(params, labels, rng, **kw)
-    f_hat = self.sample_with_fhat(params, labels, rng, **kw)[1]
-    return model.decode_fhat(f_hat)
+    if hasattr(model, "decode_fhat"):
+      return model.decode_fhat(f_hat)
+    if scales is not None:
+      from arjax.models.flexvar import decode_latent
+      return decode_latent(model.tokenizer, f_hat)
+    return model.tokenizer.decode(tokens)

@@ -144,6 +144,19 @@ def test_sampler_equals_naive_recomputation(hart):
   np.testing.assert_allclose(np.asarray(f_all), np.asarray(want_f), rtol=1e-4, atol=1e-4)
 
 
+def test_sample_images_decode_the_discrete_part_plus_the_residual(hart):
+  """sample_images (and `python -m arjax.sample`, through `images_of`) decode f_hat_discrete +
+  residual, not the tokens alone."""
+  fm, params = hart
+  sampler = build_sampler(fm, SamplingConfig(cfg_scale=1.0, top_k=1))
+  labels, rng = np.array([2, 6]), jax.random.key(3)
+  tokens, f_all = sampler.sample_with_fhat(params, labels, rng)
+  images = np.asarray(sampler.sample_images(params, labels, rng))
+  model = fm.bind(params)
+  np.testing.assert_array_equal(images, np.asarray(model.decode_fhat(f_all)))
+  assert not np.array_equal(images, np.asarray(model.tokenizer.decode(tokens)))
+
+
 def test_cfg_scale_one_is_conditional(hart):
   fm, params = hart
   rng = np.random.default_rng(4)

@@ -86,6 +86,21 @@ def test_flexvar_scales_above_the_grid_decode_a_larger_latent(runs, monkeypatch,
   assert np.abs(images.astype(int) - want.astype(int)).max() <= 1
 
 
+def test_sampler_sample_images_at_a_flexvar_list_decodes_the_larger_latent(runs):
+  """`NextScaleSampler.sample_images(..., scales=)` (what notebooks call) gives what the CLI
+  gives: the decoder on the final latent of the list's last side (12 pixels at side 6)."""
+  from arjax.models.flexvar import decode_latent
+  from arjax.sampling import SamplingConfig, build_sampler
+  (fm, params, config), _ = runs["flex"]
+  sampler = build_sampler(fm, SamplingConfig(cfg_scale=1.0, top_k=1), config)
+  labels, key, scales = jnp.asarray([1, 2]), jax.random.key(0), (1, 2, 3, 4, 6)
+  images = np.asarray(sampler.sample_images(params, labels, key, scales=scales))
+  _, f_hat = sampler.sample_with_fhat(params, labels, key, scales)
+  want = np.asarray(decode_latent(fm.bind(params).tokenizer, f_hat))
+  assert images.shape == (2, 12, 12, 3)
+  np.testing.assert_array_equal(images, want)
+
+
 def test_var_refuses_another_list_by_name(runs, monkeypatch, capsys):
   code, _, err = cli(monkeypatch, capsys, runs["var"][0], "--num", "1", "--scales", "1,2,4")
   assert code == 2
