@@ -11,11 +11,13 @@ Tokens: MAR's KL-16 latents (16x16 of 16 channels), pre-tokenized (tokenizer 'ca
 'far' (arjax/models/far.py): MAR's encoder-decoder (B 12+12 at 768, 12 heads; L 16+16 at 1024;
 H 20+20 at 1280, 16 heads), 64 buffer slots, no masking, a Linear level embedding, and the
 diffusion head (diffusion_batch_mul 4, 100 respaced steps). Head sizes (depth x width): the
-official code states none per size except FAR-L's README command `--diffloss_d 3 --diffloss_w
-1024`, which gives 426.4M here, 5.5 % under the README's 451M. So the heads are the sizes at
-which the README's counts come out: B 6 x 1024 (MAR-B's, 207.93M vs 208M), L 8 x 1024 (452.6M
-vs 451M, +0.35 %; no depth at width 1024 lands closer), H 3 x 1024 (811.7M vs 812M);
-tests/test_configs.py checks them within 1 %. The counts include the head and the level embedding
+official train.sh (yuhuUSTC/FAR 9b49a51) trains B 6 x 1024, L 3 x 1024 and H 3 x 1024. B and H
+give the README's counts (207.93M vs 208M, 811.7M vs 812M), but L's 3 x 1024 gives 426.4M
+here, 5.5 % under the README's 451M (the converted official weights map one to one onto this
+model: tests/convert/test_far.py). So `size=L` takes 8 x 1024, the depth at which the README's
+count comes out (452.6M, +0.35 %; no depth at width 1024 lands closer); train.sh's FAR-L head is
+`--config.model.head.depth=3` (also what converting its checkpoint needs).
+tests/test_configs.py checks the counts within 1 %. The counts include the head and the level embedding
 and exclude the VAE, as MAR's (the official main_far.py prints the trainable parameters of the
 FAR module alone: the VAE is a separate, frozen module). Level inputs: area to k x k then
 bicubic to 16 x 16, k ~ U{0..15} per batch. Sampling (sampler 'next_frequency'): 10 steps over
