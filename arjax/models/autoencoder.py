@@ -34,7 +34,7 @@ Z latent channels, N tokens per image, K codebook size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Tuple
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +129,22 @@ def to_float(images, size: int, channels: int) -> jax.Array:
 def to_uint8(x) -> jax.Array:
   """float in [-1, 1] -> uint8 (clipped, rounded)."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def frozen_autoencoder(tokenizer):
+  """The autoencoder module behind a generator's tokenizer: the module itself, a trained run's
+  (bound to its frozen variables), or a 'cached' tokenizer's decoder run; None when there is
+  none. What FlexVAR and HART decode sampled latents with and Hi-MAR encodes pivots with."""
+  seen = tokenizer
+  for _ in range(4):
+    if seen is None:
+      break
+    if hasattr(seen, "latents") and hasattr(seen, "image_size"):
+      return seen
+    if hasattr(seen, "fm") and hasattr(seen, "variables"):
+      return seen.fm.bind(seen.variables)
+    seen = getattr(seen, "decoder", None)
+  return None
 
 
 @ENCODERS.register("conv")

@@ -39,6 +39,7 @@ from flax import nnx
 
 from arjax.heads.base import token_metrics
 from arjax.kernels.masks import MaskSpec
+from arjax.models.autoencoder import frozen_autoencoder
 from arjax.models.registry import MODELS
 from arjax.models.var import VAR, VarFields
 from arjax.nn.layers import make_param
@@ -344,26 +345,13 @@ class FlexVAR(VAR):
     return emb, bicubic_resize(emb, nxt).reshape(idx.shape[0], nxt * nxt, vq.code_dim)
 
 
-def _autoencoder(tokenizer):
-  """The autoencoder module behind a tokenizer (the module, a trained run, or a 'cached'
-  tokenizer's decoder), or None."""
-  seen = tokenizer
-  for _ in range(4):
-    if seen is None:
-      break
-    if hasattr(seen, "latents") and hasattr(seen, "image_size"):
-      return seen
-    if hasattr(seen, "fm") and hasattr(seen, "variables"):
-      return seen.fm.bind(seen.variables)
-    seen = getattr(seen, "decoder", None)
-  return None
 
 
 def encoder_latents(tokenizer, images):
   """uint8 images [B, H, W, C] -> the quantizer's input [B, G, G, Zq] through the frozen
   autoencoder behind a tokenizer (the module, a trained run, or a 'cached' tokenizer's decoder)."""
   from arjax.models.autoencoder import to_float
-  ae = _autoencoder(tokenizer)
+  ae = frozen_autoencoder(tokenizer)
   if ae is None:
     raise ValueError(f"model 'flexvar' trains on images through the tokenizer's encoder, but "
                      f"{type(tokenizer).__name__} has none: pass batch['latent'] or cached tokens")
@@ -376,7 +364,7 @@ def decode_latent(tokenizer, f_hat):
   autoencoder's (fully convolutional; its attention takes any number of positions) decoder,
   F = image side / G. At S = G it is what decoding the last scale's tokens gives."""
   from arjax.models.autoencoder import to_uint8
-  ae = _autoencoder(tokenizer)
+  ae = frozen_autoencoder(tokenizer)
   if ae is None:
     raise ValueError(f"{type(tokenizer).__name__} has no autoencoder to decode a sampled latent "
                      "to pixels (set tokenizer.checkpoint to the tokenizer run)")

@@ -58,8 +58,9 @@ from flax import nnx
 
 from arjax.heads.base import token_metrics
 from arjax.heads.diffusion import DiffusionFields, DiffusionHead
-from arjax.models.registry import MODELS
+from arjax.models.autoencoder import frozen_autoencoder
 from arjax.models.flexvar import encoder_latents
+from arjax.models.registry import MODELS
 from arjax.models.var import VAR, VarFields
 from arjax.nn.layers import make_param
 from arjax.orders import register_support
@@ -229,15 +230,9 @@ class HART(VAR):
 
   def _autoencoder(self):
     """The autoencoder module behind the tokenizer (bound), for images -> latents."""
-    seen = self.tokenizer
-    for _ in range(4):
-      if seen is None:
-        break
-      if hasattr(seen, "latents") and hasattr(seen, "quantizer"):
-        return seen
-      if hasattr(seen, "fm") and hasattr(seen, "variables"):
-        return seen.fm.bind(seen.variables)
-      seen = getattr(seen, "decoder", None)
+    ae = frozen_autoencoder(self.tokenizer)
+    if ae is not None:
+      return ae
     raise ValueError("model 'hart' reads images through its hybrid tokenizer run "
                      "(tokenizer.checkpoint = a 'multiscale' run with quantizer.hybrid=True)")
 

@@ -65,6 +65,7 @@ from flax import nnx
 from arjax.heads.base import (HEADS, build_head, check_targets, continuous_token_dim,
                               head_is_continuous, head_node, token_metrics)
 from arjax.kernels.masks import MaskSpec
+from arjax.models.autoencoder import frozen_autoencoder
 from arjax.models.mar import MARFields, decoder_config
 from arjax.models.registry import MODELS, model_fields
 from arjax.nn.layers import Dense, Embed, LayerNorm, make_param
@@ -145,9 +146,8 @@ def lowres_pivots(tokenizer, images, pivot_grid: int):
   floats) to s / G of its side, G the autoencoder's grid (official main_cache.py cache_latents:
   F.interpolate(256 px, 128, 'bicubic') -> the same VAE -> 8 x 8 latents)."""
   from arjax.models.autoencoder import to_float
-  from arjax.models.flexvar import _autoencoder
   from arjax.tokenizers.resample import bicubic_resize
-  ae = _autoencoder(tokenizer)
+  ae = frozen_autoencoder(tokenizer)
   if ae is None:
     raise ValueError(f"model.pivot_source='encode_lowres' encodes a low-resolution image with the "
                      f"tokenizer's autoencoder, but {type(tokenizer).__name__} has none: set "
@@ -315,10 +315,9 @@ class HiMAR(nnx.Module):
     for key in ("latents", "tokens"):
       if key in batch:
         return batch[key]
-    from arjax.models.flexvar import _autoencoder
-    # A 'cached' tokenizer cannot encode; the frozen autoencoder behind it (the one that also
+      # A 'cached' tokenizer cannot encode; the frozen autoencoder behind it (the one that also
     # encodes the low-resolution pivots) can.
-    ae = _autoencoder(self.tokenizer)
+    ae = frozen_autoencoder(self.tokenizer)
     return (self.tokenizer if ae is None else ae).encode(batch["image"])
 
   def batch_pivots(self, batch, tokens):
