@@ -16,8 +16,7 @@ import pytest
 
 from arjax.config import load_config
 from arjax.convert.mar import mar_params
-from arjax.core.functional import FunctionalModel
-from arjax.models import build_model
+from tests.convert.fixtures_io import converted_model, read_fixture, state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, "tests/convert/fixtures/mar_tiny.npz")
@@ -42,20 +41,12 @@ def close(ours, official):
 
 @pytest.fixture(scope="module")
 def fx():
-  with np.load(FIXTURE) as z:
-    return {k: z[k] for k in z.files}
+  return read_fixture(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def converted(fx):
-  sd = {k[3:]: v for k, v in fx.items() if k.startswith("sd/")}
-  config = load_config(f"{CONFIG}:size=B", TINY)
-  params = mar_params(sd, config)
-  fm = FunctionalModel.abstract(lambda: build_model(config))
-  jax.tree.map(lambda a, b: None if a.shape == b.shape else pytest.fail(f"{a.shape} {b.shape}"),
-               params, fm.abstract_params)
-  params = jax.tree.map(jnp.asarray, params)
-  return dict(sd=sd, config=config, fm=fm, params=params, model=fm.bind(params))
+  return converted_model(state_dict(fx), load_config(f"{CONFIG}:size=B", TINY), mar_params)
 
 
 def labels_of(fx, model):
