@@ -299,9 +299,25 @@ def finish_row(row, args, out_dir):
          "temperature": float(config.eval.temperature), **s,
          "train_seconds": sum(r["chunk_seconds"] for r in prog), "grid": png, "progress": prog}
   _write(path, res)
+  _write(_kept_path(row, out_dir), res)  # the section can be rewritten without the workdir.
   _log.info("%s: %d samples: class accuracy %.3f  FD %.2f", row, args.num_samples,
             s["class_accuracy"], s["fd"])
   return res
+
+
+def _kept_path(row, out_dir):
+  """Where a finished row's result is kept next to the docs (docs/next_scale/results/ROW.json):
+  a later run on another machine (a fresh workdir) writes the section from it."""
+  os.makedirs(os.path.join(out_dir, "results"), exist_ok=True)
+  return os.path.join(out_dir, "results", f"{row}.json")
+
+
+def kept_result(row, out_dir):
+  """A finished row's kept result, its grid read from out_dir; None when there is none."""
+  x = _read(os.path.join(out_dir, "results", f"{row}.json"))
+  if x and x.get("grid"):
+    x["grid"] = os.path.join(out_dir, os.path.basename(x["grid"]))
+  return x
 
 
 def class_rows(images, labels, per_class, num_classes=10):
@@ -650,7 +666,8 @@ def main(argv=None) -> int:
           failed[r] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
   else:
     for r in rows:
-      x = _read(os.path.join(res_dir, f"{r}.json")) or partial_result(r, args)
+      x = _read(os.path.join(res_dir, f"{r}.json")) or kept_result(r, out_dir)
+      x = x or partial_result(r, args)
       if x:
         results[r] = x
         if x.get("partial") and args.partial_grids:

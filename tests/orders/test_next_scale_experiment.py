@@ -75,3 +75,22 @@ def test_report_only_section_rows_claims_and_merge(tmp_path):
   # A second rewrite is idempotent.
   assert mod.main(argv) == 0
   assert out.read_text() == text
+
+
+def test_a_fresh_workdir_reports_the_rows_kept_next_to_the_docs(tmp_path):
+  """A finished row's result is also kept as docs/next_scale/results/ROW.json (`finish_row`):
+  with a workdir that lacks it (another machine), the section still has the row, its grid read
+  from the docs folder."""
+  mod = _experiment()
+  out = tmp_path / "docs" / "next_scale.md"
+  kept = tmp_path / "docs" / "next_scale" / "results"
+  kept.mkdir(parents=True)
+  (kept / "var.json").write_text(json.dumps(_row("var", 1500, 0.95, 20.0, "/elsewhere/var.png")))
+  argv = ["--report_only", "--workdir", str(tmp_path / "fresh"), "--out", str(out), "--rows",
+          "var,raster", "--load", "load average 1.0"]
+  assert mod.main(argv) == 0
+  text = out.read_text()
+  rows = _table(text)
+  assert rows[0][:6] == ["VAR (next-scale)", "1,000", "1500", "1.5000", "20.00", "0.950"]
+  assert "[grid](next_scale/var.png)" in rows[0][-1]
+  assert rows[1][0] == "raster AR (same tokens)" and "not run: no results yet" in rows[1][-1]
