@@ -47,7 +47,6 @@ Legend: B batch, N tokens, K scales, C width, Dv code dim, s = h_K the last side
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 from typing import Dict, Tuple
 
@@ -64,6 +63,7 @@ from arjax.models.registry import MODELS
 from arjax.models.var import VAR, VarFields
 from arjax.nn.layers import make_param
 from arjax.orders import register_support
+from arjax.orders.schedules import cosine_masked_counts
 from arjax.registry import ranged
 
 
@@ -306,17 +306,10 @@ class HART(VAR):
 
 def maskgit_counts(n: int, iters: int) -> Tuple[int, ...]:
   """HART's last-scale MaskGIT schedule (autoregressive_infer_cfg): cells revealed at each of
-  `iters` iterations over n cells. After iteration t, mask_len = max(1, min(masked - 1,
-  floor(n cos(pi/2 (t + 1) / iters)))) cells stay masked; the last iteration draws the rest."""
-  masked, counts = n, []
-  for t in range(iters):
-    if t == iters - 1:
-      counts.append(masked)
-      break
-    keep = max(1, min(masked - 1, math.floor(n * math.cos(math.pi / 2.0 * (t + 1) / iters))))
-    counts.append(masked - keep)
-    masked = keep
-  return tuple(counts)
+  `iters` iterations over n cells, by MAR's cosine count (`cosine_masked_counts`: the cells
+  still masked after each iteration)."""
+  left = cosine_masked_counts(n, iters)
+  return tuple(before - after for before, after in zip([n] + left[:-1], left))
 
 
 register_support("hart", mask_kinds=("block",), orders=("scales",))

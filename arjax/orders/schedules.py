@@ -211,3 +211,18 @@ def mar_mask_ratio(key, shape=(), minimum: float = 0.7, std: float = 0.25):
 def mar_num_masked(ratio, num_tokens: int, xp=jnp):
   """ceil(N * ratio): the number of masked tokens for a mask ratio (MAR's random_masking)."""
   return xp.ceil(num_tokens * ratio).astype(xp.int32)
+
+
+def cosine_masked_counts(n: int, k: int):
+  """Tokens still masked after each of the k steps over n (MAR / Hi-MAR sample_tokens, HART's
+  last-scale MaskGIT iterations): max(1, min(masked - 1, floor(n cos(pi/2 (t + 1) / k)))), 0
+  after the last step."""
+  masked, out = n, []
+  for step in range(k):
+    m = math.floor(n * math.cos(math.pi / 2.0 * (step + 1) / k))
+    m = max(1, min(masked - 1, m))
+    if step >= k - 1:
+      m = 0
+    out.append(m)
+    masked = m
+  return out

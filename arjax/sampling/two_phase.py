@@ -21,29 +21,16 @@ Legend: B batch, N grid tokens, Np pivots, C channels.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 
 from arjax.core.functional import FunctionalModel
+from arjax.orders.schedules import cosine_masked_counts
 from arjax.sampling.base import SAMPLERS, Sampler
 from arjax.sampling.config import SamplingConfig
 from arjax.sampling.guidance_schedule import GuidanceSchedule
-
-
-def cosine_masked_counts(n: int, k: int):
-  """Tokens still masked after each of the k steps (MAR / Hi-MAR sample_tokens)."""
-  masked, out = n, []
-  for step in range(k):
-    m = math.floor(n * math.cos(math.pi / 2.0 * (step + 1) / k))
-    m = max(1, min(masked - 1, m))
-    if step >= k - 1:
-      m = 0
-    out.append(m)
-    masked = m
-  return out
 
 
 def random_ranks(key, b: int, n: int):
