@@ -345,8 +345,6 @@ class FlexVAR(VAR):
     return emb, bicubic_resize(emb, nxt).reshape(idx.shape[0], nxt * nxt, vq.code_dim)
 
 
-
-
 def encoder_latents(tokenizer, images):
   """uint8 images [B, H, W, C] -> the quantizer's input [B, G, G, Zq] through the frozen
   autoencoder behind a tokenizer (the module, a trained run, or a 'cached' tokenizer's decoder)."""

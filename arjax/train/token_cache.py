@@ -64,14 +64,14 @@ def encode_split(tok: TrainedTokenizer, data_config, split: str, *, batch_size: 
     else:
       codes, residual = np.asarray(jax.device_get(tok.encode(images))), None
     keep = batch["mask"] > 0 if "mask" in batch else np.ones(len(images), bool)
-    for i, (code, label, k) in enumerate(zip(codes, batch["label"], keep)):
+    for j, (code, label, k) in enumerate(zip(codes, batch["label"], keep)):
       if not k or 0 <= num_examples <= done:
         continue
       done += 1
       record = {key: code.astype(np.float32 if tok.continuous else np.int32),
                 "label": np.asarray(label, np.int32)}
       if residual is not None:
-        record["residual"] = residual[i]
+        record["residual"] = residual[j]
       yield record
     if progress is not None:
       progress(i + 1, total, done)
