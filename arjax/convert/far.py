@@ -2,7 +2,7 @@
 -> an arjax workdir of `configs/imagenet256/far.py:size=B|L|H` (model 'far', diffusion head).
 
   python -m arjax.convert far --checkpoint checkpoint-last.pth --size L --workdir W \
-      --config.model.head.depth=3          # the README's FAR-L command: --diffloss_d 3
+      --config.model.head.depth=3          # the official train.sh's FAR-L: --diffloss_d 3
   python -m arjax.convert far --checkpoint checkpoint-last.pth --vae kl16.ckpt --size L \
       --workdir W --config.model.head.depth=3   # + MAR's KL-16 VAE in W/tokenizer
 
@@ -16,9 +16,9 @@ EMA weights first, read without torch) with two differences:
                                               denoising MLP's condition (arjax.models.far)
 
 `mask_token` is kept (FAR's default `mask=False` never uses it; neither does arjax's 'far'). The
-head depth and width of a released FAR checkpoint are whatever it was trained with (the README
-gives --diffloss_d 3 --diffloss_w 1024 for FAR-L; configs/imagenet256/far.py's heads are sized to
-the README's parameter counts): set them with --config.model.head.depth / width; a mismatch fails
+head depth and width of a released FAR checkpoint are whatever it was trained with (the official
+train.sh gives 6 x 1024 for FAR-B and 3 x 1024 for FAR-L and FAR-H; configs/imagenet256/far.py's
+FAR-L head is sized to the README's parameter count instead): set them with --config.model.head.depth / width; a mismatch fails
 with one message listing every differing tensor. Parity with the official code on tiny random
 weights: tests/convert/test_far.py (tests/convert/fixtures/README.md). No released FAR
 checkpoint was converted here.
