@@ -44,6 +44,10 @@ uniform weights, i.e. a conditional draw. Not implemented from the official opti
 groups (`feature_group` > 1), the normalising flow (`use_nf`) and the temperature/CFG schedules
 across features (`bilevel_schedule`; the official default 'constant' is what is here).
 
+Parity: tests/convert/test_arinar.py runs this head on the official ARHead_gmm's weights and
+matches its teacher-forced GMMs and NLL (fixture written with a flash-attention stand-in: the
+official attention is causal only when flash-attn is installed; its fallback ignores `causal`).
+
 Legend: B batch, L positions, D width of z, W inner width, H heads, C features per token,
 K mixture components, N = B L tokens, M SIR proposals.
 """
