@@ -11,6 +11,9 @@ README.md).
   (cond_proj(z) + start token), the input sequence (+ position table) and every feature's GMM
   (mixture weights, means, log-variances) match the official ones, and so does the per-token NLL
   (the official NLL drops C/2 log 2 pi; arjax's includes it).
+- Sampling: the official sample() (key/value cache, one feature per step) with its draw made
+  greedy (the most likely component's mean) gives the tokens arjax's cached sampler gives at
+  temperature 0.
 - Tolerance: float32 here against the official float64 run of the same float16-exact weights,
   max |ours - official| <= 1e-5 x max |official| per output.
 - The comparison can fail: zeroing the start token, exchanging the adaLN gammas of the attention
@@ -119,6 +122,15 @@ def test_teacher_forced_matches_official(fx, setup):
   errs = {n: rel_err(out[n], fx[n]) for n in NAMES}
   assert max(errs.values()) <= RTOL, errs
   assert np.isclose(np.asarray(out["nll"]).mean(), fx["nll_mean"], rtol=RTOL, atol=0)
+
+
+def test_greedy_sample_matches_official(fx, setup):
+  graphdef, state, _ = setup
+  z = jnp.asarray(fx["z"])[None]
+  tokens = jax.jit(lambda s: nnx.merge(graphdef, s)(z).sample(jax.random.key(0),
+                                                                temperature=0.0))(state)
+  err = rel_err(tokens[0], fx["greedy"])
+  assert err <= RTOL, err
 
 
 def perturb(state, fn):
