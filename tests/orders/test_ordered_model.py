@@ -75,10 +75,7 @@ def test_a_masked_order_trains_and_samples_through_the_trainer(tmp_path):
   import json
   import os
   from arjax.train import train_and_evaluate
-  # No mid-run checkpoint (the first orbax save costs seconds on 2 cores; checkpointing is
-  # tested in tests/train): the run still saves its final step.
-  config = tiny_config(model__name="ordered_ar", order__name="masked",
-                       train__checkpoint_every=1000)
+  config = tiny_config(model__name="ordered_ar", order__name="masked")
   results = train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(results["test_bits_per_dim"]) and results["test_bits_per_dim"] > 0
   assert os.path.isfile(results["sample_grid"])
