@@ -2,6 +2,7 @@
 on one quickstart smoke run (trained once for the module)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,14 +12,27 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run(*args, devices=8, check=True):
+def start(*args, devices=8):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(popen, args, check=True):
+  try:
+    stdout, stderr = popen.communicate(timeout=300)
+  except subprocess.TimeoutExpired:
+    popen.kill()
+    raise
+  proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
   if check and proc.returncode != 0:
     raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def run(*args, devices=8, check=True):
+  return finish(start(*args, devices=devices), args, check)
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +43,33 @@ def workdir(tmp_path_factory):
 
 
 def _evaluate(wd, tmp, devices, name):
+  """Starts `arjax.evaluate` on `devices` fake CPU devices; -> a function that waits for it and
+  returns (its JSON, its saved features)."""
   out, feats = str(tmp / f"{name}.json"), str(tmp / f"{name}_feats.npz")
-  run("arjax.evaluate", "--workdir", wd, "--metrics", "fd,prec_rec", "--num_samples", "160",
-      "--batch_size", "80", "--seed", "1", "--out", out, "--save_features", feats,
-      devices=devices)
-  return json.load(open(out)), np.load(feats)
+  args = ["arjax.evaluate", "--workdir", wd, "--metrics", "fd,prec_rec", "--num_samples", "160",
+          "--batch_size", "80", "--seed", "1", "--out", out, "--save_features", feats]
+  popen = start(*args, devices=devices)
+
+  def wait():
+    finish(popen, args)
+    return json.load(open(out)), np.load(feats)
+  wait.popen = popen
+  return wait
 
 
 def test_fd_json_markdown_and_device_invariance(workdir, tmp_path):
-  ev8, f8 = _evaluate(workdir, tmp_path, 8, "d8")
+  # The two runs are independent processes (each mostly imports and compiles, on one core):
+  # started together they overlap. The 1-device run reads a copy of the run, so that each
+  # appends its markdown row to its own eval.md.
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  wait8 = _evaluate(workdir, tmp_path, 8, "d8")
+  wait1 = _evaluate(copy, tmp_path, 1, "d1")
+  try:
+    ev8, f8 = wait8()
+  except BaseException:
+    wait1.popen.kill()
+    raise
   for k in ("fd", "class_accuracy", "precision", "recall"):
     assert np.isfinite(ev8[k]), k
   assert ev8["step"] == 6 and ev8["num_samples"] == 160
@@ -49,7 +81,7 @@ def test_fd_json_markdown_and_device_invariance(workdir, tmp_path):
   md = open(os.path.join(workdir, "eval.md")).read().splitlines()
   assert md[0].startswith("| step | N |") and md[-1].startswith("| 6 | 160 |")
   # Same seed and batch size on 1 device: the same samples, so the same feature statistics.
-  ev1, f1 = _evaluate(workdir, tmp_path, 1, "d1")
+  ev1, f1 = wait1()
   np.testing.assert_allclose(f1["mu"], f8["mu"], rtol=0, atol=1e-5)
   np.testing.assert_allclose(f1["sigma"], f8["sigma"], rtol=0, atol=1e-5)
   assert ev1["fd"] == pytest.approx(ev8["fd"], rel=1e-6)

@@ -117,12 +117,20 @@ def test_target_is_the_tokenizers_residual(hart, tok, images):
                              rtol=0, atol=1e-5)
 
 
-def test_sampler_equals_naive_recomputation(hart):
+@pytest.fixture(scope="module")
+def sampled(hart):
+  """One greedy sampler (one compile of its jitted scale loop, reused by both tests below) and
+  its sample_with_fhat draw for labels [2, 6], key 3."""
   fm, params = hart
-  labels = np.array([2, 6])
-  rng = jax.random.key(3)
+  labels, rng = np.array([2, 6]), jax.random.key(3)
   sampler = build_sampler(fm, SamplingConfig(cfg_scale=1.0, top_k=1))
   tokens, f_all = sampler.sample_with_fhat(params, labels, rng)
+  return sampler, labels, rng, tokens, f_all
+
+
+def test_sampler_equals_naive_recomputation(hart, sampled):
+  fm, params = hart
+  _, labels, rng, tokens, f_all = sampled
 
   f = jax.jit(lambda p, t, y: fm.bind(p).forward(t, y).logits)  # one compile, K calls
   t = np.zeros((2, 30), np.int32)
@@ -144,13 +152,13 @@ def test_sampler_equals_naive_recomputation(hart):
   np.testing.assert_allclose(np.asarray(f_all), np.asarray(want_f), rtol=1e-4, atol=1e-4)
 
 
-def test_sample_images_decode_the_discrete_part_plus_the_residual(hart):
+def test_sample_images_decode_the_discrete_part_plus_the_residual(hart, sampled):
   """sample_images (and `python -m arjax.sample`, through `images_of`) decode f_hat_discrete +
   residual, not the tokens alone."""
   fm, params = hart
-  sampler = build_sampler(fm, SamplingConfig(cfg_scale=1.0, top_k=1))
-  labels, rng = np.array([2, 6]), jax.random.key(3)
-  tokens, f_all = sampler.sample_with_fhat(params, labels, rng)
+  # The shared sampler: sample_images re-runs its compiled scale loop (same key, so the same
+  # draw as `sampled`) and decodes through images_of.
+  sampler, labels, rng, tokens, f_all = sampled
   images = np.asarray(sampler.sample_images(params, labels, rng))
   model = fm.bind(params)
   np.testing.assert_array_equal(images, np.asarray(model.decode_fhat(f_all)))

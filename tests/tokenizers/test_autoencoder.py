@@ -56,9 +56,10 @@ def test_one_step_gan_gradients_equal_separate_gradients(gan_model):
     g, d, _ = fm.bind(p, key).loss_terms(batch, train=True, isolate=False)
     return g if which == "g" else d
 
-  joint = jax.grad(total)(params)
-  g_sep = jax.grad(part)(params, "g")
-  d_sep = jax.grad(part)(params, "d")
+  # The three gradients in one jitted function: one compile costs about half of running the
+  # three backward passes op by op (the stop-gradients act at differentiation, before XLA).
+  joint, g_sep, d_sep = jax.jit(lambda p: (jax.grad(total)(p), jax.grad(part)(p, "g"),
+                                           jax.grad(part)(p, "d")))(params)
   flat_j = jax.tree_util.tree_flatten_with_path(joint)[0]
   flat_g = jax.tree.leaves(g_sep)
   flat_d = jax.tree.leaves(d_sep)
