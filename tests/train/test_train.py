@@ -17,10 +17,11 @@ from arjax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from arjax.train.loop import Experiment, train_and_evaluate
 from tests.helpers import persistent_compile_cache, tiny_config
 
-# Only bits/dim at the end of the tiny runs: no test here reads the sample grid (whose sampler
-# compile was a third of a run), and the evaluators run after the last step's checkpoint and
-# losses were written, so they cannot change what is compared.
+
 def _no_grid(**overrides):
+  """tiny_config evaluated by test bits/dim alone: no test here reads the sample grid (a
+  sampler compile per run), and evaluators run after the last checkpoint and losses are
+  written, so they cannot change what is compared."""
   c = tiny_config(**overrides)
   c.eval.evaluators = ml_collections.ConfigDict({"bits_per_dim": {}})
   return c
@@ -98,7 +99,9 @@ def batches():
 
 
 def test_sharded_train_steps_equal_single_device(batches):
-  config = tiny_config()
+  # One block (five meshes, each compiling an init and a step): every kind of parameter and
+  # activation sharding (embedding, attention, MLP, head) is there once.
+  config = tiny_config(model__backbone__num_layers=1)
   ref_losses, ref_params, _ = _run_steps(config, parallel.make_mesh(config.mesh,
                                                                     jax.devices()[:1]), batches)
   for name, layout in LAYOUTS.items():
