@@ -1,6 +1,9 @@
-"""One helper builds every test model and config, with overrides."""
+"""One helper builds every test model and config, with overrides; a persistent compilation
+cache for tests that build one program several times."""
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any, Dict
 
 import jax
@@ -44,3 +47,36 @@ def tiny_config(**overrides: Any):
 def tiny_model(config=None, seed: int = 0):
   config = config or tiny_config()
   return FunctionalModel(build_model(config, seed=seed)), config
+
+
+@contextlib.contextmanager
+def persistent_compile_cache(path: str):
+  """jax's persistent compilation cache at `path` while the block runs, off again after it.
+
+  A test that builds the same program several times (a new Experiment jits afresh: a resumed
+  run, a second run of one config, a subprocess) compiles it once: later builds load XLA's
+  executable for the identical program from `path`. It cannot change results (same program,
+  same executable); a program that differs in any way misses the cache and is compiled.
+  """
+  from jax._src import compilation_cache
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  for n, v in zip(names, (path, 0, 0)):
+    jax.config.update(n, v)
+  compilation_cache.reset_cache()  # jax decides once whether to use the cache: ask again.
+  try:
+    yield path
+  finally:
+    for n, v in old.items():
+      jax.config.update(n, v)
+    compilation_cache.reset_cache()
+
+
+def compile_cache_env(path: str, **extra: Any) -> Dict[str, str]:
+  """os.environ for a subprocess that shares the persistent compilation cache at `path`."""
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=path,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update({k: str(v) for k, v in extra.items()})
+  return env

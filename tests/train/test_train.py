@@ -2,8 +2,10 @@
 the single-device step, clear errors for bad input."""
 import json
 import os
+import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -13,7 +15,33 @@ from arjax.tokenizers.pixel import PixelTokenizer
 from arjax.train import loop
 from arjax.train.checkpoint import CheckpointMismatchError, Checkpointer
 from arjax.train.loop import Experiment, train_and_evaluate
-from tests.helpers import tiny_config
+from tests.helpers import persistent_compile_cache, tiny_config
+
+
+def _no_grid(**overrides):
+  """tiny_config evaluated by test bits/dim alone: no test here reads the sample grid (a
+  sampler compile per run), and evaluators run after the last checkpoint and losses are
+  written, so they cannot change what is compared."""
+  c = tiny_config(**overrides)
+  c.eval.evaluators = ml_collections.ConfigDict({"bits_per_dim": {}})
+  return c
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+  """The module's runs build the same programs again (each Experiment jits afresh): compiled
+  once, loaded from this cache after (tests.helpers.persistent_compile_cache)."""
+  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as path:
+    yield path
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory):
+  """A workdir of tiny_config trained for 2 steps on all 8 devices (checkpoint at step 2),
+  shared read-only: a test that trains on from it works on a copy."""
+  workdir = str(tmp_path_factory.mktemp("two_steps") / "run")
+  train_and_evaluate(_no_grid(train__num_steps=2), workdir)
+  return workdir
 
 
 def _losses(workdir):
@@ -32,13 +60,13 @@ def _final_params(workdir, config):
   return jax.device_get(state.params)
 
 
-def test_resume_gives_identical_losses_and_params(tmp_path):
+def test_resume_gives_identical_losses_and_params(two_steps, tmp_path):
   full, split = str(tmp_path / "full"), str(tmp_path / "split")
-  train_and_evaluate(tiny_config(train__num_steps=4), full)
-  train_and_evaluate(tiny_config(train__num_steps=2), split)
+  train_and_evaluate(_no_grid(train__num_steps=4), full)
+  shutil.copytree(two_steps, split)  # a run of 2 steps, resumed below to 4.
   # A stray, incomplete save must never be picked up on resume.
   os.makedirs(os.path.join(split, "checkpoints", "3.orbax-checkpoint-tmp-12345"))
-  train_and_evaluate(tiny_config(train__num_steps=4), split)
+  train_and_evaluate(_no_grid(train__num_steps=4), split)
   a, b = _losses(full), _losses(split)
   assert a[3] == b[3] and a[4] == b[4]
   pa = _final_params(full, tiny_config())
@@ -71,7 +99,9 @@ def batches():
 
 
 def test_sharded_train_steps_equal_single_device(batches):
-  config = tiny_config()
+  # One block (five meshes, each compiling an init and a step): every kind of parameter and
+  # activation sharding (embedding, attention, MLP, head) is there once.
+  config = tiny_config(model__backbone__num_layers=1)
   ref_losses, ref_params, _ = _run_steps(config, parallel.make_mesh(config.mesh,
                                                                     jax.devices()[:1]), batches)
   for name, layout in LAYOUTS.items():
@@ -85,10 +115,9 @@ def test_sharded_train_steps_equal_single_device(batches):
       assert k.addressable_shards[0].data.shape[0] == k.shape[0] // layout["fsdp"]
 
 
-def test_restore_onto_other_mesh_shapes(tmp_path):
-  workdir = str(tmp_path / "run")
-  config = tiny_config(train__num_steps=2, mesh__data=8)
-  train_and_evaluate(config, workdir)
+def test_restore_onto_other_mesh_shapes(two_steps):
+  workdir = two_steps  # saved from a mesh of all 8 devices (mesh.data=-1).
+  assert jax.device_count() == 8
   saved = None
   for n in (8, 4, 1):
     cfg = tiny_config(mesh__data=n)
@@ -108,9 +137,9 @@ def test_restore_onto_other_mesh_shapes(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, host.opt_state, saved.opt_state)
 
 
-def test_checkpoint_of_another_model_shape_is_refused(tmp_path):
+def test_checkpoint_of_another_model_shape_is_refused(two_steps, tmp_path):
   workdir = str(tmp_path / "run")
-  train_and_evaluate(tiny_config(train__num_steps=2), workdir)
+  shutil.copytree(two_steps, workdir)
   with pytest.raises(CheckpointMismatchError, match=r"token_embed/embedding: checkpoint \[4, 32\] "
                                                     r"float32 vs model \[4, 64\] float32"):
     train_and_evaluate(tiny_config(train__num_steps=4, model__backbone__dim=64), workdir)
