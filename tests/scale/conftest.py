@@ -15,33 +15,23 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers import compile_cache_env, persistent_compile_cache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN_CONFIG = os.path.join(ROOT, "tests", "scale", "run_config.py")
 
 
 @pytest.fixture(scope="package")
 def compile_cache(tmp_path_factory):
-  from jax._src import compilation_cache
-  path = str(tmp_path_factory.mktemp("jax_cache"))
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  for n, v in zip(names, (path, 0, 0)):
-    jax.config.update(n, v)
-  compilation_cache.reset_cache()  # jax decides once whether to use the cache: ask again.
-  yield path
-  for n, v in old.items():
-    jax.config.update(n, v)
-  compilation_cache.reset_cache()
+  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as path:
+    yield path
 
 
 def subprocess_env(cache_dir, **extra):
   """Environment for subprocesses: this repo importable, the shared compilation cache."""
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  env.pop("ARJAX_FAULT_INJECT", None)
-  env.update({k: str(v) for k, v in extra.items()})
+  env = compile_cache_env(cache_dir, PYTHONPATH=ROOT, **extra)
+  if "ARJAX_FAULT_INJECT" not in extra:
+    env.pop("ARJAX_FAULT_INJECT", None)
   return env
 
 
