@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -358,8 +359,19 @@ def _fmt_s(s):
   return f"{s / 60:.1f} min"
 
 
+def _grid_link(entry, path):
+  """The markdown link of a row's grid PNG from the table at `path`: a grid written for another
+  --out (e.g. the workdir's table) is copied into the folder next to `path` first, so the
+  table's links resolve wherever it is written."""
+  png_dir = os.path.splitext(os.path.abspath(path))[0]
+  want = os.path.join(png_dir, os.path.basename(entry["grid"]))
+  if os.path.abspath(entry["grid"]) != want and os.path.isfile(entry["grid"]):
+    os.makedirs(png_dir, exist_ok=True)
+    shutil.copyfile(entry["grid"], want)
+  return os.path.relpath(want, os.path.dirname(os.path.abspath(path)))
+
+
 def write_table(path, rows, results, failed, args, meta, real):
-  out_dir = os.path.dirname(os.path.abspath(path))
   timing = meta.get("timing") or {}
   speed = lambda e: timing.get("samples_per_s", {}).get(e["name"].split("_step")[0],
                                                         e["samples_per_s"])
@@ -424,7 +436,7 @@ def write_table(path, rows, results, failed, args, meta, real):
       lab = label + (f", {e['ar_steps']} steps" if r == "mar" else "")
       if e["name"] not in timing.get("samples_per_s", {e["name"]: 0}):
         lab += " (samples/s: its own timed loop, not interleaved)"
-      png = os.path.relpath(e["grid"], out_dir)
+      png = _grid_link(e, path)
       body.append(f"| {lab} | {tokens} | {hname} | {res['params']:,} | {res['train_steps']} "
                   f"({_fmt_s(res['train_seconds'])}) | {e['ar_steps']} | {res['head_steps']} | "
                   f"{e['fd']:.2f} | {e['class_accuracy']:.3f} | {e['precision']:.2f} / "
@@ -448,7 +460,7 @@ def write_table(path, rows, results, failed, args, meta, real):
     for r, res in peeks.items():
       label, tokens, hname = ROWS[r]
       for e in res["entries"]:
-        png = os.path.relpath(e["grid"], out_dir)
+        png = _grid_link(e, path)
         lines.append(f"| {label} (step {res['train_steps']} of {args.steps}) | {tokens} | "
                      f"{hname} | {res['params']:,} | {res['train_steps']} "
                      f"({_fmt_s(res['train_seconds'])}) | {e['ar_steps']} | {res['head_steps']} | "
@@ -470,7 +482,7 @@ def write_table(path, rows, results, failed, args, meta, real):
             f"{args.per_class} samples each.", ""]
   for r in rows:
     for e in results.get(r, {}).get("entries", []):
-      lines += [f"**{e['name']}**: ![{e['name']}]({os.path.relpath(e['grid'], out_dir)})", ""]
+      lines += [f"**{e['name']}**: ![{e['name']}]({_grid_link(e, path)})", ""]
   if meta.get("stages"):
     lines += ["Stage wall times (this workdir, shared CPU): " + "; ".join(
         f"{k} {_fmt_s(v)}" for k, v in meta["stages"].items()) + ".", ""]

@@ -54,3 +54,31 @@ def test_rows_share_budget_and_backbone():
 def test_bad_arguments_name_the_field(arg, message):
   with pytest.raises(ValueError, match=message):
     load_config(f"{CONFIG}:{arg}")
+
+
+def test_the_table_links_grids_written_for_another_out(tmp_path):
+  """experiments/continuous.py's table written elsewhere than the run's --out (the workdir's
+  table, then `--report_only --out docs/continuous.md`) copies each grid next to it and links
+  the copy: no link into the workdir."""
+  import argparse
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "continuous_experiment", os.path.join(ROOT, "experiments", "continuous.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  grid = tmp_path / "run" / "continuous" / "discrete.png"
+  grid.parent.mkdir(parents=True)
+  grid.write_bytes(b"png bytes")
+  entry = dict(name="discrete", grid=str(grid), ar_steps=49, fd=50.0, class_accuracy=0.9,
+               precision=0.8, recall=0.4, samples_per_s=10.0)
+  results = {"discrete": dict(params=1, train_steps=10, train_seconds=60.0, head_steps=1,
+                              batch_size=32, entries=[entry])}
+  args = argparse.Namespace(smoke=False, workdir="W", steps=10, lr=2e-3, num_samples=500,
+                            batch_size=100, per_class=8)
+  out = tmp_path / "docs" / "continuous.md"
+  out.parent.mkdir()
+  mod.write_table(str(out), ["discrete"], results, {}, args, {"hw": "cpu"}, None)
+  text = out.read_text()
+  assert "[grid](continuous/discrete.png)" in text and "](continuous/discrete.png)" in text
+  assert "run/" not in text
+  assert (tmp_path / "docs" / "continuous" / "discrete.png").read_bytes() == b"png bytes"
