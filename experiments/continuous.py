@@ -513,7 +513,8 @@ def main(argv=None):
   p.add_argument("--per_class", type=int, default=8)
   p.add_argument("--mar_steps", default="8,16,49")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--smoke", action="store_true", help="tiny budgets end to end (< 2 min idle)")
+  p.add_argument("--smoke", action="store_true",
+                 help="tiny models and budgets end to end (18 min at load 8-15 on 2 cores)")
   p.add_argument("--report_only", action="store_true", help="only the table from results")
   p.add_argument("--time", action="store_true",
                  help="time every finished row's sampling interleaved in this process "
