@@ -21,7 +21,8 @@ head Distributions (arjax.heads.base). Sampling: the `grid_dist` of a sampling s
 raster decoding (`decode_prefix` / `decode_tokens`, the 'sequential' sampler's protocol), which
 is how RAR samples after annealing. Continuous heads (diffusion, flow, gmm, arinar) take
 latents [B, N, C] (batch['latents']) and run on every sampler above: the tokens are the head's
-(`head.token_shape` / `token_dtype`) throughout; 'arpg' and 'nar' take discrete tokens only.
+(`head.token_shape` / `token_dtype`) throughout; 'arpg', 'nar' and 'ardm' take discrete tokens
+only.
 
 Legend: B batch, N tokens, L slots, P start slots, D width, V vocabulary, C latent channels,
 T tokens per call.
@@ -83,7 +84,7 @@ class OrderedAR(nnx.Module):
   # random order may be sampled in parallel groups.
   target_queries = False
   # Whether a continuous head may replace the token embedding (subclasses whose decoder or
-  # sampler reads discrete tokens, ARPG's and NAR's, set False).
+  # sampler reads discrete tokens, ARPG's, NAR's and ARDM's, set False).
   takes_continuous = True
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
@@ -168,14 +169,15 @@ class OrderedAR(nnx.Module):
     return self.token_embed(jnp.maximum(slot_tokens, 0))
 
   def embed_slots(self, tokens, labels, layout: Layout):
-    """tokens [B, N(, C)] -> x [B, L, D], rope positions [B, L, 2] (or [B, L]), adaLN cond [B, L, D] or None."""
+    """tokens [B, N(, C)] -> x [B, L, D], rope positions [B, L, 2] (or [B, L]), adaLN cond
+    [B, L, D] or None."""
     return self.embed_sources(gather_cells(tokens, layout.src), labels, layout.src, layout.pos,
                               layout.tgt)
 
   def embed_sources(self, slot_tokens, labels, src, pos, tgt, slot0=0):
     """The slot embedding of `embed_slots` for slots whose tokens are already gathered:
-    slot_tokens int32 [B, L] or float [B, L, C] (read where src >= 0), slots numbered slot0 ... slot0 + L - 1
-    (the KV-cached decode feeds a few slots at a cache offset)."""
+    slot_tokens int32 [B, L] or float [B, L, C] (read where src >= 0), slots numbered slot0 ...
+    slot0 + L - 1 (the KV-cached decode feeds a few slots at a cache offset)."""
     tok = self.embed_tokens(slot_tokens)
     cls = self.class_embed(labels)[:, None]
     x = jnp.where((src >= 0)[..., None], tok, 0)
@@ -375,7 +377,9 @@ class OrderedAR(nnx.Module):
     src = jnp.broadcast_to(src, (b, p))
     tgt = jnp.asarray([-1] * self.start_slots + [0], jnp.int32)[None].repeat(b, 0)
     labels = labels.astype(jnp.int32)
-    dist, caches = self._decode(src, 0, labels, caches, -jnp.ones((b, p), jnp.int32), tgt, src)
+    # No slot here carries a token (src < 0): zeros of the head's token shape and dtype.
+    none = jnp.zeros((b, p) + tuple(self.head.token_shape), self.head.token_dtype)
+    dist, caches = self._decode(none, 0, labels, caches, -jnp.ones((b, p), jnp.int32), tgt, src)
     return jax.tree.map(lambda x: x[:, -1:], dist), caches
 
   def decode_tokens(self, tokens, token_index, caches):
