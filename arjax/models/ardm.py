@@ -28,6 +28,7 @@ register_support("ardm", mask_kinds=("bidirectional",), orders=("ardm",))
 
 
 class ARDM(OrderedAR):
+  takes_continuous = False  # the order-agnostic bound is a sum of discrete log-probabilities.
 
   nll_is_bound = True   # the evaluation loss is the order-agnostic bound (the trainer says so).
 

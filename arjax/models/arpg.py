@@ -38,6 +38,7 @@ register_support("arpg", orders=("arpg", "random"))
 
 class ARPG(OrderedAR):
   target_queries = True
+  takes_continuous = False  # 'cached_groups' and the two-pass decoder read discrete tokens.
 
   def __init__(self, config, *, rngs: nnx.Rngs):
     n = config.model.backbone.num_layers

@@ -51,6 +51,7 @@ def combine_neighbour_logits(right, below, grid):
 
 
 class NAR(OrderedAR):
+  takes_continuous = False  # averages its two heads' logits (categorical only).
 
   def __init__(self, config, *, rngs: nnx.Rngs):
     super().__init__(config, rngs=rngs)

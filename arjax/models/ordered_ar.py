@@ -12,15 +12,20 @@ paper is a config:
   PAR (Wang et al. 2025)      order 'par', 2D RoPE, learned transition query.
   MaskGIT / MaskGIL           order 'masked', bidirectional, a learned [MASK] embedding.
 
-Slot embedding: token embedding of the cell it carries, or the class (null class with
+Slot embedding: token embedding of the cell it carries (for a continuous head, a Dense
+projection of its latent [C], as raster_ar's GIVT input), or the class (null class with
 probability `class_dropout`), or a learned query vector, or a learned start token; plus, when
 enabled, pos_table[pos] and target_table[tgt] (RAR's target-aware embedding). Predictions are
 head Distributions (arjax.heads.base). Sampling: the `grid_dist` of a sampling step feeds the
 'order' sampler (arjax.sampling.orders); causal orders without queries also have KV-cached
 raster decoding (`decode_prefix` / `decode_tokens`, the 'sequential' sampler's protocol), which
-is how RAR samples after annealing.
+is how RAR samples after annealing. Continuous heads (diffusion, flow, gmm, arinar) take
+latents [B, N, C] (batch['latents']) and run on every sampler above: the tokens are the head's
+(`head.token_shape` / `token_dtype`) throughout; 'arpg', 'nar' and 'ardm' take discrete tokens
+only.
 
-Legend: B batch, N tokens, L slots, P start slots, D width, V vocabulary, T tokens per call.
+Legend: B batch, N tokens, L slots, P start slots, D width, V vocabulary, C latent channels,
+T tokens per call.
 """
 from __future__ import annotations
 
@@ -33,10 +38,11 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from arjax.heads.base import build_head, head_is_continuous, token_metrics
+from arjax.heads.base import (build_head, check_targets, continuous_token_dim, head_is_continuous,
+                              head_node, token_metrics)
 from arjax.kernels.masks import MaskSpec
 from arjax.models.registry import MODELS, GeneratorFields, model_fields
-from arjax.nn.layers import AdaLNModulation, Embed, LayerNorm, modulate, make_param
+from arjax.nn.layers import AdaLNModulation, Dense, Embed, LayerNorm, modulate, make_param
 from arjax.nn.transformer import Transformer, TransformerConfig
 from arjax.orders import SRC_CLASS, SRC_QUERY, SRC_START, build_order, register_support
 from arjax.orders.base import Layout
@@ -77,6 +83,9 @@ class OrderedAR(nnx.Module):
   # Whether every prediction has its own query at the target's position (ARPG's subclass), so a
   # random order may be sampled in parallel groups.
   target_queries = False
+  # Whether a continuous head may replace the token embedding (subclasses whose decoder or
+  # sampler reads discrete tokens, ARPG's, NAR's and ARDM's, set False).
+  takes_continuous = True
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     m = model_fields(OrderedFields, config)
@@ -108,12 +117,18 @@ class OrderedAR(nnx.Module):
       raise ValueError(f"order {self.order.name!r} with parallel groups (order.schedule="
                        f"{self.order.schedule!r}) needs separate target queries: use model "
                        "'arpg' or order 'randar'")
-    if head_is_continuous(config):
+    self.continuous = head_is_continuous(config)
+    self.head_name = head_node(config)["name"]
+    if self.continuous and not self.takes_continuous:
       raise ValueError(f"model {config.model.name!r} embeds discrete tokens: model.head.name="
-                       f"{config.model.head.name!r} (continuous tokens) runs on model "
+                       f"{self.head_name!r} (continuous tokens) runs on model 'ordered_ar' or "
                        "'raster_ar'")
     self.class_embed = Embed(m.num_classes + 1, dim, rngs=rngs, axes=(None, "embed"), dtype=dt)
-    self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
+    if self.continuous:  # GIVT: a Dense projection of each continuous token (raster_ar's).
+      c = continuous_token_dim(self.tokenizer, head=self.head_name)
+      self.token_proj = Dense(c, dim, axes=(None, "embed"), rngs=rngs, dtype=dt)
+    else:
+      self.token_embed = Embed(self.tokenizer.vocab_size, dim, rngs=rngs, dtype=dt)
     init = nnx.initializers.normal(stddev=0.02)
     self.query = make_param(rngs, init, (dim,), ("embed",))
     self.start = make_param(rngs, init, (dim,), ("embed",)) if self.start_slots else None
@@ -147,16 +162,23 @@ class OrderedAR(nnx.Module):
     grid = self.order.grid_positions
     return jnp.where((pos >= 0)[..., None], grid[jnp.maximum(pos, 0)], -1)
 
+  def embed_tokens(self, slot_tokens):
+    """slot_tokens int32 [B, L] (-1 allowed) or float [B, L, C] (continuous) -> [B, L, D]."""
+    if self.continuous:
+      return self.token_proj(slot_tokens.astype(jnp.float32))
+    return self.token_embed(jnp.maximum(slot_tokens, 0))
+
   def embed_slots(self, tokens, labels, layout: Layout):
-    """-> x [B, L, D], rope positions [B, L, 2] (or [B, L]), adaLN cond [B, L, D] or None."""
+    """tokens [B, N(, C)] -> x [B, L, D], rope positions [B, L, 2] (or [B, L]), adaLN cond
+    [B, L, D] or None."""
     return self.embed_sources(gather_cells(tokens, layout.src), labels, layout.src, layout.pos,
                               layout.tgt)
 
   def embed_sources(self, slot_tokens, labels, src, pos, tgt, slot0=0):
     """The slot embedding of `embed_slots` for slots whose tokens are already gathered:
-    slot_tokens int32 [B, L] (read where src >= 0), slots numbered slot0 ... slot0 + L - 1
-    (the KV-cached decode feeds a few slots at a cache offset)."""
-    tok = self.token_embed(jnp.maximum(slot_tokens, 0))
+    slot_tokens int32 [B, L] or float [B, L, C] (read where src >= 0), slots numbered slot0 ...
+    slot0 + L - 1 (the KV-cached decode feeds a few slots at a cache offset)."""
+    tok = self.embed_tokens(slot_tokens)
     cls = self.class_embed(labels)[:, None]
     x = jnp.where((src >= 0)[..., None], tok, 0)
     x = x + jnp.where((src == SRC_CLASS)[..., None], cls, 0)
@@ -184,7 +206,10 @@ class OrderedAR(nnx.Module):
     return dist.logits, layout
 
   def layout_dist(self, tokens, labels, layout: Layout, *, train: bool = False):
-    """tokens int32 [B, N], labels [B], a layout of L slots -> (Distribution [B, L], layout)."""
+    """tokens int32 [B, N] (or float [B, N, C]), labels [B], a layout of L slots ->
+    (Distribution [B, L], layout)."""
+    if self.continuous:  # latents of the wrong channel count: one line naming both shapes.
+      check_targets(tokens, self.head.token_shape, jnp.float32, tokens.shape[:2], self.head_name)
     layout = layout.prepend(self.start_slots)  # orders' layouts never hold start slots.
     x, rope_pos, cond = self.embed_slots(tokens, labels, layout)
     if self.drop is not None:
@@ -201,24 +226,32 @@ class OrderedAR(nnx.Module):
     return jnp.where(keep, labels, self.null_class)
 
   def tokens_and_labels(self, batch: Dict[str, jax.Array], train: bool):
-    """(tokens int32 [B, N], labels int32 [B]) of a batch; labels dropped to the null class at
+    """(tokens int32 [B, N] or latents float [B, N, C], labels int32 [B]) of a batch: cached
+    tokens, cached continuous latents or encoded images; labels dropped to the null class at
     rate class_dropout when training (classifier-free guidance)."""
-    tokens = batch["tokens"] if "tokens" in batch else self.tokenizer.encode(batch["image"])
+    for name in ("tokens", "latents"):
+      if name in batch:
+        tokens = batch[name]
+        break
+    else:
+      tokens = self.tokenizer.encode(batch["image"])
     labels = batch["label"].astype(jnp.int32)
     if train and self.class_dropout > 0:
       labels = self.drop_labels(labels)
     return tokens, labels
 
-  def weighted_loss(self, batch, dist, targets, w, cells=None):
+  def weighted_loss(self, batch, dist, targets, w, cells=None, key=None):
     """(loss, metrics) of a Distribution [B, T] against targets [B, T] with weights w [B, T]
     (padded evaluation rows, batch['mask'], weigh zero). cells: int32 [B, T], the grid cell of
-    each target (None: target t is cell t), to read batch['token_mask'] [B, N] of text data."""
+    each target (None: target t is cell t), to read batch['token_mask'] [B, N] of text data.
+    key: the noise of heads whose loss draws it (diffusion, flow)."""
     if "mask" in batch:  # padded evaluation batches
       w = w * batch["mask"][:, None].astype(jnp.float32)
     if "token_mask" in batch:  # text sources: the tokens scored, gathered to the targets' cells
       tm = batch["token_mask"].astype(jnp.float32)
       w = w * (tm if cells is None else gather_cells(tm, cells))
-    loss, per_token = dist.loss(targets, weights=w)
+    # Heads whose loss draws noise (diffusion, flow) take a key; the others ignore it.
+    loss, per_token = dist.loss(targets, key=key, weights=w)
     return loss, token_metrics(dist, loss, per_token, targets, w)
 
   def loss(self, batch: Dict[str, jax.Array], *, train: bool
@@ -228,8 +261,14 @@ class OrderedAR(nnx.Module):
     key = self.rngs.sample() if train else jax.random.key(0)
     layout = self.order.train_layout(key, tokens.shape[0], batch.get("step"), train)
     dist, layout = self.layout_dist(tokens, labels, layout, train=train)
+    # As raster_ar: a continuous head's loss noise from a fresh key in training, a fixed one in
+    # evaluation (discrete heads draw none, so their seeded training is unchanged).
+    loss_key = None
+    if self.continuous:
+      loss_key = self.rngs.sample() if train else jax.random.key(0)
     loss, metrics = self.weighted_loss(batch, dist, gather_cells(tokens, layout.tgt),
-                                       (layout.tgt >= 0).astype(jnp.float32), layout.tgt)
+                                       (layout.tgt >= 0).astype(jnp.float32), layout.tgt,
+                                       key=loss_key)
     if hasattr(self.order, "random_ratio") and self.order.anneals:
       metrics["random_ratio"] = self.order.random_ratio(batch.get("step"), train)
     return loss, metrics
@@ -338,13 +377,15 @@ class OrderedAR(nnx.Module):
     src = jnp.broadcast_to(src, (b, p))
     tgt = jnp.asarray([-1] * self.start_slots + [0], jnp.int32)[None].repeat(b, 0)
     labels = labels.astype(jnp.int32)
-    dist, caches = self._decode(src, 0, labels, caches, -jnp.ones((b, p), jnp.int32), tgt, src)
+    # No slot here carries a token (src < 0): zeros of the head's token shape and dtype.
+    none = jnp.zeros((b, p) + tuple(self.head.token_shape), self.head.token_dtype)
+    dist, caches = self._decode(none, 0, labels, caches, -jnp.ones((b, p), jnp.int32), tgt, src)
     return jax.tree.map(lambda x: x[:, -1:], dist), caches
 
   def decode_tokens(self, tokens, token_index, caches):
-    """Feeds x_i ... x_(i+T-1) (i = token_index: a scalar, or int32 [B] when rows have been fed
-    different numbers of tokens). Returns (Distribution [B, T], caches)."""
-    b, t = tokens.shape
+    """Feeds x_i ... x_(i+T-1), tokens [B, T(, C)] (i = token_index: a scalar, or int32 [B] when
+    rows have been fed different numbers of tokens). Returns (Distribution [B, T], caches)."""
+    b, t = tokens.shape[:2]
     token_index = jnp.asarray(token_index, jnp.int32)
     first = token_index[:, None] if token_index.ndim else token_index
     cells = first + jnp.arange(t, dtype=jnp.int32)

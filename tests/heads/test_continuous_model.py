@@ -34,12 +34,8 @@ def test_the_categorical_head_on_continuous_tokens_names_both():
     nnx.eval_shape(lambda: build_model(_config("categorical", continuous=True)))
 
 
-def test_a_continuous_head_on_ordered_ar_names_the_model_and_head():
-  c = _config("gmm", continuous=True)
-  c.model.name = "ordered_ar"
-  with pytest.raises(ValueError, match=r"model 'ordered_ar' embeds discrete tokens: "
-                                       r"model.head.name='gmm' .* runs on model 'raster_ar'"):
-    nnx.eval_shape(lambda: build_model(c))
+# Continuous heads on 'ordered_ar' (and the refusal of 'arpg', 'nar', 'ardm'):
+# tests/models/test_ordered_continuous.py.
 
 
 @pytest.mark.parametrize("head", ["diffusion", "flow", "arinar"])

@@ -206,8 +206,7 @@ def test_registry_options_and_refusals():
     ContinuousSJDSampler(abstract(tiny_config(mesh__data=1)), SamplingConfig())
   with pytest.raises(ValueError, match=r"\(continuous tokens: 'continuous_sjd'\)"):
     SAMPLERS.get("sjd")(fm, SamplingConfig())
-  # A bidirectional order is refused by name (no continuous-head model takes one today:
-  # ordered_ar embeds discrete tokens, so the check is shown on a stand-in model).
+  # A bidirectional order is refused by name (shown on a stand-in model: no build needed).
   from types import SimpleNamespace
   stand_in = SimpleNamespace(order=SimpleNamespace(name="masked", mask_kind="bidirectional"),
                              decode_tokens=None, head=fm.bind(fm.abstract_params).head)
